@@ -1,0 +1,1 @@
+"""Devices: what the planner knows of the GPUs, hosts and links, read once into snapshots."""

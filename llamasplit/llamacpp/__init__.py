@@ -1,0 +1,1 @@
+"""llama.cpp itself: finding and building its binaries at the pinned version."""

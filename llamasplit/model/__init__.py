@@ -1,0 +1,1 @@
+"""Model reader: GGUF headers into a ModelProfile, never the weights."""

@@ -1,0 +1,180 @@
+"""Child processes that always die with us: ``ggml-rpc-server`` workers and llama.cpp servers.
+
+Every child is started from an argv list (never a shell), in its own process group, with its
+environment passed as a dict. ``ManagedProcess.stop()`` sends SIGTERM to the group, waits, then
+SIGKILL; the context managers call it on every exit path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamasplit.errors import LaunchError, UsageError
+from llamasplit.llamacpp.binaries import find_binary
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LaunchError(f"process exited with code {proc.returncode} before listening on {host}:{port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise LaunchError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s")
+
+
+@dataclass
+class ManagedProcess:
+    """A child in its own process group, with its output in a log file."""
+
+    argv: list[str]
+    proc: subprocess.Popen
+    log_path: Path
+    endpoint: str | None = None
+    _log_fh: object = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout_s: float = 5.0) -> int:
+        """SIGTERM the whole group, then SIGKILL after ``timeout_s``; returns the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log_fh is not None:
+            self._log_fh.close()  # type: ignore[attr-defined]
+            self._log_fh = None
+        return self.proc.returncode
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None) -> ManagedProcess:
+    """Start ``argv`` in a new process group, output to ``log_path`` (a temp file by default)."""
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="llamasplit-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    log_fh = open(log_path, "w")
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log_fh.close()
+        raise LaunchError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    return ManagedProcess(list(argv), proc, log_path, _log_fh=log_fh)
+
+
+def check_bind_host(host: str, allow_remote: bool) -> str | None:
+    """Refuse a non-loopback bind without ``allow_remote``; return the warning to print otherwise."""
+    if host in (LOOPBACK, "localhost", "::1"):
+        return None
+    if not allow_remote:
+        raise UsageError(
+            f"refusing to bind an RPC worker to {host}: llama.cpp RPC has no authentication",
+            remedy="bind 127.0.0.1, or pass --allow-remote on a network you trust",
+        )
+    return (
+        f"WARNING: RPC worker listening on {host}: llama.cpp RPC has no authentication or encryption; "
+        "anyone who can reach this port can run code on this machine's devices. Use only on a trusted network."
+    )
+
+
+def start_rpc_worker(
+    *,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    threads: int | None = None,
+    devices: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> ManagedProcess:
+    """Start one ``ggml-rpc-server`` and wait until it listens."""
+    port = port or free_port(host)
+    argv = [str(find_binary("ggml-rpc-server", env)), "-H", host, "-p", str(port)]
+    if threads:
+        argv += ["-t", str(threads)]
+    if devices:
+        argv += ["-d", ",".join(devices)]
+    worker = spawn(argv, env=env)
+    worker.endpoint = f"{host}:{port}"
+    try:
+        wait_for_port(host, port, timeout_s, worker.proc)
+    except LaunchError as exc:
+        worker.stop()
+        tail = worker.log_text().strip().splitlines()[-1:] or ["no output"]
+        raise LaunchError(f"ggml-rpc-server on {host}:{port} did not start: {exc.message}; it said: {tail[0]}") from exc
+    return worker
+
+
+@contextlib.contextmanager
+def rpc_workers(n: int, *, host: str = LOOPBACK, threads: int | None = 1, env: Mapping[str, str] | None = None) -> Iterator[list[ManagedProcess]]:
+    """``n`` RPC workers on free loopback ports, all stopped on exit."""
+    workers: list[ManagedProcess] = []
+    try:
+        for _ in range(n):
+            workers.append(start_rpc_worker(host=host, threads=threads, env=env))
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def run_to_end(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a short llama.cpp command to completion; its group is killed on timeout or Ctrl-C."""
+    proc = subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(env) if env is not None else None, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        if sys.exc_info()[0] is subprocess.TimeoutExpired:
+            raise LaunchError(f"{Path(argv[0]).name} did not finish in {timeout_s:.0f} s") from None
+        raise
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
