@@ -1,0 +1,258 @@
+"""The memory estimator: what llama.cpp would allocate on each device, from the header alone.
+
+``estimate(model, devices, settings)`` is a pure function. Its parts, each from llama.cpp's source:
+
+- weights: layers are placed by the float32 prefix-sum rule of ``llama_model::load_tensors``
+  (input layer on the CPU, ``-ngl N`` = output layer + the last N-1 blocks), ``-ot`` overrides by
+  first regex match, a tied embedding duplicated on the output device; buffer bytes are the sum
+  of each tensor's allocation size padded to the backend's alignment (CUDA: 128 bytes, plus one
+  row of ``512 - ne0 % 512`` elements for quantised tensors; CPU and RPC-over-CPU: 32 bytes);
+  host weights under mmap are the file span of the mapped tensors;
+- context: the KV cache (``planner.kv``) and recurrent state on the device of each layer
+  (on the CPU under ``-nkvo``);
+- compute: a model of the graph's peak per device, see ``compute_bytes``;
+- overhead: a fixed per-backend figure (the CUDA context and cuBLAS workspace), not in llama.cpp's
+  own breakdown but present in the free memory a user sees drop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llamasplit.devices.device import Device
+from llamasplit.errors import UsageError
+from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
+from llamasplit.planner import kv
+from llamasplit.planner.settings import LlamaSettings
+
+HOST = "Host"
+MiB = 1024 * 1024
+
+CUDA_ALIGNMENT = 128
+CUDA_MATRIX_ROW_PADDING = 512
+CPU_ALIGNMENT = 32
+
+CUDA_OVERHEAD_BYTES = 300 * MiB
+"""CUDA context + cuBLAS workspace per device that llama.cpp's breakdown does not count.
+From NVIDIA's documented context sizes (~250-350 MiB on Ampere/Hopper with lazy loading);
+to be re-measured on a lent GPU."""
+
+
+@dataclass
+class DeviceEstimate:
+    """Bytes one device (or the host) would hold, by llama.cpp's breakdown categories."""
+
+    name: str
+    model_bytes: int = 0
+    context_bytes: int = 0
+    compute_bytes: int = 0
+    output_bytes: int = 0
+    """Host only: the logits/embeddings output buffer (not in llama.cpp's breakdown)."""
+    overhead_bytes: int = 0
+    layers: list[int] = field(default_factory=list)
+    """Repeating layers whose weights live here (``n_layer`` = the output layer)."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.context_bytes + self.compute_bytes + self.output_bytes + self.overhead_bytes
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "model_bytes": self.model_bytes,
+            "context_bytes": self.context_bytes,
+            "compute_bytes": self.compute_bytes,
+            "output_bytes": self.output_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "total_bytes": self.total_bytes,
+            "layers": list(self.layers),
+        }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-device estimates in llama.cpp's device order, then the host."""
+
+    devices: tuple[DeviceEstimate, ...]
+    host: DeviceEstimate
+    n_ctx: int
+    layer_device: tuple[int | None, ...]
+    """Device index of each layer 0..n_layer (the last is the output layer); ``None`` = CPU."""
+    flash_attn: bool
+    host_mapped_bytes: int = 0
+    """With mmap: the file span llama.cpp maps for the host's weights (its CPU_Mapped buffer line)."""
+
+    def by_name(self, name: str) -> DeviceEstimate:
+        for d in (*self.devices, self.host):
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+def _backend(device: Device) -> str:
+    return device.backend.upper()
+
+
+def alloc_bytes(tensor: TensorInfo, backend: str) -> int:
+    """The allocation size of a weight tensor on a backend, padded to its alignment."""
+    size = tensor.n_bytes
+    if backend == "CUDA":
+        ne0 = tensor.shape[0]
+        if tensor.is_quantized and ne0 % CUDA_MATRIX_ROW_PADDING:
+            size += kv.row_bytes(_qtype(tensor), CUDA_MATRIX_ROW_PADDING - ne0 % CUDA_MATRIX_ROW_PADDING)
+        return kv.pad(size, CUDA_ALIGNMENT)
+    return kv.pad(size, CPU_ALIGNMENT)
+
+
+def _qtype(tensor: TensorInfo):
+    from gguf.constants import GGMLQuantizationType
+
+    return GGMLQuantizationType(tensor.ggml_type)
+
+
+def layer_devices(n_layer: int, n_devices: int, n_gpu_layers: int | None, split: Sequence[float]) -> list[int | None]:
+    """Device of each layer 0..n_layer (n_layer = output), llama.cpp's float32 rule; ``None`` = CPU.
+
+    >>> layer_devices(30, 2, None, [1, 2])[:12]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    >>> layer_devices(4, 1, 2, [1])
+    [None, None, None, 0, 0]
+    """
+    ngl = n_layer + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
+    if n_devices == 0:
+        return [None] * (n_layer + 1)
+    sums = np.cumsum(np.asarray(split, dtype=np.float32), dtype=np.float32)
+    splits = (sums / sums[-1]).astype(np.float32)
+    i_gpu_start = max(n_layer + 1 - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    out: list[int | None] = []
+    for il in range(n_layer + 1):
+        if il < i_gpu_start or il - i_gpu_start >= act:
+            out.append(None)
+            continue
+        frac = np.float32(il - i_gpu_start) / np.float32(act)
+        out.append(int(np.searchsorted(splits, frac, side="right")))
+    return out
+
+
+def _split_weights(devices: Sequence[Device], settings: LlamaSettings) -> list[float]:
+    if settings.tensor_split is not None:
+        if len(settings.tensor_split) > len(devices):
+            raise UsageError(
+                f"--tensor-split has {len(settings.tensor_split)} values for {len(devices)} devices",
+                remedy="give one value per device, in llama.cpp's device order",
+            )
+        values = list(settings.tensor_split) + [0.0] * (len(devices) - len(settings.tensor_split))
+        if any(values):
+            return values
+    free = [d.free_bytes for d in devices]
+    if any(f is None for f in free):
+        raise UsageError(
+            "a device's free memory is unknown, so llama.cpp's default split cannot be predicted",
+            remedy="give --tensor-split",
+        )
+    return [float(f) for f in free]  # type: ignore[arg-type]
+
+
+def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings) -> Estimate:
+    """What llama.cpp would allocate for ``model`` on ``devices`` (llama.cpp order) with ``settings``."""
+    hp = model.hparams
+    if settings.split_mode == "none":
+        if not 0 <= settings.main_gpu < max(len(devices), 1):
+            raise UsageError(f"--main-gpu {settings.main_gpu} is not a device index (0..{len(devices) - 1})")
+        devices = [devices[settings.main_gpu]] if devices else []
+    if settings.split_mode in ("row", "tensor"):
+        raise UsageError(
+            f"-sm {settings.split_mode} is planned by the tensor-split estimator, not the layer estimator",
+            remedy="use -sm layer or -sm none",
+        )
+    ests = [DeviceEstimate(d.name) for d in devices]
+    host = DeviceEstimate(HOST)
+    split = _split_weights(devices, settings) if devices else []
+    layer_dev = layer_devices(hp.n_layer, len(devices), settings.n_gpu_layers, split)
+
+    def target(dev_index: int | None) -> DeviceEstimate:
+        return host if dev_index is None else ests[dev_index]
+
+    for i, dev_index in enumerate(layer_dev):
+        target(dev_index).layers.append(i)
+
+    overrides = [(re.compile(p), b) for p, b in settings.effective_overrides]
+    names = {d.name: i for i, d in enumerate(devices)}
+    mapped_spans: dict[int, list[int]] = {}
+    host_unmapped = 0
+
+    def place(t: TensorInfo, dev_index: int | None) -> None:
+        nonlocal host_unmapped
+        for pattern, buft in overrides:
+            if pattern.search(t.name):
+                if buft.upper() == "CPU":
+                    dev_index = None
+                elif buft in names:
+                    dev_index = names[buft]
+                else:
+                    raise UsageError(f"-ot {pattern.pattern}={buft}: no device called {buft}", remedy=f"use CPU or one of {', '.join(names)}")
+                break
+        if dev_index is None:
+            # mmap: the tensor's bytes stay in the mapped file (llama.cpp's breakdown counts the
+            # tensors, the CPU_Mapped buffer line the file span they cover); else a CPU buffer
+            host_unmapped += t.n_bytes if settings.use_mmap else alloc_bytes(t, "CPU")
+            if settings.use_mmap:
+                span = mapped_spans.setdefault(t.file_index, [t.offset, t.offset + t.n_bytes])
+                span[0] = min(span[0], t.offset)
+                span[1] = max(span[1], t.offset + t.n_bytes)
+            return
+        ests[dev_index].model_bytes += alloc_bytes(t, _backend(devices[dev_index]))
+
+    out_dev = layer_dev[hp.n_layer]
+    for t in model.tensors:
+        if t.block is Block.INPUT:
+            place(t, None)
+            if t.name == "token_embd.weight" and model.tied_embeddings:
+                # TENSOR_DUPLICATED: the output layer gets its own copy (never mapped from the file)
+                if out_dev is not None:
+                    ests[out_dev].model_bytes += alloc_bytes(t, _backend(devices[out_dev]))
+                elif not settings.use_mmap:
+                    host_unmapped += alloc_bytes(t, "CPU")
+        elif t.block is Block.OUTPUT:
+            place(t, out_dev)
+        elif t.role is Role.ROPE and t.layer is None:
+            for il in range(hp.n_layer):  # rope_freqs is duplicated into every layer
+                place(t, layer_dev[il])
+        else:
+            place(t, layer_dev[t.layer if t.layer is not None else 0])
+    host.model_bytes = host_unmapped
+    host_mapped_span = sum(end - start for start, end in mapped_spans.values())
+
+    # context: KV cache and recurrent state, on each layer's device unless -nkvo
+    n_ctx = settings.n_ctx or hp.n_ctx_train or 4096
+    n_ctx_padded = kv.pad(n_ctx, kv.KV_PAD)
+    n_seq = settings.seq_count
+    n_batch = min(n_ctx_padded, settings.n_batch)
+    n_ubatch = min(n_batch, settings.n_ubatch)
+    layout = kv.kv_layout(hp, n_ctx=n_ctx_padded, n_seq=n_seq, n_ubatch=n_ubatch, kv_unified=settings.unified, swa_full=settings.swa_full)
+    for il in range(hp.n_layer_kv):
+        where = target(layer_dev[il]) if settings.offload_kqv else host
+        where.context_bytes += kv.kv_layer_bytes(hp, il, layout, settings.type_k, settings.type_v)
+        target(layer_dev[il]).context_bytes += kv.recurrent_layer_bytes(hp, il, n_seq)
+
+    flash = settings.flash_attn != "off"
+    n_outputs = n_ubatch if settings.binary in ("llama-completion", "llama-cli", "llama-fit-params") else n_seq
+    from llamasplit.planner.compute import compute_bytes
+
+    compute = compute_bytes(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch, n_outputs=n_outputs, flash=flash)
+    for e, c in zip(ests, compute[:-1]):
+        e.compute_bytes = c
+    host.compute_bytes = compute[-1]
+    host.output_bytes = (hp.n_vocab + (hp.n_embd if settings.binary == "llama-server" else 0)) * max(n_outputs, n_seq) * 4
+    for e, d in zip(ests, devices):
+        if _backend(d) == "CUDA":
+            e.overhead_bytes = CUDA_OVERHEAD_BYTES
+    return Estimate(
+        devices=tuple(ests), host=host, n_ctx=n_ctx_padded, layer_device=tuple(layer_dev), flash_attn=flash,
+        host_mapped_bytes=host_mapped_span,
+    )

@@ -1,0 +1,146 @@
+"""The llama.cpp settings an estimate or a plan is for: one frozen value, mapped to and from flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from llamasplit.errors import UsageError
+
+BINARIES = ("llama-server", "llama-completion", "llama-cli", "llama-cpp-python", "llama-fit-params")
+
+EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+"""The tensors --cpu-moe sends to the CPU (common/common.h LLM_FFN_EXPS_REGEX)."""
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """llama.cpp's memory-relevant flags. ``None`` means llama.cpp's default for the binary."""
+
+    n_gpu_layers: int | None = None
+    """-ngl; ``None`` = all layers (llama.cpp's default is -1, everything)."""
+    split_mode: str = "layer"
+    """-sm none|layer|row|tensor."""
+    tensor_split: tuple[float, ...] | None = None
+    """-ts; ``None`` = by each device's free memory."""
+    main_gpu: int = 0
+    overrides: tuple[tuple[str, str], ...] = ()
+    """-ot pattern=BUFFER pairs, in order (first match wins); BUFFER is CPU or a device name."""
+    cpu_moe: bool = False
+    n_cpu_moe: int = 0
+    n_ctx: int | None = None
+    """-c; ``None``/0 = the model's training context."""
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_parallel: int | None = None
+    """-np; ``None`` = the binary's default (llama-server: 4 slots, unified cache)."""
+    kv_unified: bool | None = None
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: str = "auto"
+    """-fa on|off|auto."""
+    swa_full: bool = False
+    offload_kqv: bool = True
+    use_mmap: bool = True
+    binary: str = "llama-server"
+
+    def __post_init__(self) -> None:
+        if self.split_mode not in ("none", "layer", "row", "tensor"):
+            raise UsageError(f"split mode {self.split_mode!r} is not one of none, layer, row, tensor")
+        if self.flash_attn not in ("on", "off", "auto"):
+            raise UsageError(f"flash attention {self.flash_attn!r} is not one of on, off, auto")
+        if self.binary not in BINARIES:
+            raise UsageError(f"binary {self.binary!r} is not one of {', '.join(BINARIES)}")
+        if self.n_ubatch <= 0 or self.n_batch <= 0:
+            raise UsageError("batch sizes must be positive")
+        if self.tensor_split is not None and (any(x < 0 for x in self.tensor_split) or not any(self.tensor_split)):
+            raise UsageError("--tensor-split needs non-negative proportions, not all zero", remedy="e.g. -ts 3,1")
+
+    @property
+    def seq_count(self) -> int:
+        """Sequences (slots) the context holds."""
+        if self.n_parallel is not None:
+            return self.n_parallel
+        return 4 if self.binary == "llama-server" else 1
+
+    @property
+    def unified(self) -> bool:
+        if self.kv_unified is not None:
+            return self.kv_unified
+        # llama-server turns the unified cache on when it picks the slot count itself
+        return self.binary == "llama-server" and self.n_parallel is None
+
+    @property
+    def effective_overrides(self) -> tuple[tuple[str, str], ...]:
+        """-ot pairs plus the ones --cpu-moe / --n-cpu-moe add (common/arg.cpp appends them last)."""
+        extra: list[tuple[str, str]] = []
+        if self.cpu_moe:
+            extra.append((EXPERT_PATTERN, "CPU"))
+        for il in range(self.n_cpu_moe):
+            extra.append((rf"blk\.{il}{EXPERT_PATTERN}", "CPU"))
+        return self.overrides + tuple(extra)
+
+    def replace(self, **changes: Any) -> LlamaSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tensor_split"] = list(self.tensor_split) if self.tensor_split is not None else None
+        data["overrides"] = [list(o) for o in self.overrides]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LlamaSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        if kw.get("tensor_split") is not None:
+            kw["tensor_split"] = tuple(kw["tensor_split"])
+        kw["overrides"] = tuple(tuple(o) for o in kw.get("overrides", ()))
+        return cls(**kw)
+
+    def to_args(self, device_names: list[str] | None = None) -> list[str]:
+        """The llama.cpp flags for these settings (model, host and port not included)."""
+        args: list[str] = []
+        args += ["-ngl", "all" if self.n_gpu_layers is None else str(self.n_gpu_layers)]
+        if self.split_mode != "layer":
+            args += ["-sm", self.split_mode]
+        if self.tensor_split is not None:
+            args += ["-ts", ",".join(_num(x) for x in self.tensor_split)]
+        if self.main_gpu:
+            args += ["-mg", str(self.main_gpu)]
+        for pattern, buft in self.overrides:
+            args += ["-ot", f"{pattern}={buft}"]
+        if self.cpu_moe:
+            args += ["--cpu-moe"]
+        if self.n_cpu_moe:
+            args += ["--n-cpu-moe", str(self.n_cpu_moe)]
+        if self.n_ctx is not None:
+            args += ["-c", str(self.n_ctx)]
+        if self.n_batch != 2048:
+            args += ["-b", str(self.n_batch)]
+        if self.n_ubatch != 512:
+            args += ["-ub", str(self.n_ubatch)]
+        if self.n_parallel is not None:
+            args += ["-np", str(self.n_parallel)]
+        if self.kv_unified is True:
+            args += ["-kvu"]
+        elif self.kv_unified is False and self.binary == "llama-server":
+            args += ["--no-kv-unified"]
+        if self.type_k != "f16":
+            args += ["-ctk", self.type_k]
+        if self.type_v != "f16":
+            args += ["-ctv", self.type_v]
+        if self.flash_attn != "auto":
+            args += ["-fa", self.flash_attn]
+        if self.swa_full:
+            args += ["--swa-full"]
+        if not self.offload_kqv:
+            args += ["-nkvo"]
+        if not self.use_mmap:
+            args += ["--no-mmap"]
+        return args
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
