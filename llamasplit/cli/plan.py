@@ -1,0 +1,128 @@
+"""``llamasplit plan MODEL``: the split, the flags, memory per device and speed; and ``demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from llamasplit.cli.app import app, say
+from llamasplit.devices.device import Fleet
+from llamasplit.errors import DeviceQueryError
+from llamasplit.model.profile import read_model
+from llamasplit.planner.plan import DEFAULT_MARGIN_BYTES, Plan, PlanOptions, plan
+from llamasplit.planner.settings import LlamaSettings
+from llamasplit.units import parse_size
+
+
+def _fleet(fleet_spec: str | None, inventory: str | None, rpc: str | None, *, fallback: str | None = None) -> Fleet:
+    from llamasplit.devices.sources import resolve_fleet
+
+    try:
+        return resolve_fleet(fleet_spec=fleet_spec, inventory=inventory, rpc=rpc)
+    except DeviceQueryError as err:
+        if fallback is None or fleet_spec or inventory or rpc:
+            raise
+        say(f"llamasplit: no GPU here ({err.message}); planning for a simulated fleet: --fleet {fallback}")
+        return resolve_fleet(fleet_spec=fallback)
+
+
+def build_options(
+    *, ctx: int | None, ngl: str | None, ts: str | None, ctk: str, ctv: str, fa: str, ub: int, b: int,
+    np_: int | None, binary: str, margin: str, swa_full: bool, nkvo: bool, no_mmap: bool, ot: list[str] | None,
+    cpu_moe: bool, n_cpu_moe: int,
+) -> PlanOptions:
+    """Map CLI flags onto settings, remembering which ones the user fixed."""
+    fixed: set[str] = set()
+    kw: dict = {}
+    if ctx:
+        kw["n_ctx"] = ctx
+        fixed.add("n_ctx")
+    if ngl is not None:
+        kw["n_gpu_layers"] = None if ngl in ("all", "-1", "auto") else int(ngl)
+        fixed.add("n_gpu_layers")
+    if ts:
+        kw["tensor_split"] = tuple(float(x) for x in ts.split(","))
+        fixed.add("tensor_split")
+    overrides = []
+    for item in ot or []:
+        for pair in item.split(","):
+            pattern, _, buft = pair.rpartition("=")
+            overrides.append((pattern, buft))
+    settings = LlamaSettings(
+        type_k=ctk, type_v=ctv, flash_attn=fa, n_ubatch=ub, n_batch=b, n_parallel=np_, binary=binary,
+        swa_full=swa_full, offload_kqv=not nkvo, use_mmap=not no_mmap, overrides=tuple(overrides),
+        cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe, **kw,
+    )
+    return PlanOptions(settings=settings, fixed=frozenset(fixed), margin_bytes=parse_size(margin))
+
+
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Argument(..., help="A .gguf file."),
+    fleet: str = typer.Option(None, "--fleet", help="Plan for simulated GPUs, e.g. 2x3090,3060-12g."),
+    inventory: str = typer.Option(None, "--inventory", help="Plan for a saved inventory (llamasplit gpus --save)."),
+    rpc: str = typer.Option(None, "--rpc", help="RPC workers host:port,... (their devices come first)."),
+    ctx: int = typer.Option(None, "--ctx", "-c", help="Context length (default: the longest that fits)."),
+    ngl: str = typer.Option(None, "--n-gpu-layers", "-ngl", help="Fix -ngl instead of searching."),
+    ts: str = typer.Option(None, "--tensor-split", "-ts", help="Fix -ts instead of searching."),
+    ctk: str = typer.Option("f16", "--cache-type-k", "-ctk"),
+    ctv: str = typer.Option("f16", "--cache-type-v", "-ctv"),
+    fa: str = typer.Option("auto", "--flash-attn", "-fa", help="on|off|auto"),
+    ub: int = typer.Option(512, "--ubatch-size", "-ub"),
+    b: int = typer.Option(2048, "--batch-size", "-b"),
+    np_: int = typer.Option(None, "--parallel", "-np"),
+    binary: str = typer.Option("llama-server", "--binary", help="llama-server, llama-completion, llama-cli or llama-cpp-python."),
+    margin: str = typer.Option("1GiB", "--margin", help="Memory kept free on every device."),
+    swa_full: bool = typer.Option(False, "--swa-full"),
+    nkvo: bool = typer.Option(False, "--no-kv-offload", "-nkvo"),
+    no_mmap: bool = typer.Option(False, "--no-mmap"),
+    ot: list[str] = typer.Option(None, "--override-tensor", "-ot", help="pattern=BUFFER, as llama.cpp."),
+    cpu_moe: bool = typer.Option(False, "--cpu-moe", "-cmoe"),
+    n_cpu_moe: int = typer.Option(0, "--n-cpu-moe", "-ncmoe"),
+    as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON (stdout)."),
+) -> None:
+    """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
+    options = build_options(
+        ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=binary, margin=margin,
+        swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
+    )
+    profile = read_model(model)
+    result = plan(profile, _fleet(fleet, inventory, rpc), options)
+    print(result.to_json() if as_json else result.summary())
+
+
+@app.command()
+def demo(
+    fleet: str = typer.Option(None, "--fleet", help="Simulated GPUs when there are none (default 3090,3060-12g)."),
+    tokens: int = typer.Option(24, "--tokens", help="Tokens to generate."),
+) -> None:
+    """The main job end to end: a real model, a plan for this machine's GPUs, and a short generation."""
+    from llamasplit.llamacpp.binaries import find_binary
+    from llamasplit.realmodels import fetch_model
+    from llamasplit.runner.processes import run_to_end
+
+    path = fetch_model("smollm2")
+    profile = read_model(path)
+    options = PlanOptions(settings=LlamaSettings(n_ctx=4096, binary="llama-completion"), fixed=frozenset({"n_ctx"}))
+    hw = _fleet(fleet, None, None, fallback=fleet or "3090,3060-12g")
+    result = plan(profile, hw, options)
+    print(result.summary())
+    print()
+    if hw.simulated:
+        say("llamasplit: the plan is for simulated GPUs; generating on this machine's CPU instead")
+        args = ["-ngl", "0", "-c", "4096"]
+    else:
+        args = result.to_llama_args()
+    argv = [str(find_binary("llama-completion")), "-m", str(path), *args, "-n", str(tokens), "--temp", "0",
+            "-no-cnv", "-p", "The three primary colors are", "-t", "2"]
+    say("llamasplit: running " + " ".join(argv[1:]))
+    done = run_to_end(argv, timeout_s=300)
+    if done.returncode != 0:
+        from llamasplit.errors import LaunchError
+
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LaunchError(f"llama-completion failed (exit {done.returncode}): {last}")
+    print(done.stdout.strip())
+    sys.stdout.flush()

@@ -1,0 +1,476 @@
+"""The split planner: a pure function from (model, fleet, options) to a Plan.
+
+Objective, in order: fit every device within its budget (free memory minus a margin); then the
+highest predicted decode speed; then fewer devices. Layer split decodes one device after the
+other, so a token costs the sum over devices of (bytes read there / its bandwidth): moving layers
+to a faster device always helps while they fit. The planner therefore orders devices fastest
+first, fills each with as many layers as fit (checked with the full estimator, compute and KV
+included), leaves the rest on the CPU (``-ngl``), and emits the counts as an integer ``-ts``,
+which llama.cpp's float32 rule turns back into exactly those counts.
+
+Flags the user fixed (``-ngl``, ``-ts``, ``-c``, ...) are kept; with both ``-ngl`` and ``-ts``
+fixed the plan is simply the estimate of that configuration, checked against the budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamasplit.devices.device import Device, Fleet
+from llamasplit.errors import NoFeasiblePlan, UsageError
+from llamasplit.model.profile import Block, ModelProfile, Role
+from llamasplit.planner import kv
+from llamasplit.planner.estimate import HOST, Estimate, estimate
+from llamasplit.planner.settings import LlamaSettings
+from llamasplit.units import GiB, MiB, format_size
+
+PLAN_SCHEMA = "llamasplit.plan/1"
+DEFAULT_MARGIN_BYTES = 1 * GiB
+"""Kept free on every device, like llama.cpp's --fit target (1024 MiB)."""
+MIN_AUTO_CTX = 4096
+"""The shortest context the planner picks by itself (llama.cpp --fit's default floor)."""
+HOST_BANDWIDTH_DEFAULT_GB_S = 50.0
+"""Assumed host RAM bandwidth when the fleet does not say (dual-channel DDR5)."""
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user asked for. ``settings`` holds the llama.cpp flags; ``fixed`` names the ones they set."""
+
+    settings: LlamaSettings = field(default_factory=LlamaSettings)
+    fixed: frozenset[str] = frozenset()
+    """Fields of ``settings`` the user set explicitly: the planner never changes them."""
+    margin_bytes: int = DEFAULT_MARGIN_BYTES
+    margin_overrides: tuple[tuple[str, int], ...] = ()
+    """Per-device margins by device name."""
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """One device's share: what it holds, what it has, how fast it reads."""
+
+    name: str
+    description: str
+    model_bytes: int
+    context_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    output_bytes: int
+    total_bytes: int
+    free_bytes: int | None
+    budget_bytes: int | None
+    layers: tuple[int, ...]
+    bandwidth_gb_s: float | None
+    device_id: str | None = None
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.budget_bytes is None else self.budget_bytes - self.total_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A complete, reproducible answer: where everything goes, the flags, memory and speed."""
+
+    model_path: str
+    model_name: str | None
+    arch: str
+    settings: LlamaSettings
+    devices: tuple[DevicePlan, ...]
+    host: DevicePlan
+    n_ctx: int
+    decode_tok_s: float | None
+    default_split_decode_tok_s: float | None
+    fleet: Fleet
+    notes: tuple[str, ...] = ()
+
+    def to_llama_args(self) -> list[str]:
+        """llama.cpp flags for this plan (after ``-m MODEL``)."""
+        args = self.settings.to_args()
+        rpc = [d.device_id.split(":", 1)[1] for d in self.devices if d.device_id and d.device_id.startswith("rpc:")]
+        if rpc:
+            args += ["--rpc", ",".join(dict.fromkeys(ep.split("#")[0] for ep in rpc))]
+        return args
+
+    def argv(self, binary: str | None = None) -> list[str]:
+        return [binary or self.settings.binary, "-m", self.model_path, *self.to_llama_args()]
+
+    def to_llama_cpp_python_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``llama_cpp.Llama`` applying this plan."""
+        s = self.settings
+        n_dev = len(self.devices)
+        kwargs: dict[str, Any] = {
+            "model_path": self.model_path,
+            "n_gpu_layers": -1 if s.n_gpu_layers is None else s.n_gpu_layers,
+            "split_mode": {"none": 0, "layer": 1, "row": 2, "tensor": 3}[s.split_mode],
+            "main_gpu": s.main_gpu,
+            "n_ctx": self.n_ctx,
+            "n_batch": s.n_batch,
+            "n_ubatch": s.n_ubatch,
+            "flash_attn": s.flash_attn != "off",
+            "swa_full": s.swa_full,
+            "offload_kqv": s.offload_kqv,
+            "use_mmap": s.use_mmap,
+        }
+        if s.tensor_split is not None and n_dev:
+            kwargs["tensor_split"] = list(s.tensor_split)
+        from llamasplit.planner.kv import cache_type
+
+        if s.type_k != "f16":
+            kwargs["type_k"] = int(cache_type(s.type_k))
+        if s.type_v != "f16":
+            kwargs["type_v"] = int(cache_type(s.type_v))
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        def dev(d: DevicePlan) -> dict[str, Any]:
+            out = dataclasses.asdict(d)
+            out["layers"] = list(d.layers)
+            return out
+
+        return {
+            "schema": PLAN_SCHEMA,
+            "model": {"path": self.model_path, "name": self.model_name, "arch": self.arch},
+            "n_ctx": self.n_ctx,
+            "settings": self.settings.to_dict(),
+            "devices": [dev(d) for d in self.devices],
+            "host": dev(self.host),
+            "decode_tok_s": self.decode_tok_s,
+            "default_split_decode_tok_s": self.default_split_decode_tok_s,
+            "argv": self.to_llama_args(),
+            "command": self.argv(),
+            "fleet": self.fleet.to_dict(),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if data.get("schema") != PLAN_SCHEMA:
+            raise UsageError(f"not a llamasplit plan (schema {data.get('schema')!r}, expected {PLAN_SCHEMA})")
+
+        def dev(d: dict[str, Any]) -> DevicePlan:
+            known = {f.name for f in dataclasses.fields(DevicePlan)}
+            kw = {k: v for k, v in d.items() if k in known}
+            kw["layers"] = tuple(kw.get("layers", ()))
+            return DevicePlan(**kw)
+
+        return cls(
+            model_path=data["model"]["path"],
+            model_name=data["model"].get("name"),
+            arch=data["model"]["arch"],
+            settings=LlamaSettings.from_dict(data["settings"]),
+            devices=tuple(dev(d) for d in data["devices"]),
+            host=dev(data["host"]),
+            n_ctx=int(data["n_ctx"]),
+            decode_tok_s=data.get("decode_tok_s"),
+            default_split_decode_tok_s=data.get("default_split_decode_tok_s"),
+            fleet=Fleet.from_dict(data["fleet"]),
+            notes=tuple(data.get("notes", ())),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UsageError(f"cannot read the plan: {exc}", remedy="make one with `llamasplit plan MODEL --json`") from exc
+
+    def summary(self) -> str:
+        """A human-readable table: devices, memory, layers, speed, and the command."""
+        lines = [f"{self.model_name or self.model_path} ({self.arch}), context {self.n_ctx}"]
+        header = f"{'device':<22} {'layers':>9} {'model':>11} {'context':>11} {'compute':>11} {'total':>11} {'free':>11} {'left':>11}"
+        lines.append(header)
+        for d in (*self.devices, self.host):
+            if d.layers:
+                lo, hi = d.layers[0], d.layers[-1]
+                layer_txt = f"{lo}-{hi}" if lo != hi else f"{lo}"
+            else:
+                layer_txt = "-"
+            left = d.headroom_bytes
+            lines.append(
+                f"{d.name:<22} {layer_txt:>9} {format_size(d.model_bytes):>11} {format_size(d.context_bytes):>11} "
+                f"{format_size(d.compute_bytes):>11} {format_size(d.total_bytes):>11} {format_size(d.free_bytes):>11} "
+                f"{format_size(left) if left is not None else '?':>11}"
+            )
+        if self.decode_tok_s:
+            speed = f"predicted decode: {self.decode_tok_s:.1f} tok/s"
+            if self.default_split_decode_tok_s:
+                speed += f" (llama.cpp's default split by free memory: {self.default_split_decode_tok_s:.1f} tok/s)"
+            lines.append(speed)
+        lines.extend(f"note: {n}" for n in self.notes)
+        lines.append("command: " + " ".join(_quote(a) for a in self.argv()))
+        return "\n".join(lines)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+# ---------------------------------------------------------------------------------------------
+# speed model
+
+
+def decode_seconds_per_token(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Estimate) -> float | None:
+    """Decode time per token: each device reads its weights (MoE: only the used experts) and its
+    KV cache once per token, one device after the other; the CPU at the host's bandwidth; plus one
+    activation transfer between neighbouring devices."""
+    hp = model.hparams
+    active = _active_fraction(model)
+    total = 0.0
+    by_dev: dict[int | None, float] = {}
+    for t in model.tensors:
+        if t.block is Block.INPUT:
+            continue  # a get_rows of one row per token
+        il = hp.n_layer if t.block is Block.OUTPUT else (t.layer if t.layer is not None else 0)
+        dev = est.layer_device[il] if il < len(est.layer_device) else None
+        frac = active if t.role is Role.EXPERTS else 1.0
+        by_dev[dev] = by_dev.get(dev, 0.0) + t.n_bytes * frac
+    for i, d in enumerate(est.devices):
+        by_dev[i] = by_dev.get(i, 0.0) + d.context_bytes / 2  # the cache read at half-full context
+    by_dev[None] = by_dev.get(None, 0.0) + est.host.context_bytes / 2
+    for dev, n_bytes in by_dev.items():
+        if n_bytes == 0:
+            continue
+        if dev is None:
+            bw = fleet.host.ram_bandwidth_gb_s or HOST_BANDWIDTH_DEFAULT_GB_S
+        else:
+            bw = devices[dev].bandwidth_gb_s
+            if bw is None:
+                return None
+        total += n_bytes / (bw * 1e9)
+    hops = len({d for d in est.layer_device}) - 1
+    act_bytes = hp.n_embd * 4
+    for _ in range(max(hops, 0)):
+        total += act_bytes / (16e9) + 10e-6  # PCIe-class copy plus a launch/sync latency
+    return total
+
+
+def _active_fraction(model: ModelProfile) -> float:
+    hp = model.hparams
+    if hp.n_expert and hp.n_expert_used:
+        return hp.n_expert_used / hp.n_expert
+    return 1.0
+
+
+def _tok_s(seconds: float | None) -> float | None:
+    return None if not seconds else 1.0 / seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+
+
+def _budget(d: Device, options: PlanOptions) -> int | None:
+    margin = dict(options.margin_overrides).get(d.name, options.margin_bytes)
+    base = d.free_bytes if d.free_bytes is not None else d.total_bytes
+    return None if base is None else base - margin
+
+
+def _fits(est: Estimate, budgets: Sequence[int | None], upto: int | None = None) -> list[int]:
+    """Shortfall in bytes per device (0 = fits), for devices ``[0, upto)``."""
+    out = []
+    for d, b in zip(est.devices[: upto if upto is not None else len(est.devices)], budgets):
+        out.append(0 if b is None else max(0, d.total_bytes - b))
+    return out
+
+
+def _host_short(est: Estimate, fleet: Fleet) -> int:
+    avail = fleet.host.ram_available_bytes
+    if avail is None:
+        return 0
+    need = est.host.model_bytes + est.host.context_bytes + est.host.compute_bytes + est.host.output_bytes
+    return max(0, need - avail)
+
+
+def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) -> Plan:
+    """Choose devices, layers per device, -ngl and context; return the Plan (pure)."""
+    options = options or PlanOptions()
+    s = options.settings
+    hp = model.hparams
+    notes: list[str] = []
+    if s.split_mode in ("row", "tensor"):
+        raise UsageError(f"-sm {s.split_mode} planning is not available yet", remedy="use -sm layer (the default)")
+
+    # device order: llama.cpp lists RPC devices first; among local GPUs we choose the order
+    # (CUDA_VISIBLE_DEVICES) fastest first, so the fast cards take the bulk of the layers
+    devices = list(fleet.devices)
+    if "tensor_split" not in options.fixed:
+        rpc = [d for d in devices if d.backend.upper() == "RPC"]
+        local = [d for d in devices if d.backend.upper() != "RPC"]
+        local.sort(key=lambda d: -(d.bandwidth_gb_s or 0.0))
+        devices = rpc + local
+    budgets = [_budget(d, options) for d in devices]
+
+    n_ctx_train = hp.n_ctx_train or 4096
+    if "n_ctx" in options.fixed and s.n_ctx:
+        ctx_candidates = [s.n_ctx]
+    else:
+        ctx_candidates = []
+        c = kv.pad(n_ctx_train, kv.KV_PAD)
+        while c >= MIN_AUTO_CTX:
+            ctx_candidates.append(c)
+            c = kv.pad(c // 2, kv.KV_PAD)
+        if not ctx_candidates:
+            ctx_candidates = [kv.pad(n_ctx_train, kv.KV_PAD)]
+        if n_ctx_train < MIN_AUTO_CTX:
+            ctx_candidates = [kv.pad(n_ctx_train, kv.KV_PAD)]
+
+    best: tuple[Estimate, LlamaSettings] | None = None
+    last_failure: tuple[Estimate, LlamaSettings] | None = None
+    for n_ctx in ctx_candidates:
+        trial = s.replace(n_ctx=n_ctx)
+        result = _place(model, devices, budgets, trial, options)
+        if result is not None:
+            est, settings = result
+            if _host_short(est, fleet) == 0:
+                best = (est, settings)
+                break
+            last_failure = result
+        else:
+            last_failure = (estimate(model, devices, trial.replace(tensor_split=trial.tensor_split or _even(devices))), trial)
+    if best is None:
+        est, settings = last_failure  # type: ignore[misc]
+        short = {d.name: max(0, d.total_bytes - b) for d, b in zip(est.devices, budgets) if b is not None}
+        host_short = _host_short(est, fleet)
+        if host_short:
+            short[HOST] = host_short
+        raise NoFeasiblePlan(
+            f"{model.name or model.arch} does not fit: short by "
+            + ", ".join(f"{k} {format_size(v)}" for k, v in short.items() if v)
+            + f" at context {est.n_ctx}",
+            shortfall_bytes=short,
+            suggestions=_suggestions(model, s),
+            remedy="; ".join(_suggestions(model, s)[:3]) or None,
+        )
+    est, settings = best
+    if "tensor_split" not in options.fixed and settings.tensor_split is not None:
+        # fewer devices: one that holds no layer is left out of the plan (and of CUDA_VISIBLE_DEVICES)
+        keep = [i for i, c in enumerate(settings.tensor_split) if c > 0]
+        if len(keep) < len(devices):
+            devices = [devices[i] for i in keep]
+            budgets = [budgets[i] for i in keep]
+            settings = settings.replace(tensor_split=tuple(settings.tensor_split[i] for i in keep) if len(keep) > 1 else None)
+            est = estimate(model, devices, settings)
+    dec = decode_seconds_per_token(model, fleet, devices, est)
+    default = None
+    if devices and all(d.free_bytes is not None for d in devices) and settings.tensor_split is not None:
+        default_settings = settings.replace(tensor_split=None)
+        try:
+            default_est = estimate(model, devices, default_settings)
+            default = _tok_s(decode_seconds_per_token(model, fleet, devices, default_est))
+            if any(_fits(default_est, budgets)):
+                notes.append("llama.cpp's default split (by free memory) would not fit these budgets")
+        except UsageError:
+            default = None
+    if fleet.simulated:
+        notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
+    return Plan(
+        model_path=model.path,
+        model_name=model.name,
+        arch=model.arch,
+        settings=settings,
+        devices=tuple(_device_plan(d, e, b) for d, e, b in zip(devices, est.devices, budgets)),
+        host=_host_plan(est, fleet),
+        n_ctx=est.n_ctx,
+        decode_tok_s=_tok_s(dec),
+        default_split_decode_tok_s=default,
+        fleet=dataclasses.replace(fleet, devices=tuple(devices)),
+        notes=tuple(notes),
+    )
+
+
+def _even(devices: Sequence[Device]) -> tuple[float, ...]:
+    return tuple(1.0 for _ in devices)
+
+
+def _place(
+    model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, options: PlanOptions
+) -> tuple[Estimate, LlamaSettings] | None:
+    """Layers per device for one context; ``None`` when even the CPU fallback does not fit the GPUs."""
+    hp = model.hparams
+    n_slots = hp.n_layer + 1  # repeating layers + the output layer
+    if not devices:
+        est = estimate(model, devices, s.replace(n_gpu_layers=0 if "n_gpu_layers" not in options.fixed else s.n_gpu_layers))
+        return est, s.replace(n_gpu_layers=0)
+    if "tensor_split" in options.fixed or ("n_gpu_layers" in options.fixed and s.tensor_split is not None):
+        est = estimate(model, devices, s)
+        return (est, s) if not any(_fits(est, budgets)) else None
+
+    max_ngl = s.n_gpu_layers if "n_gpu_layers" in options.fixed and s.n_gpu_layers is not None else n_slots
+    max_ngl = min(max_ngl, n_slots)
+    # fill devices in order (fastest first); each takes the most layers that keep it within budget
+    counts = [0] * len(devices)
+    remaining = max_ngl
+    for i in range(len(devices)):
+        lo, hi = 0, remaining
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            trial = counts[:i] + [mid] + [0] * (len(devices) - i - 1)
+            est = _estimate_counts(model, devices, s, trial)
+            if _fits(est, budgets, i + 1)[i] == 0:
+                lo = mid
+            else:
+                hi = mid - 1
+        counts[i] = lo
+        remaining -= lo
+        if remaining == 0:
+            break
+    ngl = sum(counts)
+    if ngl == 0 and max_ngl > 0:
+        return None
+    settings = s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=tuple(float(c) for c in counts))
+    est = estimate(model, devices, settings)
+    # the output layer sits on the last device that has layers: re-check everything together
+    while any(_fits(est, budgets)) and ngl > 0:
+        j = max(i for i, c in enumerate(counts) if c > 0)
+        counts[j] -= 1
+        ngl -= 1
+        settings = s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=tuple(float(c) for c in counts) if ngl else None)
+        est = estimate(model, devices, settings)
+    return est, settings
+
+
+def _estimate_counts(model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int]) -> Estimate:
+    ngl = sum(counts)
+    if ngl == 0:
+        return estimate(model, devices, s.replace(n_gpu_layers=0, tensor_split=tuple(1.0 for _ in devices)))
+    n_slots = model.hparams.n_layer + 1
+    return estimate(model, devices, s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=tuple(float(c) for c in counts)))
+
+
+def _device_plan(d: Device, e, budget: int | None) -> DevicePlan:
+    return DevicePlan(
+        name=d.name, description=d.description, model_bytes=e.model_bytes, context_bytes=e.context_bytes,
+        compute_bytes=e.compute_bytes, overhead_bytes=e.overhead_bytes, output_bytes=e.output_bytes,
+        total_bytes=e.total_bytes, free_bytes=d.free_bytes, budget_bytes=budget, layers=tuple(e.layers),
+        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id,
+    )
+
+
+def _host_plan(est: Estimate, fleet: Fleet) -> DevicePlan:
+    h = est.host
+    return DevicePlan(
+        name=HOST, description=fleet.host.name, model_bytes=h.model_bytes, context_bytes=h.context_bytes,
+        compute_bytes=h.compute_bytes, overhead_bytes=0, output_bytes=h.output_bytes, total_bytes=h.total_bytes,
+        free_bytes=fleet.host.ram_available_bytes, budget_bytes=fleet.host.ram_available_bytes, layers=tuple(h.layers),
+        bandwidth_gb_s=fleet.host.ram_bandwidth_gb_s,
+    )
+
+
+def _suggestions(model: ModelProfile, s: LlamaSettings) -> list[str]:
+    out = []
+    if s.type_k == "f16":
+        out.append("try a q8_0 KV cache (-ctk q8_0 -ctv q8_0 -fa on)")
+    out.append("try a shorter context (-c 8192)")
+    out.append("keep some layers on the CPU (lower -ngl) if the host has RAM to spare")
+    out.append("try a smaller quantization (see `llamasplit inspect MODEL` for the what-if sizes)")
+    return out
