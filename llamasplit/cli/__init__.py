@@ -11,12 +11,14 @@ import traceback
 from llamasplit.cli.app import _State, app
 from llamasplit.errors import LlamasplitError
 
-# Subcommands register themselves on import.
-from llamasplit.cli import commands  # noqa: F401,E402
+from llamasplit.cli import commands  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map our errors to one line on stderr and an exit code."""
+    if argv is None:
+        argv = sys.argv[1:]
+    commands.load(argv)
     try:
         app(args=argv, prog_name="llamasplit", standalone_mode=False)
     except LlamasplitError as err:

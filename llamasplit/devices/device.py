@@ -123,6 +123,8 @@ class Fleet:
     source: str = "unknown"
     """Where this snapshot came from: ``nvml``, ``llama.cpp``, ``inventory:FILE``, ``fleet:SPEC``."""
     simulated: bool = False
+    notes: tuple[str, ...] = ()
+    """Things worth telling the user about the fleet as a whole (device order, hidden GPUs)."""
 
     def link(self, a: str, b: str) -> Link | None:
         """The link between two device ids, in either direction; ``None`` when not known."""
@@ -140,6 +142,7 @@ class Fleet:
             "links": [
                 {**dataclasses.asdict(link), "kind": link.kind.value} for link in self.links
             ],
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -152,4 +155,5 @@ class Fleet:
             ),
             source=data.get("source", "unknown"),
             simulated=bool(data.get("simulated", False)),
+            notes=tuple(data.get("notes") or ()),
         )
