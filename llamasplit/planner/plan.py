@@ -362,15 +362,14 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
             est = estimate(model, devices, settings)
     dec = decode_seconds_per_token(model, fleet, devices, est)
     default = None
-    if devices and all(d.free_bytes is not None for d in devices) and settings.tensor_split is not None:
+    if "tensor_split" not in options.fixed and len(fleet.devices) > 1 and all(d.free_bytes is not None for d in fleet.devices):
+        # what llama.cpp would do unguided: every device, layers in proportion to free memory
         default_settings = settings.replace(tensor_split=None)
-        try:
-            default_est = estimate(model, devices, default_settings)
-            default = _tok_s(decode_seconds_per_token(model, fleet, devices, default_est))
-            if any(_fits(default_est, budgets)):
-                notes.append("llama.cpp's default split (by free memory) would not fit these budgets")
-        except UsageError:
-            default = None
+        default_est = estimate(model, list(fleet.devices), default_settings)
+        default = _tok_s(decode_seconds_per_token(model, fleet, list(fleet.devices), default_est))
+        default_budgets = [_budget(d, options) for d in fleet.devices]
+        if any(_fits(default_est, default_budgets)):
+            notes.append("llama.cpp's default split (by free memory) would not fit these budgets")
     if fleet.simulated:
         notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
     return Plan(

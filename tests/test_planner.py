@@ -1,0 +1,89 @@
+"""The planner on real model headers and simulated fleets: fit, order, fixed flags, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llamasplit.cli import main
+from llamasplit.devices.fleet import fleet_from_spec
+from llamasplit.errors import NoFeasiblePlan
+from llamasplit.model.profile import read_model
+from llamasplit.planner.estimate import estimate, layer_devices
+from llamasplit.planner.plan import Plan, PlanOptions, plan
+from llamasplit.planner.settings import LlamaSettings
+
+MiB = 1024 * 1024
+
+
+def _opts(**kw):
+    fixed = frozenset(k for k in ("n_ctx", "n_gpu_layers", "tensor_split") if k in kw)
+    return PlanOptions(settings=LlamaSettings(**kw), fixed=fixed)
+
+
+def test_small_model_goes_to_the_fastest_card_only(smollm2_path):
+    # 4090 (1008 GB/s) + 4060 Ti (288 GB/s): the model fits on the 4090, so the 4060 Ti is left out
+    p = plan(read_model(smollm2_path), fleet_from_spec("4060ti-16,4090"), _opts(n_ctx=8192))
+    assert [d.description for d in p.devices] == ["NVIDIA GeForce RTX 4090"]
+    assert p.devices[0].layers == tuple(range(31))
+    assert p.settings.n_gpu_layers is None and p.settings.tensor_split is None
+    assert p.decode_tok_s and p.default_split_decode_tok_s and p.decode_tok_s > p.default_split_decode_tok_s
+
+
+def test_integer_tensor_split_reproduces_the_planned_counts(gemma3_path):
+    # tight budgets force a split: each planned count survives llama.cpp's float32 rule
+    model = read_model(gemma3_path)
+    fleet = fleet_from_spec("3090,3060-12g")
+    options = PlanOptions(settings=LlamaSettings(n_ctx=32768), fixed=frozenset({"n_ctx"}), margin_bytes=0,
+                          margin_overrides=(("CUDA0", (24 * 1024 - 512 - 700) * MiB),))
+    p = plan(model, fleet, options)
+    counts = [len(d.layers) for d in p.devices]
+    assert sum(counts) == 19 and len(p.devices) == 2
+    ts = p.settings.tensor_split
+    assert ts == tuple(float(c) for c in counts)
+    got = layer_devices(18, 2, None, ts)
+    assert [got.count(0), got.count(1)] == counts
+    for d in p.devices:
+        assert d.total_bytes <= d.budget_bytes
+
+
+def test_fixed_flags_are_estimated_not_searched(smollm2_path):
+    model = read_model(smollm2_path)
+    fleet = fleet_from_spec("2x3090")
+    p = plan(model, fleet, _opts(n_ctx=4096, n_gpu_layers=99, tensor_split=(1.0, 2.0)))
+    est = estimate(model, fleet.devices, LlamaSettings(n_ctx=4096, n_gpu_layers=99, tensor_split=(1.0, 2.0)))
+    assert [d.model_bytes for d in p.devices] == [d.model_bytes for d in est.devices]
+    assert p.settings.tensor_split == (1.0, 2.0)
+    assert "-ts" in p.to_llama_args() and "1,2" in p.to_llama_args()
+
+
+def test_no_feasible_plan_names_the_shortfall(gemma3_path):
+    model = read_model(gemma3_path)
+    fleet = fleet_from_spec("3060-12g,ram=1GiB")
+    options = PlanOptions(settings=LlamaSettings(n_ctx=32768), fixed=frozenset({"n_ctx"}),
+                          margin_bytes=12 * 1024 * MiB)
+    with pytest.raises(NoFeasiblePlan) as info:
+        plan(model, fleet, options)
+    assert info.value.shortfall_bytes and info.value.suggestions
+    assert "\n" not in str(info.value)
+
+
+def test_plan_json_round_trips_and_carries_llama_names(smollm2_path, capsys):
+    rc = main(["plan", str(smollm2_path), "--fleet", "3090,3060-12g", "--ctx", "4096", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads(out)
+    assert data["schema"] == "llamasplit.plan/1"
+    assert data["devices"][0]["name"] == "CUDA0"
+    for key in ("model_bytes", "context_bytes", "compute_bytes"):
+        assert isinstance(data["devices"][0][key], int)
+    assert data["argv"][:2] == ["-ngl", "all"]
+    assert Plan.from_json(out).to_dict() == data
+
+
+def test_plan_without_gpus_is_one_line_and_non_zero(smollm2_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    rc = main(["plan", str(smollm2_path), "--inventory", "/nonexistent/inventory.json"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "inventory" in err
