@@ -39,10 +39,13 @@ def test_integer_tensor_split_reproduces_the_planned_counts(gemma3_path):
                           margin_overrides=(("CUDA0", (24 * 1024 - 512 - 700) * MiB),))
     p = plan(model, fleet, options)
     counts = [len(d.layers) for d in p.devices]
-    assert sum(counts) == 19 and len(p.devices) == 2
+    ngl = p.settings.n_gpu_layers
+    assert len(p.devices) == 2 and sum(counts) == (19 if ngl is None else ngl)
+    # the fast card is last: it holds the output layer (18) and the last blocks
+    assert p.devices[1].description.endswith("3090") and 18 in p.devices[1].layers
     ts = p.settings.tensor_split
     assert ts == tuple(float(c) for c in counts)
-    got = layer_devices(18, 2, None, ts)
+    got = layer_devices(18, 2, ngl, ts)
     assert [got.count(0), got.count(1)] == counts
     for d in p.devices:
         assert d.total_bytes <= d.budget_bytes
@@ -87,3 +90,35 @@ def test_plan_without_gpus_is_one_line_and_non_zero(smollm2_path, capsys, monkey
     rc = main(["plan", str(smollm2_path), "--inventory", "/nonexistent/inventory.json"])
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and "inventory" in err
+
+
+def test_moe_that_does_not_fit_sends_routed_experts_to_cpu_not_whole_layers():
+    from llamasplit.model.shapes import moe_profile
+
+    model = moe_profile(n_layer=16, n_dense=1, n_embd=2048, n_head=16, n_expert=256, n_expert_used=8,
+                        n_ff=8192, n_ff_exp=2048, n_vocab=32000, q_lora_rank=512, kv_lora_rank=256)
+    fleet = fleet_from_spec("2x3060-12g,ram=256GiB")
+    experts = sum(t.n_bytes for t in model.tensors if t.role.value == "experts")
+    assert experts > 2 * 12 * 1024 * MiB  # the routed experts alone outgrow both cards
+    p = plan(model, fleet, _opts(n_ctx=8192))
+    assert p.settings.n_gpu_layers is None  # every layer's attention stays on a GPU
+    k = p.settings.n_cpu_moe
+    assert 0 < k < 16 and "--n-cpu-moe" in p.to_llama_args()
+    # the smallest k that fits: one layer fewer overflows a card with the same split
+    est = estimate(model, [d for d in _plan_devices(p, fleet)], p.settings.replace(n_cpu_moe=k - 1))
+    assert any(e.total_bytes > d.budget_bytes for e, d in zip(est.devices, p.devices))
+    # whole-layer offload of the same model decodes slower than the expert split
+    layered = plan(model, fleet, PlanOptions(settings=LlamaSettings(n_ctx=8192), fixed=frozenset({"n_ctx", "overrides"})))
+    assert layered.settings.n_gpu_layers is not None and p.decode_tok_s > layered.decode_tok_s
+
+
+def _plan_devices(p, fleet):
+    by_id = {d.id: d for d in fleet.devices}
+    return [by_id[d.device_id] for d in p.devices]
+
+
+def test_plan_env_pins_the_chosen_cards_in_plan_order(smollm2_path):
+    # 3060 is PCI index 0, 4090 index 1: the plan uses only the 4090, so CUDA0 must be it
+    p = plan(read_model(smollm2_path), fleet_from_spec("3060-12g,4090"), _opts(n_ctx=8192))
+    assert p.cuda_env() == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}
+    assert [d.name for d in p.devices] == ["CUDA0"]

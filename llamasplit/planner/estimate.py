@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class DeviceEstimate:
     overhead_bytes: int = 0
     layers: list[int] = field(default_factory=list)
     """Repeating layers whose weights live here (``n_layer`` = the output layer)."""
+    read_bytes: float = 0.0
+    """Weight bytes one decoded token reads here (MoE: routed experts times n_expert_used / n_expert)."""
 
     @property
     def total_bytes(self) -> int:
@@ -91,6 +94,113 @@ class Estimate:
             if d.name == name:
                 return d
         raise KeyError(name)
+
+
+@dataclass
+class _Weights:
+    """Summed allocation sizes of a group of weight tensors, per kind of buffer."""
+
+    cuda_bytes: int = 0
+    cpu_bytes: int = 0
+    mapped_bytes: int = 0
+    """Bytes that stay in the mapped file under mmap (duplicates are never mapped)."""
+    read_bytes: float = 0.0
+
+    def add(self, item: _Item) -> None:
+        t = item.tensor
+        self.cuda_bytes += alloc_bytes(t, "CUDA")
+        self.cpu_bytes += alloc_bytes(t, "CPU")
+        if not item.dup:
+            self.mapped_bytes += t.n_bytes
+        self.read_bytes += item.read_bytes
+
+    def minus(self, other: _Weights) -> _Weights:
+        return _Weights(
+            self.cuda_bytes - other.cuda_bytes, self.cpu_bytes - other.cpu_bytes,
+            self.mapped_bytes - other.mapped_bytes, self.read_bytes - other.read_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One weight tensor instance as llama.cpp creates it, in its slot (layer index, n_layer = output)."""
+
+    tensor: TensorInfo
+    slot: int | None
+    """``None``: the input layer, always on the CPU."""
+    dup: bool
+    read_bytes: float
+
+
+@dataclass
+class _Tables:
+    names: tuple[str, ...]
+    items: list[_Item]
+    input: _Weights
+    input_spans: dict[int, tuple[int, int]]
+    slots: list[_Weights]
+    slot_spans: list[dict[int, tuple[int, int]]]
+
+
+_TABLE_CACHE: dict[int, tuple[ModelProfile, _Tables]] = {}
+
+
+def _tables(model: ModelProfile) -> _Tables:
+    """Per-slot weight sums of a model, computed once per profile (the planner estimates often)."""
+    cached = _TABLE_CACHE.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    hp = model.hparams
+    active = hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
+    items: list[_Item] = []
+    for t in model.tensors:
+        # bytes a decoded token reads: routed experts only in the share the router picks
+        read = float(t.n_bytes) * (active if t.role is Role.EXPERTS else 1.0)
+        if t.block is Block.INPUT:
+            items.append(_Item(t, None, False, 0.0))
+            if t.name == "token_embd.weight" and model.tied_embeddings:
+                # TENSOR_DUPLICATED: the output layer gets its own copy, read whole by the logits
+                items.append(_Item(t, hp.n_layer, True, float(t.n_bytes)))
+        elif t.block is Block.OUTPUT:
+            items.append(_Item(t, hp.n_layer, False, read))
+        elif t.role is Role.ROPE and t.layer is None:
+            for il in range(hp.n_layer):  # rope_freqs is duplicated into every layer
+                items.append(_Item(t, il, il > 0, 0.0))
+        else:
+            items.append(_Item(t, t.layer if t.layer is not None else 0, False, read))
+    inp, slots = _Weights(), [_Weights() for _ in range(hp.n_layer + 1)]
+    inp_spans: dict[int, tuple[int, int]] = {}
+    slot_spans: list[dict[int, tuple[int, int]]] = [{} for _ in range(hp.n_layer + 1)]
+    for item in items:
+        w, spans = (inp, inp_spans) if item.slot is None else (slots[item.slot], slot_spans[item.slot])
+        w.add(item)
+        if not item.dup:
+            t = item.tensor
+            lo, hi = spans.get(t.file_index, (t.offset, t.offset + t.n_bytes))
+            spans[t.file_index] = (min(lo, t.offset), max(hi, t.offset + t.n_bytes))
+    tables = _Tables(tuple(t.name for t in model.tensors), items, inp, inp_spans, slots, slot_spans)
+    if len(_TABLE_CACHE) > 16:
+        _TABLE_CACHE.clear()
+    _TABLE_CACHE[id(model)] = (model, tables)
+    return tables
+
+
+@functools.lru_cache(maxsize=256)
+def _override_map(names: tuple[str, ...], overrides: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Tensor name -> buffer of the first -ot pattern that matches it (llama.cpp: regex_search, in order)."""
+    if not overrides:
+        return {}
+    try:
+        compiled = [(re.compile(p), b) for p, b in overrides]
+    except re.error as exc:
+        raise UsageError(f"-ot pattern is not a valid regular expression: {exc}") from exc
+    out = {}
+    for name in names:
+        for pattern, buft in compiled:
+            if pattern.search(name):
+                out[name] = buft
+                break
+    return out
 
 
 def _backend(device: Device) -> str:
@@ -181,51 +291,49 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     for i, dev_index in enumerate(layer_dev):
         target(dev_index).layers.append(i)
 
-    overrides = [(re.compile(p), b) for p, b in settings.effective_overrides]
+    tables = _tables(model)
+    override_of = _override_map(tables.names, settings.effective_overrides)
     names = {d.name: i for i, d in enumerate(devices)}
+    backends = [_backend(d) for d in devices]
     mapped_spans: dict[int, list[int]] = {}
-    host_unmapped = 0
 
-    def place(t: TensorInfo, dev_index: int | None) -> None:
-        nonlocal host_unmapped
-        for pattern, buft in overrides:
-            if pattern.search(t.name):
-                if buft.upper() == "CPU":
-                    dev_index = None
-                elif buft in names:
-                    dev_index = names[buft]
-                else:
-                    raise UsageError(f"-ot {pattern.pattern}={buft}: no device called {buft}", remedy=f"use CPU or one of {', '.join(names)}")
-                break
+    def add_span(file_index: int, lo: int, hi: int) -> None:
+        span = mapped_spans.setdefault(file_index, [lo, hi])
+        span[0] = min(span[0], lo)
+        span[1] = max(span[1], hi)
+
+    def put(w: _Weights, dev_index: int | None, spans: dict[int, tuple[int, int]] | None) -> None:
         if dev_index is None:
-            # mmap: the tensor's bytes stay in the mapped file (llama.cpp's breakdown counts the
-            # tensors, the CPU_Mapped buffer line the file span they cover); else a CPU buffer
-            host_unmapped += t.n_bytes if settings.use_mmap else alloc_bytes(t, "CPU")
-            if settings.use_mmap:
-                span = mapped_spans.setdefault(t.file_index, [t.offset, t.offset + t.n_bytes])
-                span[0] = min(span[0], t.offset)
-                span[1] = max(span[1], t.offset + t.n_bytes)
+            # mmap: the tensors' bytes stay in the mapped file (llama.cpp's breakdown counts the
+            # tensors, its CPU_Mapped buffer line the file span they cover); else a CPU buffer
+            host.model_bytes += w.mapped_bytes if settings.use_mmap else w.cpu_bytes
+            host.read_bytes += w.read_bytes
+            if settings.use_mmap and spans:
+                for fi, (lo, hi) in spans.items():
+                    add_span(fi, lo, hi)
             return
-        ests[dev_index].model_bytes += alloc_bytes(t, _backend(devices[dev_index]))
+        e = ests[dev_index]
+        e.model_bytes += w.cuda_bytes if backends[dev_index] == "CUDA" else w.cpu_bytes
+        e.read_bytes += w.read_bytes
 
-    out_dev = layer_dev[hp.n_layer]
-    for t in model.tensors:
-        if t.block is Block.INPUT:
-            place(t, None)
-            if t.name == "token_embd.weight" and model.tied_embeddings:
-                # TENSOR_DUPLICATED: the output layer gets its own copy (never mapped from the file)
-                if out_dev is not None:
-                    ests[out_dev].model_bytes += alloc_bytes(t, _backend(devices[out_dev]))
-                elif not settings.use_mmap:
-                    host_unmapped += alloc_bytes(t, "CPU")
-        elif t.block is Block.OUTPUT:
-            place(t, out_dev)
-        elif t.role is Role.ROPE and t.layer is None:
-            for il in range(hp.n_layer):  # rope_freqs is duplicated into every layer
-                place(t, layer_dev[il])
+    moved = [(item, override_of[item.tensor.name]) for item in tables.items if item.tensor.name in override_of]
+    removed: dict[int | None, _Weights] = {}
+    for item, _ in moved:
+        removed.setdefault(item.slot, _Weights()).add(item)
+    put(tables.input, None, tables.input_spans)
+    for slot, w in enumerate(tables.slots):
+        r = removed.get(slot)
+        put(w.minus(r) if r else w, layer_dev[slot], tables.slot_spans[slot])
+    for item, buft in moved:
+        if buft.upper() == "CPU":
+            dev_index = None
+        elif buft in names:
+            dev_index = names[buft]
         else:
-            place(t, layer_dev[t.layer if t.layer is not None else 0])
-    host.model_bytes = host_unmapped
+            raise UsageError(f"-ot ...={buft}: no device called {buft}", remedy=f"use CPU or one of {', '.join(names)}")
+        single = _Weights()
+        single.add(item)
+        put(single, dev_index, {item.tensor.file_index: (item.tensor.offset, item.tensor.offset + item.tensor.n_bytes)})
     host_mapped_span = sum(end - start for start, end in mapped_spans.values())
 
     # context: KV cache and recurrent state, on each layer's device unless -nkvo

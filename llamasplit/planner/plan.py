@@ -96,6 +96,21 @@ class Plan:
             args += ["--rpc", ",".join(dict.fromkeys(ep.split("#")[0] for ep in rpc))]
         return args
 
+    def cuda_env(self) -> dict[str, str]:
+        """The variables that make llama.cpp's CUDA0..n exactly this plan's CUDA devices, in order:
+        ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and ``CUDA_VISIBLE_DEVICES`` by GPU UUID, or by PCI-order
+        index for devices read without one (simulated fleets, inventories)."""
+        from llamasplit.devices.cuda_env import launch_env
+
+        cuda = [d for d in self.fleet.devices if d.backend.upper() == "CUDA" and d.host == "localhost"]
+        if not cuda:
+            return {}
+        if all(d.id.startswith(("GPU-", "MIG-")) for d in cuda):
+            return launch_env(cuda, {})
+        if all(d.nvml_index is not None for d in cuda):
+            return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(d.nvml_index) for d in cuda)}
+        return {}
+
     def argv(self, binary: str | None = None) -> list[str]:
         return [binary or self.settings.binary, "-m", self.model_path, *self.to_llama_args()]
 
@@ -143,6 +158,7 @@ class Plan:
             "default_split_decode_tok_s": self.default_split_decode_tok_s,
             "argv": self.to_llama_args(),
             "command": self.argv(),
+            "env": self.cuda_env(),
             "fleet": self.fleet.to_dict(),
             "notes": list(self.notes),
         }
@@ -205,7 +221,8 @@ class Plan:
                 speed += f" (llama.cpp's default split by free memory: {self.default_split_decode_tok_s:.1f} tok/s)"
             lines.append(speed)
         lines.extend(f"note: {n}" for n in self.notes)
-        lines.append("command: " + " ".join(_quote(a) for a in self.argv()))
+        env = " ".join(f"{k}={v}" for k, v in self.cuda_env().items())
+        lines.append("command: " + (env + " " if env else "") + " ".join(_quote(a) for a in self.argv()))
         return "\n".join(lines)
 
 
@@ -220,37 +237,23 @@ def _quote(arg: str) -> str:
 
 
 def decode_seconds_per_token(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Estimate) -> float | None:
-    """Decode time per token: each device reads its weights (MoE: only the used experts) and its
-    KV cache once per token, one device after the other; the CPU at the host's bandwidth; plus one
-    activation transfer between neighbouring devices."""
+    """Decode time per token: each device reads the weights a token touches there (MoE: only the
+    routed experts' share) and its KV cache at half-full context, one device after the other; the
+    CPU at the host's bandwidth; plus one activation transfer between neighbouring devices."""
     hp = model.hparams
-    active = _active_fraction(model)
     total = 0.0
-    by_dev: dict[int | None, float] = {}
-    for t in model.tensors:
-        if t.block is Block.INPUT:
-            continue  # a get_rows of one row per token
-        il = hp.n_layer if t.block is Block.OUTPUT else (t.layer if t.layer is not None else 0)
-        dev = est.layer_device[il] if il < len(est.layer_device) else None
-        frac = active if t.role is Role.EXPERTS else 1.0
-        by_dev[dev] = by_dev.get(dev, 0.0) + t.n_bytes * frac
-    for i, d in enumerate(est.devices):
-        by_dev[i] = by_dev.get(i, 0.0) + d.context_bytes / 2  # the cache read at half-full context
-    by_dev[None] = by_dev.get(None, 0.0) + est.host.context_bytes / 2
-    for dev, n_bytes in by_dev.items():
+    for e, d in zip(est.devices, devices):
+        n_bytes = e.read_bytes + e.context_bytes / 2
         if n_bytes == 0:
             continue
-        if dev is None:
-            bw = fleet.host.ram_bandwidth_gb_s or HOST_BANDWIDTH_DEFAULT_GB_S
-        else:
-            bw = devices[dev].bandwidth_gb_s
-            if bw is None:
-                return None
-        total += n_bytes / (bw * 1e9)
-    hops = len({d for d in est.layer_device}) - 1
-    act_bytes = hp.n_embd * 4
-    for _ in range(max(hops, 0)):
-        total += act_bytes / (16e9) + 10e-6  # PCIe-class copy plus a launch/sync latency
+        if d.bandwidth_gb_s is None:
+            return None
+        total += n_bytes / (d.bandwidth_gb_s * 1e9)
+    host_bytes = est.host.read_bytes + est.host.context_bytes / 2
+    total += host_bytes / ((fleet.host.ram_bandwidth_gb_s or HOST_BANDWIDTH_DEFAULT_GB_S) * 1e9)
+    used = {i for i, e in enumerate(est.devices) if e.read_bytes} | ({None} if est.host.read_bytes else set())
+    for _ in range(max(len(used) - 1, 0)):
+        total += hp.n_embd * 4 / 16e9 + 10e-6  # a PCIe-class copy of the activations plus a sync
     return total
 
 
@@ -301,12 +304,13 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         raise UsageError(f"-sm {s.split_mode} planning is not available yet", remedy="use -sm layer (the default)")
 
     # device order: llama.cpp lists RPC devices first; among local GPUs we choose the order
-    # (CUDA_VISIBLE_DEVICES) fastest first, so the fast cards take the bulk of the layers
+    # (CUDA_VISIBLE_DEVICES) fastest LAST: llama.cpp gives the last device the output layer and
+    # the last blocks, and the planner fills devices from the back, fastest first
     devices = list(fleet.devices)
     if "tensor_split" not in options.fixed:
         rpc = [d for d in devices if d.backend.upper() == "RPC"]
         local = [d for d in devices if d.backend.upper() != "RPC"]
-        local.sort(key=lambda d: -(d.bandwidth_gb_s or 0.0))
+        local.sort(key=lambda d: (d.bandwidth_gb_s or 0.0))
         devices = rpc + local
     budgets = [_budget(d, options) for d in devices]
 
@@ -328,7 +332,7 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     last_failure: tuple[Estimate, LlamaSettings] | None = None
     for n_ctx in ctx_candidates:
         trial = s.replace(n_ctx=n_ctx)
-        result = _place(model, devices, budgets, trial, options)
+        result = _place(model, fleet, devices, budgets, trial, options)
         if result is not None:
             est, settings = result
             if _host_short(est, fleet) == 0:
@@ -372,6 +376,7 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
             notes.append("llama.cpp's default split (by free memory) would not fit these budgets")
     if fleet.simulated:
         notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
+    devices = _renamed(devices)
     return Plan(
         model_path=model.path,
         model_name=model.name,
@@ -387,12 +392,24 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     )
 
 
+def _renamed(devices: Sequence[Device]) -> list[Device]:
+    """Name CUDA devices as llama.cpp will under the plan's CUDA_VISIBLE_DEVICES: CUDA0.. in plan order."""
+    out, k = [], 0
+    for d in devices:
+        if d.backend.upper() == "CUDA":
+            d = dataclasses.replace(d, name=f"CUDA{k}")
+            k += 1
+        out.append(d)
+    return out
+
+
 def _even(devices: Sequence[Device]) -> tuple[float, ...]:
     return tuple(1.0 for _ in devices)
 
 
 def _place(
-    model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, options: PlanOptions
+    model: ModelProfile, fleet: Fleet, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings,
+    options: PlanOptions,
 ) -> tuple[Estimate, LlamaSettings] | None:
     """Layers per device for one context; ``None`` when even the CPU fallback does not fit the GPUs."""
     hp = model.hparams
@@ -406,16 +423,54 @@ def _place(
 
     max_ngl = s.n_gpu_layers if "n_gpu_layers" in options.fixed and s.n_gpu_layers is not None else n_slots
     max_ngl = min(max_ngl, n_slots)
-    # fill devices in order (fastest first); each takes the most layers that keep it within budget
+    layered = _fill(model, devices, budgets, s, max_ngl)
+    if (
+        layered is not None and layered[1].n_gpu_layers is None
+        or not hp.n_expert
+        or options.fixed & {"n_gpu_layers", "overrides", "n_cpu_moe", "cpu_moe"}
+        or s.overrides
+    ):
+        return layered
+    # MoE that does not fit whole: keep every layer's attention, norms, router and shared experts on
+    # the GPUs and send the routed experts of the first k layers to the CPU (--n-cpu-moe k), with
+    # the smallest k that fits; take it when it decodes faster than offloading whole layers
+    lo, hi, moe = 1, hp.n_layer, None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        trial = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots)
+        if trial is not None and trial[1].n_gpu_layers is None:
+            moe, hi = trial, k - 1
+        else:
+            lo = k + 1
+    if moe is None:
+        return layered
+    if layered is None or _speed(model, fleet, devices, moe[0]) >= _speed(model, fleet, devices, layered[0]):
+        return moe
+    return layered
+
+
+def _speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Estimate) -> float:
+    sec = decode_seconds_per_token(model, fleet, devices, est)
+    return 0.0 if not sec else 1.0 / sec
+
+
+def _fill(
+    model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, max_ngl: int
+) -> tuple[Estimate, LlamaSettings] | None:
+    """Slots per device for fixed settings, back to front; ``None`` when no slot fits anywhere."""
+    # Fill from the back. With -ngl N llama.cpp offloads the LAST N slots and gives each device a
+    # contiguous window ending where the next device's starts, so the last device's window (the
+    # output layer and the last blocks) does not move when earlier devices are added: every
+    # choice made back to front is final. Each device takes the most slots that keep it in budget.
     counts = [0] * len(devices)
     remaining = max_ngl
-    for i in range(len(devices)):
+    for i in reversed(range(len(devices))):
         lo, hi = 0, remaining
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            trial = counts[:i] + [mid] + [0] * (len(devices) - i - 1)
+            trial = counts[:i] + [mid] + counts[i + 1 :]
             est = _estimate_counts(model, devices, s, trial)
-            if _fits(est, budgets, i + 1)[i] == 0:
+            if _fits(est, budgets)[i] == 0:
                 lo = mid
             else:
                 hi = mid - 1
@@ -426,24 +481,32 @@ def _place(
     ngl = sum(counts)
     if ngl == 0 and max_ngl > 0:
         return None
-    settings = s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=tuple(float(c) for c in counts))
-    est = estimate(model, devices, settings)
-    # the output layer sits on the last device that has layers: re-check everything together
-    while any(_fits(est, budgets)) and ngl > 0:
-        j = max(i for i, c in enumerate(counts) if c > 0)
+    est = _estimate_counts(model, devices, s, counts)
+    # everything offloaded switches llama.cpp to pipeline parallelism, whose compute buffers are
+    # larger: take a slot from whichever device then overflows until all fit
+    while ngl > 0 and any(short := _fits(est, budgets)):
+        j = max(range(len(devices)), key=lambda k: short[k])
         counts[j] -= 1
         ngl -= 1
-        settings = s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=tuple(float(c) for c in counts) if ngl else None)
-        est = estimate(model, devices, settings)
+        est = _estimate_counts(model, devices, s, counts)
+    if ngl == 0:
+        return None
+    settings = _counts_settings(model, s, counts)
     return est, settings
 
 
-def _estimate_counts(model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int]) -> Estimate:
+def _counts_settings(model: ModelProfile, s: LlamaSettings, counts: list[int]) -> LlamaSettings:
+    """-ngl and an integer -ts that llama.cpp turns back into exactly these per-device slot counts."""
     ngl = sum(counts)
-    if ngl == 0:
-        return estimate(model, devices, s.replace(n_gpu_layers=0, tensor_split=tuple(1.0 for _ in devices)))
     n_slots = model.hparams.n_layer + 1
-    return estimate(model, devices, s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=tuple(float(c) for c in counts)))
+    if ngl == 0:
+        return s.replace(n_gpu_layers=0, tensor_split=tuple(1.0 for _ in counts))
+    split = tuple(float(c) for c in counts) if sum(1 for c in counts if c) > 1 or len(counts) > 1 else None
+    return s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=split)
+
+
+def _estimate_counts(model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int]) -> Estimate:
+    return estimate(model, devices, _counts_settings(model, s, counts))
 
 
 def _device_plan(d: Device, e, budget: int | None) -> DevicePlan:
