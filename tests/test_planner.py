@@ -122,3 +122,32 @@ def test_plan_env_pins_the_chosen_cards_in_plan_order(smollm2_path):
     p = plan(read_model(smollm2_path), fleet_from_spec("3060-12g,4090"), _opts(n_ctx=8192))
     assert p.cuda_env() == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}
     assert [d.name for d in p.devices] == ["CUDA0"]
+
+
+def test_alternatives_each_fit_and_say_what_they_cost():
+    from llamasplit.model.shapes import dense_profile
+    from llamasplit.planner.plan import alternatives
+
+    model = dense_profile()  # 70B-shaped, ~40 GiB of weights
+    fleet = fleet_from_spec("3090,3060-12g,ram=16GiB")
+    options = _opts(n_ctx=16384)
+    with pytest.raises(NoFeasiblePlan) as info:
+        plan(model, fleet, options)
+    short = {k: v for k, v in info.value.shortfall_bytes.items() if v}
+    assert list(short) == ["Host"]  # the cards are full to their budgets; the RAM is what is missing
+    alts = alternatives(model, fleet, options)
+    whats = [a.what.split(" ")[0] for a in alts]
+    assert whats[0] == "q8_0" and "context" in whats and any(w.startswith("Q3_K_M") for w in whats)
+    for alt in alts:
+        for d in alt.plan.devices:
+            assert d.total_bytes <= d.budget_bytes
+        assert alt.plan.host.total_bytes <= fleet.host.ram_available_bytes
+    q3 = next(a for a in alts if a.what.startswith("Q3_K_M"))
+    assert q3.plan.model_path.endswith(".Q3_K_M.gguf") and "-m" in q3.line()
+
+
+def test_requantized_profile_matches_the_recipe_totals(smollm2_path):
+    m = read_model(smollm2_path)
+    # SmolLM2 at Q3_K_M: 91,724,544 bytes, as llama-quantize writes it (tests/test_quant.py checks the file)
+    r = m.requantized("Q3_K_M")
+    assert r.tensor_bytes == 91724544 and r.quantized_from == "Q4_1" and r.file_type_name == "Q3_K_M"

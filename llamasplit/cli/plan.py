@@ -9,9 +9,9 @@ import typer
 
 from llamasplit.cli.app import app, say
 from llamasplit.devices.device import Fleet
-from llamasplit.errors import DeviceQueryError
+from llamasplit.errors import DeviceQueryError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import read_model
-from llamasplit.planner.plan import DEFAULT_MARGIN_BYTES, Plan, PlanOptions, plan
+from llamasplit.planner.plan import PlanOptions, alternatives, plan
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.units import parse_size
 
@@ -82,6 +82,8 @@ def plan_cmd(
     cpu_moe: bool = typer.Option(False, "--cpu-moe", "-cmoe"),
     n_cpu_moe: int = typer.Option(0, "--n-cpu-moe", "-ncmoe"),
     as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON (stdout)."),
+    quant: str = typer.Option(None, "--quant", help="Plan for this model at another quantization (e.g. Q3_K_M), computed from this file."),
+    quants: bool = typer.Option(False, "--quants", help="Compare the common quantizations side by side."),
 ) -> None:
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
     options = build_options(
@@ -89,8 +91,42 @@ def plan_cmd(
         swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
     )
     profile = read_model(model)
-    result = plan(profile, _fleet(fleet, inventory, rpc), options)
+    if quant:
+        profile = profile.requantized(quant)
+    hw = _fleet(fleet, inventory, rpc)
+    if quants:
+        print(compare_quants(profile, hw, options))
+        return
+    try:
+        result = plan(profile, hw, options)
+    except NoFeasiblePlan as err:
+        if not as_json:
+            print(f"does not fit: {err.message}")
+            alts = alternatives(profile, hw, options)
+            for alt in alts:
+                print("  instead, " + alt.line())
+            if not alts:
+                print("  nothing simple fits: no q8_0 cache, shorter context or smaller quantization is enough")
+        raise
     print(result.to_json() if as_json else result.summary())
+
+
+def compare_quants(profile, hw, options, types=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "IQ3_XS", "Q2_K")) -> str:
+    """One line per quantization: size, whether it fits, the context it allows, predicted speed."""
+    from llamasplit.units import format_size
+
+    lines = [f"{'type':<8} {'weights':>11} {'fits':>5} {'context':>8} {'tok/s':>8}"]
+    for q in types:
+        try:
+            m = profile.requantized(q)
+        except UsageError:
+            continue
+        try:
+            p = plan(m, hw, options)
+            lines.append(f"{q:<8} {format_size(m.tensor_bytes):>11} {'yes':>5} {p.n_ctx:>8} {p.decode_tok_s or 0:>8.1f}")
+        except NoFeasiblePlan:
+            lines.append(f"{q:<8} {format_size(m.tensor_bytes):>11} {'no':>5} {'-':>8} {'-':>8}")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -265,6 +265,8 @@ class ModelProfile:
     """No ``output.weight``: llama.cpp duplicates ``token_embd`` on the output device."""
     quantized_from: str | None = None
     """Set on what-if profiles: the file type this profile was re-typed from."""
+    source_path: str | None = None
+    """Set on what-if profiles: the real file (``path`` is then the file llama-quantize would write)."""
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -296,6 +298,31 @@ class ModelProfile:
 
     def with_tensors(self, tensors: tuple[TensorInfo, ...], *, quantized_from: str | None) -> ModelProfile:
         return replace(self, tensors=tensors, quantized_from=quantized_from)
+
+    def requantized(self, ftype: str) -> ModelProfile:
+        """The same model as ``llama-quantize --allow-requantize`` would write it at ``ftype``.
+
+        Every tensor is re-typed by llama.cpp's own recipe (``model.quant``); offsets are laid out
+        as llama.cpp writes them (in order, each aligned to 32 bytes), so file spans stay meaningful.
+        """
+        from gguf.constants import Keys
+
+        from llamasplit.model.quant import parse_file_type, requantize
+
+        name, file_type = parse_file_type(ftype)
+        raw = [RawTensor(t.name, t.ggml_type, t.shape, t.n_bytes, t.offset) for t in self.tensors]
+        new = requantize(self.arch, self.metadata, raw, name)
+        offset, tensors = 0, []
+        for old, t in zip(self.tensors, new):
+            tensors.append(replace(old, ggml_type=t.ggml_type, n_bytes=t.n_bytes, file_index=0, offset=offset))
+            offset += (t.n_bytes + 31) // 32 * 32
+        metadata = {**self.metadata, Keys.General.FILE_TYPE: int(file_type)}
+        stem = Path(self.path).name.removesuffix(".gguf")
+        return replace(
+            self, tensors=tuple(tensors), quantized_from=self.file_type_name, file_type=int(file_type),
+            file_bytes=offset, files=(), metadata=metadata,
+            path=str(Path(self.path).with_name(f"{stem}.{name}.gguf")), source_path=self.source_path or self.path,
+        )
 
 
 def _meta(md: dict[str, Any], key: str, default: Any = None) -> Any:

@@ -8,10 +8,33 @@ attn_v, F32 norms).
 
 from __future__ import annotations
 
+from typing import Any
+
 from gguf.constants import GGMLQuantizationType as Q
+from gguf.constants import Keys
 
 from llamasplit.model.gguf_reader import ggml_nbytes
 from llamasplit.model.profile import HParams, ModelProfile, TensorInfo, classify
+
+
+def _metadata(arch: str, hp: HParams) -> dict[str, Any]:
+    """The header keys llama.cpp (and our requantization recipe) read for these shapes."""
+    md: dict[str, Any] = {
+        Keys.General.ARCHITECTURE: arch,
+        Keys.LLM.BLOCK_COUNT.format(arch=arch): hp.n_layer,
+        Keys.LLM.EMBEDDING_LENGTH.format(arch=arch): hp.n_embd,
+        Keys.LLM.CONTEXT_LENGTH.format(arch=arch): hp.n_ctx_train,
+        Keys.LLM.FEED_FORWARD_LENGTH.format(arch=arch): max(hp.n_ff),
+        Keys.Attention.HEAD_COUNT.format(arch=arch): hp.n_head[0],
+        Keys.Attention.HEAD_COUNT_KV.format(arch=arch): hp.n_head_kv[0],
+        Keys.LLM.VOCAB_SIZE.format(arch=arch): hp.n_vocab,
+        Keys.General.FILE_TYPE: 15,
+    }
+    if hp.n_expert:
+        md[Keys.LLM.EXPERT_COUNT.format(arch=arch)] = hp.n_expert
+        md[Keys.LLM.EXPERT_USED_COUNT.format(arch=arch)] = hp.n_expert_used
+        md[Keys.LLM.EXPERT_FEED_FORWARD_LENGTH.format(arch=arch)] = hp.n_ff_exp
+    return md
 
 
 def _tensor(name: str, qtype: Q, shape: tuple[int, ...]) -> TensorInfo:
@@ -50,7 +73,7 @@ def dense_profile(
     )
     return ModelProfile(
         path=f"{name}.gguf", arch=arch, name=name, file_type=15, files=(), file_bytes=sum(t.n_bytes for t in tensors),
-        tensors=tuple(tensors), hparams=hp, tied_embeddings=False,
+        tensors=tuple(tensors), hparams=hp, tied_embeddings=False, metadata=_metadata(arch, hp),
     )
 
 
@@ -108,5 +131,5 @@ def moe_profile(
     )
     return ModelProfile(
         path=f"{name}.gguf", arch="deepseek2", name=name, file_type=15, files=(), file_bytes=sum(t.n_bytes for t in tensors),
-        tensors=tuple(tensors), hparams=hp, tied_embeddings=False,
+        tensors=tuple(tensors), hparams=hp, tied_embeddings=False, metadata=_metadata("deepseek2", hp),
     )

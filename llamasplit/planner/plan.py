@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llamasplit.devices.device import Device, Fleet
-from llamasplit.errors import NoFeasiblePlan, UsageError
+from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import Block, ModelProfile, Role
 from llamasplit.planner import kv
 from llamasplit.planner.estimate import HOST, Estimate, estimate
@@ -347,13 +347,14 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         host_short = _host_short(est, fleet)
         if host_short:
             short[HOST] = host_short
+        suggestions = _suggestions(model, s)
         raise NoFeasiblePlan(
             f"{model.name or model.arch} does not fit: short by "
             + ", ".join(f"{k} {format_size(v)}" for k, v in short.items() if v)
             + f" at context {est.n_ctx}",
             shortfall_bytes=short,
-            suggestions=_suggestions(model, s),
-            remedy="; ".join(_suggestions(model, s)[:3]) or None,
+            suggestions=suggestions,
+            remedy="; ".join(suggestions[:2]),
         )
     est, settings = best
     if "tensor_split" not in options.fixed and settings.tensor_split is not None:
@@ -374,6 +375,11 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         default_budgets = [_budget(d, options) for d in fleet.devices]
         if any(_fits(default_est, default_budgets)):
             notes.append("llama.cpp's default split (by free memory) would not fit these budgets")
+    if model.quantized_from and model.source_path:
+        notes.append(
+            f"what-if: {model.file_type_name} weights computed from the {model.quantized_from} file; make it with "
+            f"llama-quantize --allow-requantize {model.source_path} {model.path} {model.file_type_name}"
+        )
     if fleet.simulated:
         notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
     devices = _renamed(devices)
@@ -526,6 +532,60 @@ def _host_plan(est: Estimate, fleet: Fleet) -> DevicePlan:
         free_bytes=fleet.host.ram_available_bytes, budget_bytes=fleet.host.ram_available_bytes, layers=tuple(h.layers),
         bandwidth_gb_s=fleet.host.ram_bandwidth_gb_s,
     )
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One way to make a model fit, with what it costs."""
+
+    what: str
+    plan: Plan
+
+    def line(self) -> str:
+        speed = f", {self.plan.decode_tok_s:.1f} tok/s" if self.plan.decode_tok_s else ""
+        env = " ".join(f"{k}={v}" for k, v in self.plan.cuda_env().items())
+        cmd = (env + " " if env else "") + " ".join(_quote(a) for a in self.plan.argv())
+        return f"{self.what}: fits at context {self.plan.n_ctx}{speed}: {cmd}"
+
+
+ALTERNATIVE_QUANTS = ("Q4_K_M", "Q3_K_M", "IQ3_XS", "Q2_K")
+
+
+def alternatives(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> list[Alternative]:
+    """What would fit instead: a q8_0 cache, a shorter context, a smaller quantization (computed
+    from this file's header by llama.cpp's recipe, nothing downloaded). Each is a full plan."""
+    out: list[Alternative] = []
+    s = options.settings
+
+    def attempt(what: str, m: ModelProfile, opts: PlanOptions) -> bool:
+        try:
+            out.append(Alternative(what, plan(m, fleet, opts)))
+            return True
+        except (NoFeasiblePlan, UsageError):
+            return False
+
+    if s.type_k == "f16" and s.type_v == "f16":
+        attempt("q8_0 KV cache", model, dataclasses.replace(
+            options, settings=s.replace(type_k="q8_0", type_v="q8_0", flash_attn="on")))
+    if "n_ctx" in options.fixed and s.n_ctx:
+        ctx = kv.pad(s.n_ctx // 2, kv.KV_PAD)
+        while ctx >= 512:
+            if attempt(f"context {ctx}", model, dataclasses.replace(options, settings=s.replace(n_ctx=ctx))):
+                break
+            ctx = kv.pad(ctx // 2, kv.KV_PAD)
+    current = model.file_type_name
+    sizes = {}
+    for q in ALTERNATIVE_QUANTS:
+        try:
+            smaller = model.requantized(q)
+        except (UsageError, ModelReadError):
+            continue
+        sizes[q] = smaller.tensor_bytes
+        if q == current or smaller.tensor_bytes >= model.tensor_bytes:
+            continue
+        if attempt(f"{q} ({format_size(smaller.tensor_bytes)}, llama-quantize --allow-requantize)", smaller, options):
+            break
+    return out
 
 
 def _suggestions(model: ModelProfile, s: LlamaSettings) -> list[str]:
