@@ -17,6 +17,8 @@ MODULES = {
     "build-llama-cpp": "models",
     "run": "run",
     "worker": "run",
+    "comm": "tensor",
+    "recommend": "tensor",
 }
 
 
