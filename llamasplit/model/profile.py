@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from gguf.constants import GGMLQuantizationType, Keys, LlamaFileType
+from llamasplit.gguf_constants import GGMLQuantizationType, Keys, LlamaFileType
 
 from llamasplit.errors import ModelReadError
 from llamasplit.model.gguf_reader import ArraySummary, RawHeader, RawTensor, read_header
@@ -305,7 +305,7 @@ class ModelProfile:
         Every tensor is re-typed by llama.cpp's own recipe (``model.quant``); offsets are laid out
         as llama.cpp writes them (in order, each aligned to 32 bytes), so file spans stay meaningful.
         """
-        from gguf.constants import Keys
+        from llamasplit.gguf_constants import Keys
 
         from llamasplit.model.quant import parse_file_type, requantize
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from enum import Enum, auto
 from typing import Any
 
-from gguf.constants import (
+from llamasplit.gguf_constants import (
     GGML_QUANT_SIZES,
     MODEL_ARCH,
     MODEL_ARCH_NAMES,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gguf.constants import GGMLQuantizationType as Q
-from gguf.constants import Keys
+from llamasplit.gguf_constants import GGMLQuantizationType as Q
+from llamasplit.gguf_constants import Keys
 
 from llamasplit.model.gguf_reader import ggml_nbytes
 from llamasplit.model.profile import HParams, ModelProfile, TensorInfo, classify

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import HParams
