@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamasplit.devices.device import Device, Fleet
+from llamasplit.devices.device import Device, Fleet, Link, LinkKind
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import Block, ModelProfile, Role
 from llamasplit.planner import kv
@@ -251,17 +251,26 @@ def decode_seconds_per_token(model: ModelProfile, fleet: Fleet, devices: Sequenc
         total += n_bytes / (d.bandwidth_gb_s * 1e9)
     host_bytes = est.host.read_bytes + est.host.context_bytes / 2
     total += host_bytes / ((fleet.host.ram_bandwidth_gb_s or HOST_BANDWIDTH_DEFAULT_GB_S) * 1e9)
-    used = {i for i, e in enumerate(est.devices) if e.read_bytes} | ({None} if est.host.read_bytes else set())
-    for _ in range(max(len(used) - 1, 0)):
-        total += hp.n_embd * 4 / 16e9 + 10e-6  # a PCIe-class copy of the activations plus a sync
+    # one activation row crosses each boundary between consecutive stages, per token
+    stages = [i for i, e in enumerate(est.devices) if e.read_bytes]
+    if est.host.read_bytes and stages:
+        total += _hop_seconds(hp.n_embd * 4, None)  # CPU layers first, then the GPUs
+    for a, b in zip(stages, stages[1:]):
+        total += _hop_seconds(hp.n_embd * 4, fleet.link(devices[a].id, devices[b].id))
     return total
 
 
-def _active_fraction(model: ModelProfile) -> float:
-    hp = model.hparams
-    if hp.n_expert and hp.n_expert_used:
-        return hp.n_expert_used / hp.n_expert
-    return 1.0
+HOP_LATENCY_US = {LinkKind.NVLINK: 5.0, LinkKind.NVSWITCH: 5.0, LinkKind.NETWORK: 250.0}
+"""Per-hop latency of a small device-to-device copy, microseconds; PCIe paths default to 10 us.
+RPC: a TCP round trip on a LAN plus llama.cpp's RPC command overhead."""
+
+
+def _hop_seconds(n_bytes: int, link: Link | None) -> float:
+    if link is None:
+        return n_bytes / 16e9 + 10e-6
+    latency = link.latency_us if link.latency_us is not None else HOP_LATENCY_US.get(link.kind, 10.0)
+    bandwidth = link.bandwidth_gb_s or (0.125 if link.kind is LinkKind.NETWORK else 16.0)
+    return n_bytes / (bandwidth * 1e9) + latency * 1e-6
 
 
 def _tok_s(seconds: float | None) -> float | None:
