@@ -55,7 +55,25 @@ def build_options(
         swa_full=swa_full, offload_kqv=not nkvo, use_mmap=not no_mmap, overrides=tuple(overrides),
         cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe, **kw,
     )
-    return PlanOptions(settings=settings, fixed=frozenset(fixed), margin_bytes=parse_size(margin))
+    default_margin, per_device = parse_margins(margin)
+    return PlanOptions(settings=settings, fixed=frozenset(fixed), margin_bytes=default_margin, margin_overrides=per_device)
+
+
+def parse_margins(text: str) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """``1GiB`` or ``1GiB,CUDA1=3GiB,Host=8GiB``: the default margin, then per-device ones.
+
+    >>> parse_margins("512MiB,CUDA1=2GiB")
+    (536870912, (('CUDA1', 2147483648),))
+    """
+    default = 1024 * 1024 * 1024
+    per: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, size = part.partition("=")
+        if eq:
+            per.append((name, parse_size(size)))
+        else:
+            default = parse_size(part)
+    return default, tuple(per)
 
 
 @app.command("plan")
@@ -74,7 +92,7 @@ def plan_cmd(
     b: int = typer.Option(2048, "--batch-size", "-b"),
     np_: int = typer.Option(None, "--parallel", "-np"),
     binary: str = typer.Option("llama-server", "--binary", help="llama-server, llama-completion, llama-cli or llama-cpp-python."),
-    margin: str = typer.Option("1GiB", "--margin", help="Memory kept free on every device."),
+    margin: str = typer.Option("1GiB", "--margin", help="Memory kept free per device: 1GiB, or 1GiB,CUDA1=3GiB."),
     swa_full: bool = typer.Option(False, "--swa-full"),
     nkvo: bool = typer.Option(False, "--no-kv-offload", "-nkvo"),
     no_mmap: bool = typer.Option(False, "--no-mmap"),
