@@ -77,7 +77,7 @@ def fetch_source(progress: Callable[[str], None], env: Mapping[str, str] | None 
     with tempfile.TemporaryDirectory(dir=root, prefix=".sdist-") as tmp:
         argv = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-            "--no-build-isolation", "--dest", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+            "--dest", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
         ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
         archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
