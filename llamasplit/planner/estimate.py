@@ -219,7 +219,7 @@ def alloc_bytes(tensor: TensorInfo, backend: str) -> int:
 
 
 def _qtype(tensor: TensorInfo):
-    from gguf.constants import GGMLQuantizationType
+    from llamasplit.gguf_constants import GGMLQuantizationType
 
     return GGMLQuantizationType(tensor.ggml_type)
 
@@ -268,8 +268,13 @@ def _split_weights(devices: Sequence[Device], settings: LlamaSettings) -> list[f
     return [float(f) for f in free]  # type: ignore[arg-type]
 
 
-def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings) -> Estimate:
-    """What llama.cpp would allocate for ``model`` on ``devices`` (llama.cpp order) with ``settings``."""
+def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings, *, fast: bool = False) -> Estimate:
+    """What llama.cpp would allocate for ``model`` on ``devices`` (llama.cpp order) with ``settings``.
+
+    ``fast=True`` sizes compute buffers with the closed-form heuristic (mostly a little above
+    llama.cpp) instead of replaying llama.cpp's graph reservation; the planner searches with it
+    and checks its answer exactly.
+    """
     hp = model.hparams
     if settings.split_mode == "none":
         if not 0 <= settings.main_gpu < max(len(devices), 1):
@@ -350,9 +355,9 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
 
     flash = settings.flash_attn != "off"
     n_outputs = n_ubatch if settings.binary in ("llama-completion", "llama-cli", "llama-fit-params") else n_seq
-    from llamasplit.planner.compute import compute_bytes
+    from llamasplit.planner.compute import compute_bytes, heuristic_bytes
 
-    compute = compute_bytes(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch, n_outputs=n_outputs, flash=flash)
+    compute = (heuristic_bytes if fast else compute_bytes)(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch, n_outputs=n_outputs, flash=flash)
     for e, c in zip(ests, compute[:-1]):
         e.compute_bytes = c
     host.compute_bytes = compute[-1]

@@ -379,11 +379,12 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     if "tensor_split" not in options.fixed and len(fleet.devices) > 1 and all(d.free_bytes is not None for d in fleet.devices):
         # what llama.cpp would do unguided: every device, layers in proportion to free memory
         default_settings = settings.replace(tensor_split=None)
-        default_est = estimate(model, list(fleet.devices), default_settings)
+        # speed only: weights read per token do not depend on compute buffers, so the quick estimate does
+        default_est = estimate(model, list(fleet.devices), default_settings, fast=True)
         default = _tok_s(decode_seconds_per_token(model, fleet, list(fleet.devices), default_est))
         default_budgets = [_budget(d, options) for d in fleet.devices]
         if any(_fits(default_est, default_budgets)):
-            notes.append("llama.cpp's default split (by free memory) would not fit these budgets")
+            notes.append("llama.cpp's default split (by free memory) would likely overflow these budgets")
     if model.quantized_from and model.source_path:
         notes.append(
             f"what-if: {model.file_type_name} weights computed from the {model.quantized_from} file; make it with "
@@ -452,11 +453,20 @@ def _place(
     lo, hi, moe = 1, hp.n_layer, None
     while lo <= hi:
         k = (lo + hi) // 2
-        trial = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots)
+        trial = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots, verify=False)
         if trial is not None and trial[1].n_gpu_layers is None:
             moe, hi = trial, k - 1
         else:
             lo = k + 1
+    if moe is not None:
+        # the search sized compute buffers quickly; confirm exactly, sending one more layer's
+        # experts to the CPU while the exact check still has to take whole layers off the GPUs
+        k = moe[1].n_cpu_moe
+        while k <= hp.n_layer:
+            moe = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots)
+            if moe is None or moe[1].n_gpu_layers is None:
+                break
+            k += 1
     if moe is None:
         return layered
     if layered is None or _speed(model, fleet, devices, moe[0]) >= _speed(model, fleet, devices, layered[0]):
@@ -470,7 +480,8 @@ def _speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Es
 
 
 def _fill(
-    model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, max_ngl: int
+    model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, max_ngl: int,
+    *, verify: bool = True,
 ) -> tuple[Estimate, LlamaSettings] | None:
     """Slots per device for fixed settings, back to front; ``None`` when no slot fits anywhere."""
     # Fill from the back. With -ngl N llama.cpp offloads the LAST N slots and gives each device a
@@ -484,7 +495,7 @@ def _fill(
         while lo < hi:
             mid = (lo + hi + 1) // 2
             trial = counts[:i] + [mid] + counts[i + 1 :]
-            est = _estimate_counts(model, devices, s, trial)
+            est = _estimate_counts(model, devices, s, trial, fast=True)
             if _fits(est, budgets)[i] == 0:
                 lo = mid
             else:
@@ -496,14 +507,17 @@ def _fill(
     ngl = sum(counts)
     if ngl == 0 and max_ngl > 0:
         return None
-    est = _estimate_counts(model, devices, s, counts)
     # everything offloaded switches llama.cpp to pipeline parallelism, whose compute buffers are
-    # larger: take a slot from whichever device then overflows until all fit
-    while ngl > 0 and any(short := _fits(est, budgets)):
-        j = max(range(len(devices)), key=lambda k: short[k])
-        counts[j] -= 1
-        ngl -= 1
-        est = _estimate_counts(model, devices, s, counts)
+    # larger: take a slot from whichever device then overflows until all fit. The search above
+    # sized compute buffers with the fast heuristic; the answer is then checked with the exact
+    # replay of llama.cpp's reservation, and trimmed the same way if it is still over.
+    for fast in (True, False) if verify else (True,):
+        est = _estimate_counts(model, devices, s, counts, fast=fast)
+        while ngl > 0 and any(short := _fits(est, budgets)):
+            j = max(range(len(devices)), key=lambda k: short[k])
+            counts[j] -= 1
+            ngl -= 1
+            est = _estimate_counts(model, devices, s, counts, fast=fast)
     if ngl == 0:
         return None
     settings = _counts_settings(model, s, counts)
@@ -520,8 +534,10 @@ def _counts_settings(model: ModelProfile, s: LlamaSettings, counts: list[int]) -
     return s.replace(n_gpu_layers=ngl if ngl < n_slots else None, tensor_split=split)
 
 
-def _estimate_counts(model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int]) -> Estimate:
-    return estimate(model, devices, _counts_settings(model, s, counts))
+def _estimate_counts(
+    model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int], *, fast: bool = False
+) -> Estimate:
+    return estimate(model, devices, _counts_settings(model, s, counts), fast=fast)
 
 
 def _device_plan(d: Device, e, budget: int | None) -> DevicePlan:

@@ -138,7 +138,7 @@ class LlamaSettings:
         if not self.offload_kqv:
             args += ["-nkvo"]
         if not self.use_mmap:
-            args += ["--no-mmap"]
+            args += ["-lm", "none"]  # this llama.cpp replaced --no-mmap with --load-mode
         return args
 
 

@@ -86,7 +86,23 @@ class ManagedProcess:
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None) -> ManagedProcess:
-    """Start ``argv`` in a new process group, output to ``log_path`` (a temp file by default)."""
+    """Start ``argv`` in a new process group, output to ``log_path`` (a temp file by default).
+
+    On Linux the child also gets SIGKILL if we die without stopping it (see ``_die_with_parent_hook``)."""
+    return _start(argv, env=env, log_path=log_path, attached=False)
+
+
+def spawn_attached(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None, stdin: bool = False
+) -> ManagedProcess:
+    """Like ``spawn``, for a child whose stdout is the product (``llama-completion``'s text): its
+    stdout is ours, its stderr (llama.cpp's log) goes to ``log_path``; ``stdin=True`` lends it ours."""
+    return _start(argv, env=env, log_path=log_path, attached=True, stdin=stdin)
+
+
+def _start(
+    argv: Sequence[str], *, env: Mapping[str, str] | None, log_path: Path | None, attached: bool, stdin: bool = False
+) -> ManagedProcess:
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix="llamasplit-", suffix=".log")
         os.close(fd)
@@ -95,16 +111,97 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path
     try:
         proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
+            stdin=None if stdin else subprocess.DEVNULL,
+            stdout=None if attached else log_fh,
+            stderr=log_fh if attached else subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
+            preexec_fn=_die_with_parent_hook(),
         )
     except OSError as exc:
         log_fh.close()
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
     return ManagedProcess(list(argv), proc, log_path, _log_fh=log_fh)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook():
+    """A ``preexec_fn`` that makes the child get SIGKILL when we die, even by SIGKILL (Linux).
+
+    The kernel sends it when the *thread* that forked exits, so it is only armed from the main
+    thread (which lives as long as the process); elsewhere, and off Linux, ``None``.
+    """
+    import threading
+
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # we died between fork and prctl
+            os._exit(1)
+
+    return hook
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout_s: float = 5.0) -> None:
+    """Stop several children within ``timeout_s`` in all: SIGTERM every group at once, one shared
+    wait, then SIGKILL whatever is left. Children that already exited are just reaped."""
+    live = [p for p in processes if p.proc.poll() is None]
+    for p in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in live:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        p.stop(timeout_s=0.5)  # SIGKILL the stragglers' groups, close the logs
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether someone already holds ``host:port`` (binding it fails with EADDRINUSE).
+
+    ``SO_REUSEADDR`` as servers set it: connections of a server that just stopped, lingering in
+    TIME_WAIT, do not count. Other bind errors (an address not on this machine, a privileged
+    port) are left for the server itself to report.
+    """
+    import errno
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def endpoint_refuses(endpoint: str, timeout_s: float = 0.5) -> bool:
+    """``True`` when ``host:port`` actively refuses a connection: nothing listens there any more.
+
+    A timeout or an accepted connection counts as alive (a worker busy with its one client queues
+    us). The connection is closed at once; a ggml-rpc-server reads EOF and moves on.
+    """
+    host, _, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
 
 
 def check_bind_host(host: str, allow_remote: bool) -> str | None:

@@ -1,0 +1,268 @@
+"""``llamasplit run``: plan (or read a plan) and start llama.cpp with it; ``llamasplit worker``: an RPC worker.
+
+``run`` prints llama-server's URL on stdout once it answers ``/health`` and people-talk on stderr:
+the command, a loading status, predicted against actual memory. Ctrl-C or SIGTERM stops
+llama.cpp (and anything we started) within 5 s; the exit status follows the child's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+from llamasplit.cli.app import app, say
+from llamasplit.cli.plan import _fleet, build_options
+from llamasplit.errors import LaunchError, UsageError
+from llamasplit.planner.plan import Plan, plan
+from llamasplit.planner.settings import BINARIES
+from llamasplit.runner.launch import (
+    SERVER, LaunchOptions, Server, StatusLine, binary_kind, build_argv, child_env, conflicting_args, default_binary,
+    describe_exit, dropped_env, exit_status, explain_failure, launch, resolve_binary,
+)
+from llamasplit.runner.verify import Verification
+from llamasplit.runner.processes import LOOPBACK, check_bind_host, port_in_use, start_rpc_worker
+
+
+class _Signalled(BaseException):
+    """SIGTERM/SIGHUP turned into an exception, so ``finally`` blocks stop the children."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise _Signalled(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+# the plan options `run` shares with `plan`, with their defaults: given together with --plan they are ignored
+_PLAN_DEFAULTS = {
+    "fleet": None, "inventory": None, "rpc": None, "ctx": None, "ngl": None, "ts": None, "ctk": "f16",
+    "ctv": "f16", "fa": "auto", "ub": 512, "b": 2048, "np_": None, "margin": "1GiB", "swa_full": False,
+    "nkvo": False, "no_mmap": False, "ot": None, "cpu_moe": False, "n_cpu_moe": 0,
+}
+
+
+def _read_plan(plan_file: str, model: str | None) -> Plan:
+    try:
+        text = Path(plan_file).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read the plan {plan_file}: {exc.strerror or exc}",
+                         remedy="make one with `llamasplit plan MODEL --json > plan.json`") from exc
+    result = Plan.from_json(text)
+    if model:
+        from llamasplit.model.profile import read_model
+
+        profile = read_model(model)  # the same model, stored under another path on this machine
+        if profile.arch != result.arch:
+            raise UsageError(f"{model} is a {profile.arch} model but the plan is for {result.arch}",
+                             remedy="give the model the plan was made for")
+        result = dataclasses.replace(result, model_path=str(model))
+    return result
+
+
+def _command_line(argv: list[str], env_changes: dict[str, str]) -> str:
+    prefix = [f"{k}={shlex.quote(v)}" for k, v in env_changes.items()]
+    return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
+
+
+@app.command("run", context_settings={"allow_extra_args": True})
+def run_cmd(
+    context: typer.Context,
+    model: str = typer.Argument(None, help="A .gguf file (optional with --plan: the plan's model at this path)."),
+    plan_file: str = typer.Option(None, "--plan", help="Run a saved plan (llamasplit plan ... --json > plan.json)."),
+    fleet: str = typer.Option(None, "--fleet", help="Simulated GPUs: only with --dry-run."),
+    inventory: str = typer.Option(None, "--inventory", help="Plan for a saved inventory (llamasplit gpus --save)."),
+    rpc: str = typer.Option(None, "--rpc", help="RPC workers host:port,... (their devices come first)."),
+    ctx: int = typer.Option(None, "--ctx", "-c", help="Context length (default: the longest that fits)."),
+    ngl: str = typer.Option(None, "--n-gpu-layers", "-ngl", help="Fix -ngl instead of searching."),
+    ts: str = typer.Option(None, "--tensor-split", "-ts", help="Fix -ts instead of searching."),
+    ctk: str = typer.Option("f16", "--cache-type-k", "-ctk"),
+    ctv: str = typer.Option("f16", "--cache-type-v", "-ctv"),
+    fa: str = typer.Option("auto", "--flash-attn", "-fa", help="on|off|auto"),
+    ub: int = typer.Option(512, "--ubatch-size", "-ub"),
+    b: int = typer.Option(2048, "--batch-size", "-b"),
+    np_: int = typer.Option(None, "--parallel", "-np"),
+    margin: str = typer.Option("1GiB", "--margin", help="Memory kept free on every device."),
+    swa_full: bool = typer.Option(False, "--swa-full"),
+    nkvo: bool = typer.Option(False, "--no-kv-offload", "-nkvo"),
+    no_mmap: bool = typer.Option(False, "--no-mmap"),
+    ot: list[str] = typer.Option(None, "--override-tensor", "-ot", help="pattern=BUFFER, as llama.cpp."),
+    cpu_moe: bool = typer.Option(False, "--cpu-moe", "-cmoe"),
+    n_cpu_moe: int = typer.Option(0, "--n-cpu-moe", "-ncmoe"),
+    binary: str = typer.Option(None, "--binary", help="llama-server (default), llama-completion, llama-cli, or a path."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
+    check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
+    host: str = typer.Option(LOOPBACK, "--host", help="llama-server's address."),
+    port: int = typer.Option(8080, "--port", help="llama-server's port."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds llama-server may take to load."),
+) -> None:
+    """Plan MODEL for this machine (or read --plan) and start llama.cpp with exactly that plan.
+
+    Arguments after -- go to llama.cpp last (e.g. -- -t 8 --api-key KEY).
+    """
+    extra = list(context.args)
+    if model is not None and model.startswith("-"):  # click hands the first word after -- to MODEL
+        extra.insert(0, model)
+        model = None
+    kind = binary_kind(binary) if binary else None
+    if plan_file:
+        given = {k: v for k, v in locals().items() if k in _PLAN_DEFAULTS and v != _PLAN_DEFAULTS[k]}
+        if given:
+            say("llamasplit: warning: --plan given; ignoring the plan options " + ", ".join(sorted(given)))
+        the_plan = _read_plan(plan_file, model)
+    else:
+        if not model:
+            raise UsageError("give a MODEL to plan, or --plan plan.json", remedy="e.g. llamasplit run model.gguf --rpc host:50052")
+        from llamasplit.model.profile import read_model
+
+        options = build_options(
+            ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=kind or SERVER,
+            margin=margin, swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
+        )
+        profile = read_model(model)
+        the_plan = plan(profile, _fleet(fleet, inventory, rpc), options)
+    run_binary = binary or default_binary(the_plan)
+    if binary_kind(run_binary) != the_plan.settings.binary and the_plan.settings.binary in BINARIES:
+        say(f"llamasplit: warning: the plan was made for {the_plan.settings.binary}, not {binary_kind(run_binary)}: "
+            "their defaults (slots, compute buffers) differ; re-plan with --binary for exact numbers")
+    opts = LaunchOptions(binary=run_binary, host=host, port=port, extra_args=tuple(extra), ready_timeout_s=timeout)
+    for warning in conflicting_args(the_plan, opts):
+        say(f"llamasplit: warning: {warning}")
+    for name in dropped_env(os.environ):
+        say(f"llamasplit: note: {name} is set here; llama.cpp is started without it so that it runs the plan")
+
+    if dry_run:
+        say(the_plan.summary())
+        env = child_env(the_plan, os.environ)
+        changes = {}
+        if "CUDA_VISIBLE_DEVICES" in env:  # the plan pins CUDA devices by UUID
+            changes = {k: env[k] for k in ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES") if os.environ.get(k) != env[k]}
+        with contextlib.suppress(LaunchError):  # a path when the binary is here, else its name
+            opts = dataclasses.replace(opts, binary=str(resolve_binary(run_binary)))
+        print(_command_line(build_argv(the_plan, opts), changes))
+        return
+    if binary_kind(run_binary) == SERVER and host not in (LOOPBACK, "localhost", "::1"):
+        say(f"llamasplit: warning: llama-server on {host} answers anyone who can reach it; "
+            "pass -- --api-key KEY to require a key")
+    _run(the_plan, opts, check=check)
+
+
+def _run(the_plan: Plan, opts: LaunchOptions, *, check: bool) -> None:
+    where = ", ".join(d.name for d in the_plan.devices) or "the CPU"
+    status = StatusLine(f"loading {the_plan.model_name or Path(the_plan.model_path).name} on {where}")
+    server = None
+    with _signals_as_exceptions():
+        try:
+            server = launch(the_plan, opts, progress=status)
+            status.done()
+            say("llamasplit: running " + _command_line(server.argv, {}))
+            if server.url is not None:
+                print(server.url, flush=True)
+                say(f"llamasplit: {server.name} (pid {server.pid}) is serving at {server.url}; "
+                    f"log {server.log_path}; Ctrl-C stops it")
+                report = _report(server, full=check)
+                if check:
+                    raise SystemExit(0 if report.ok else 1)
+            rc = server.wait()
+            assert rc is not None
+            if rc != 0:
+                why = server.explain()
+                say(f"llamasplit: {server.name} exited ({describe_exit(rc)})" + (f": {why[0]}" if why else "")
+                    + (f"; {why[1]}" if why and why[1] else "") + f"; log {server.log_path}")
+            if check:
+                report = _report(server, full=True)
+                raise SystemExit(exit_status(rc) or (0 if report.ok else 1))
+            raise SystemExit(exit_status(rc))
+        except KeyboardInterrupt:
+            status.done()
+            _stopped(server, "interrupted")
+            raise SystemExit(130) from None
+        except _Signalled as sig:
+            status.done()
+            _stopped(server, f"got {signal.Signals(sig.signum).name}")
+            raise SystemExit(128 + sig.signum) from None
+        finally:
+            status.done()
+            if server is not None:
+                server.stop()
+
+
+def _stopped(server: Server | None, why: str) -> None:
+    if server is not None:
+        server.stop()
+        say(f"llamasplit: {why}; stopped {server.name} (pid {server.pid})")
+    else:
+        say(f"llamasplit: {why}")
+
+
+def _report(server: Server, *, full: bool) -> Verification:
+    report = server.report()
+    if full:
+        say(report.table())
+    elif not report.found_buffers:
+        say("llamasplit: llama.cpp logged no buffer sizes, so the allocation cannot be compared with the plan")
+    elif report.ok:
+        say("llamasplit: the allocation matches the plan on every device (--check shows the table)")
+    else:
+        say("llamasplit: warning: the allocation differs from the plan: " + "; ".join(report.failures()))
+    return report
+
+
+@app.command("worker")
+def worker_cmd(
+    host: str = typer.Option(LOOPBACK, "--host", help="Address to listen on (loopback unless --allow-remote)."),
+    port: int = typer.Option(50052, "--port", help="Port to listen on."),
+    device: list[str] = typer.Option(None, "--device", "-d", help="Devices to expose (e.g. CUDA0), repeat or comma-separate."),
+    threads: int = typer.Option(None, "--threads", "-t", help="CPU threads for a CPU device."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback address (no authentication!)."),
+) -> None:
+    """Start a llama.cpp RPC worker (ggml-rpc-server) for `llamasplit run --rpc HOST:PORT` on another machine."""
+    warning = check_bind_host(host, allow_remote)
+    if warning:
+        say(f"llamasplit: {warning}")
+    if port_in_use(host, port):
+        raise LaunchError(f"port {port} on {host} is in use", remedy="pick another with --port, or stop what listens there")
+    devices = [d.strip() for item in device or [] for d in item.split(",") if d.strip()]
+    worker = None
+    with _signals_as_exceptions():
+        try:
+            worker = start_rpc_worker(host=host, port=port, threads=threads, devices=devices or None)
+            print(worker.endpoint, flush=True)
+            reach = worker.endpoint if host not in ("0.0.0.0", "::") else f"THIS-HOST:{port}"
+            say(f"llamasplit: RPC worker (ggml-rpc-server pid {worker.pid}) listening on {worker.endpoint}; "
+                f"on the main machine: llamasplit run MODEL --rpc {reach}; Ctrl-C stops it")
+            rc = worker.proc.wait()
+            why = explain_failure(worker.log_text())
+            say(f"llamasplit: the RPC worker exited ({describe_exit(rc)})" + (f": {why[0]}" if why else "")
+                + f"; log {worker.log_path}")
+            raise SystemExit(exit_status(rc) or 1)
+        except KeyboardInterrupt:
+            say("llamasplit: stopping the RPC worker")
+            raise SystemExit(130) from None
+        except _Signalled as sig:
+            raise SystemExit(128 + sig.signum) from None
+        finally:
+            if worker is not None:
+                worker.stop()
