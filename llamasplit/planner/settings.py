@@ -123,8 +123,8 @@ class LlamaSettings:
             args += ["-ub", str(self.n_ubatch)]
         if self.n_parallel is not None:
             args += ["-np", str(self.n_parallel)]
-        if self.kv_unified is True:
-            args += ["-kvu"]
+        if self.kv_unified is True and self.binary == "llama-server":
+            args += ["-kvu"]  # only llama-server takes the flag; llama-completion and llama-fit-params reject it
         elif self.kv_unified is False and self.binary == "llama-server":
             args += ["--no-kv-unified"]
         if self.type_k != "f16":
