@@ -337,22 +337,26 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         if n_ctx_train < MIN_AUTO_CTX:
             ctx_candidates = [kv.pad(n_ctx_train, kv.KV_PAD)]
 
-    best: tuple[Estimate, LlamaSettings] | None = None
-    last_failure: tuple[Estimate, LlamaSettings] | None = None
+    best: _Placement | None = None
+    last_failure: _Placement | None = None
     for n_ctx in ctx_candidates:
         trial = s.replace(n_ctx=n_ctx)
         result = _place(model, fleet, devices, budgets, trial, options)
         if result is not None:
-            est, settings = result
-            if _host_short(est, fleet) == 0:
-                best = (est, settings)
+            if _host_short(result.est, fleet) == 0:
+                best = result
                 break
             last_failure = result
         else:
-            last_failure = (estimate(model, devices, trial.replace(tensor_split=trial.tensor_split or _even(devices))), trial)
+            every = tuple(range(len(devices)))
+            last_failure = _Placement(
+                estimate(model, devices, trial.replace(tensor_split=trial.tensor_split or _even(devices))), trial, every
+            )
     if best is None:
-        est, settings = last_failure  # type: ignore[misc]
-        short = {d.name: max(0, d.total_bytes - b) for d, b in zip(est.devices, budgets) if b is not None}
+        assert last_failure is not None
+        est = last_failure.est
+        failed_budgets = [budgets[i] for i in last_failure.kept]
+        short = {d.name: max(0, d.total_bytes - b) for d, b in zip(est.devices, failed_budgets) if b is not None}
         host_short = _host_short(est, fleet)
         if host_short:
             short[HOST] = host_short
@@ -365,15 +369,11 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
             suggestions=suggestions,
             remedy="; ".join(suggestions[:2]),
         )
-    est, settings = best
-    if "tensor_split" not in options.fixed and settings.tensor_split is not None:
-        # fewer devices: one that holds no layer is left out of the plan (and of CUDA_VISIBLE_DEVICES)
-        keep = [i for i, c in enumerate(settings.tensor_split) if c > 0]
-        if len(keep) < len(devices):
-            devices = [devices[i] for i in keep]
-            budgets = [budgets[i] for i in keep]
-            settings = settings.replace(tensor_split=tuple(settings.tensor_split[i] for i in keep) if len(keep) > 1 else None)
-            est = estimate(model, devices, settings)
+    est, settings = best.est, best.settings
+    devices = [devices[i] for i in best.kept]
+    budgets = [budgets[i] for i in best.kept]
+    if settings.tensor_split is not None and len(devices) == 1 and "tensor_split" not in options.fixed:
+        settings = settings.replace(tensor_split=None)  # one device: nothing to split
     dec = decode_seconds_per_token(model, fleet, devices, est)
     default = None
     if "tensor_split" not in options.fixed and len(fleet.devices) > 1 and all(d.free_bytes is not None for d in fleet.devices):
@@ -423,25 +423,34 @@ def _even(devices: Sequence[Device]) -> tuple[float, ...]:
     return tuple(1.0 for _ in devices)
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """A candidate: its exact estimate and settings, over ``devices[i] for i in kept``."""
+
+    est: Estimate
+    settings: LlamaSettings
+    kept: tuple[int, ...]
+
+
 def _place(
     model: ModelProfile, fleet: Fleet, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings,
     options: PlanOptions,
-) -> tuple[Estimate, LlamaSettings] | None:
+) -> _Placement | None:
     """Layers per device for one context; ``None`` when even the CPU fallback does not fit the GPUs."""
     hp = model.hparams
     n_slots = hp.n_layer + 1  # repeating layers + the output layer
     if not devices:
-        est = estimate(model, devices, s.replace(n_gpu_layers=0 if "n_gpu_layers" not in options.fixed else s.n_gpu_layers))
-        return est, s.replace(n_gpu_layers=0)
+        return _Placement(estimate(model, devices, s.replace(n_gpu_layers=0)), s.replace(n_gpu_layers=0), ())
+    every = tuple(range(len(devices)))
     if "tensor_split" in options.fixed or ("n_gpu_layers" in options.fixed and s.tensor_split is not None):
         est = estimate(model, devices, s)
-        return (est, s) if not any(_fits(est, budgets)) else None
+        return _Placement(est, s, every) if not any(_fits(est, budgets)) else None
 
     max_ngl = s.n_gpu_layers if "n_gpu_layers" in options.fixed and s.n_gpu_layers is not None else n_slots
     max_ngl = min(max_ngl, n_slots)
     layered = _fill(model, devices, budgets, s, max_ngl)
     if (
-        layered is not None and layered[1].n_gpu_layers is None
+        layered is not None and layered.settings.n_gpu_layers is None
         or not hp.n_expert
         or options.fixed & {"n_gpu_layers", "overrides", "n_cpu_moe", "cpu_moe"}
         or s.overrides
@@ -454,36 +463,39 @@ def _place(
     while lo <= hi:
         k = (lo + hi) // 2
         trial = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots, verify=False)
-        if trial is not None and trial[1].n_gpu_layers is None:
+        if trial is not None and trial.settings.n_gpu_layers is None:
             moe, hi = trial, k - 1
         else:
             lo = k + 1
     if moe is not None:
         # the search sized compute buffers quickly; confirm exactly, sending one more layer's
         # experts to the CPU while the exact check still has to take whole layers off the GPUs
-        k = moe[1].n_cpu_moe
+        k = moe.settings.n_cpu_moe
         while k <= hp.n_layer:
             moe = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots)
-            if moe is None or moe[1].n_gpu_layers is None:
+            if moe is None or moe.settings.n_gpu_layers is None:
                 break
             k += 1
     if moe is None:
         return layered
-    if layered is None or _speed(model, fleet, devices, moe[0]) >= _speed(model, fleet, devices, layered[0]):
+    if layered is None or _speed(model, fleet, devices, moe) >= _speed(model, fleet, devices, layered):
         return moe
     return layered
 
 
-def _speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Estimate) -> float:
-    sec = decode_seconds_per_token(model, fleet, devices, est)
+def _speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], p: _Placement) -> float:
+    sec = decode_seconds_per_token(model, fleet, [devices[i] for i in p.kept], p.est)
     return 0.0 if not sec else 1.0 / sec
 
 
 def _fill(
     model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, max_ngl: int,
     *, verify: bool = True,
-) -> tuple[Estimate, LlamaSettings] | None:
-    """Slots per device for fixed settings, back to front; ``None`` when no slot fits anywhere."""
+) -> _Placement | None:
+    """Slots per device for fixed settings, back to front; ``None`` when no slot fits anywhere.
+
+    With ``verify`` the answer is checked with the exact estimator on the devices it keeps;
+    without, everything is the quick estimate on all ``devices``."""
     # Fill from the back. With -ngl N llama.cpp offloads the LAST N slots and gives each device a
     # contiguous window ending where the next device's starts, so the last device's window (the
     # output layer and the last blocks) does not move when earlier devices are added: every
@@ -511,17 +523,23 @@ def _fill(
     # larger: take a slot from whichever device then overflows until all fit. The search above
     # sized compute buffers with the fast heuristic; the answer is then checked with the exact
     # replay of llama.cpp's reservation, and trimmed the same way if it is still over.
+    # A device left without a slot is dropped from the plan (fewer devices, and not in
+    # CUDA_VISIBLE_DEVICES), so the exact check runs on the devices that stay.
+    kept = list(range(len(devices)))
     for fast in (True, False) if verify else (True,):
-        est = _estimate_counts(model, devices, s, counts, fast=fast)
-        while ngl > 0 and any(short := _fits(est, budgets)):
-            j = max(range(len(devices)), key=lambda k: short[k])
+        if not fast:
+            kept = [i for i in kept if counts[i] > 0]
+            counts = [counts[i] for i in kept]
+        devs, buds = [devices[i] for i in kept], [budgets[i] for i in kept]
+        est = _estimate_counts(model, devs, s, counts, fast=fast)
+        while ngl > 0 and any(short := _fits(est, buds)):
+            j = max(range(len(devs)), key=lambda k: short[k])
             counts[j] -= 1
             ngl -= 1
-            est = _estimate_counts(model, devices, s, counts, fast=fast)
+            est = _estimate_counts(model, devs, s, counts, fast=fast)
     if ngl == 0:
         return None
-    settings = _counts_settings(model, s, counts)
-    return est, settings
+    return _Placement(est, _counts_settings(model, s, counts), tuple(kept))
 
 
 def _counts_settings(model: ModelProfile, s: LlamaSettings, counts: list[int]) -> LlamaSettings:
