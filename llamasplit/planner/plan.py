@@ -111,6 +111,23 @@ class Plan:
             return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(d.nvml_index) for d in cuda)}
         return {}
 
+    def to_llama_env(self) -> dict[str, str]:
+        """The same flags as llama.cpp's ``LLAMA_ARG_*`` environment variables (common/arg.cpp)."""
+        args = self.to_llama_args()
+        env: dict[str, str] = {"LLAMA_ARG_MODEL": self.model_path}
+        i = 0
+        while i < len(args):
+            flag = args[i]
+            name, value = _ENV_OF_FLAG[flag]
+            if value is None:
+                value, i = args[i + 1], i + 2
+            else:
+                i += 1
+            if name in env and name == "LLAMA_ARG_OVERRIDE_TENSOR":
+                value = env[name] + "," + value
+            env[name] = value
+        return env
+
     def argv(self, binary: str | None = None) -> list[str]:
         return [binary or self.settings.binary, "-m", self.model_path, *self.to_llama_args()]
 
@@ -159,6 +176,7 @@ class Plan:
             "argv": self.to_llama_args(),
             "command": self.argv(),
             "env": self.cuda_env(),
+            "llama_env": self.to_llama_env(),
             "fleet": self.fleet.to_dict(),
             "notes": list(self.notes),
         }
@@ -223,7 +241,23 @@ class Plan:
         lines.extend(f"note: {n}" for n in self.notes)
         env = " ".join(f"{k}={v}" for k, v in self.cuda_env().items())
         lines.append("command: " + (env + " " if env else "") + " ".join(_quote(a) for a in self.argv()))
+        env_form = {**self.cuda_env(), **self.to_llama_env()}
+        lines.append("as environment: " + " ".join(f"{k}={_quote(v)}" for k, v in env_form.items()) + f" {self.settings.binary}")
         return "\n".join(lines)
+
+
+_ENV_OF_FLAG: dict[str, tuple[str, str | None]] = {
+    # flag -> (env var, fixed value for a switch, or None when the flag takes the next argument)
+    "-ngl": ("LLAMA_ARG_N_GPU_LAYERS", None), "-sm": ("LLAMA_ARG_SPLIT_MODE", None),
+    "-ts": ("LLAMA_ARG_TENSOR_SPLIT", None), "-mg": ("LLAMA_ARG_MAIN_GPU", None),
+    "-ot": ("LLAMA_ARG_OVERRIDE_TENSOR", None), "--cpu-moe": ("LLAMA_ARG_CPU_MOE", "1"),
+    "--n-cpu-moe": ("LLAMA_ARG_N_CPU_MOE", None), "-c": ("LLAMA_ARG_CTX_SIZE", None),
+    "-b": ("LLAMA_ARG_BATCH", None), "-ub": ("LLAMA_ARG_UBATCH", None), "-np": ("LLAMA_ARG_N_PARALLEL", None),
+    "-kvu": ("LLAMA_ARG_KV_UNIFIED", "1"), "--no-kv-unified": ("LLAMA_ARG_KV_UNIFIED", "0"),
+    "-ctk": ("LLAMA_ARG_CACHE_TYPE_K", None), "-ctv": ("LLAMA_ARG_CACHE_TYPE_V", None),
+    "-fa": ("LLAMA_ARG_FLASH_ATTN", None), "--swa-full": ("LLAMA_ARG_SWA_FULL", "1"),
+    "-nkvo": ("LLAMA_ARG_KV_OFFLOAD", "0"), "-lm": ("LLAMA_ARG_LOAD_MODE", None), "--rpc": ("LLAMA_ARG_RPC", None),
+}
 
 
 def _quote(arg: str) -> str:
