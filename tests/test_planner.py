@@ -151,3 +151,22 @@ def test_requantized_profile_matches_the_recipe_totals(smollm2_path):
     # SmolLM2 at Q3_K_M: 91,724,544 bytes, as llama-quantize writes it (tests/test_quant.py checks the file)
     r = m.requantized("Q3_K_M")
     assert r.tensor_bytes == 91724544 and r.quantized_from == "Q4_1" and r.file_type_name == "Q3_K_M"
+
+
+def test_split_modes_on_the_command_line(smollm2_path, capsys):
+    m = str(smollm2_path)
+    assert main(["plan", m, "--fleet", "2xh100-sxm", "-sm", "row"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SYCL" in err
+    assert main(["plan", m, "--fleet", "2xh100-sxm", "-sm", "none", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["devices"]) == 1 and data["argv"][data["argv"].index("-sm") + 1] == "none"
+    assert main(["plan", m, "--fleet", "2xh100-sxm", "-sm", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "tensor" in out and "layer" in out and out.strip().splitlines()[-1].startswith("use ")
+
+
+def test_unknown_option_is_one_line_exit_2(smollm2_path, capsys):
+    assert main(["plan", str(smollm2_path), "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bogus" in err

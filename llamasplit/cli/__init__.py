@@ -31,18 +31,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # typer.Exit and click's own exits
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
-            print(f"llamasplit: error: {exc.format_message()}", file=sys.stderr)
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # usage errors from typer's click, or a bug of ours
+        # typer vendors click (typer._click): recognise its exceptions by class name, not by import
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "Exit" in kinds:
+            return int(getattr(exc, "exit_code", 0))
+        if "ClickException" in kinds:
+            print(f"llamasplit: error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 2))
+        if "Abort" in kinds:
             print("llamasplit: interrupted", file=sys.stderr)
             return 130
-        raise
+        if _State.debug:
+            traceback.print_exc()
+        first = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"llamasplit: internal error: {type(exc).__name__}: {first}; please report it (rerun with --debug for the traceback)", file=sys.stderr)
+        return 70
     return 0
 
 

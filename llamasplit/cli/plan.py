@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -102,12 +104,31 @@ def plan_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON (stdout)."),
     quant: str = typer.Option(None, "--quant", help="Plan for this model at another quantization (e.g. Q3_K_M), computed from this file."),
     quants: bool = typer.Option(False, "--quants", help="Compare the common quantizations side by side."),
+    split_mode: str = typer.Option("layer", "--split-mode", "-sm",
+                                   help="layer (default), none, or auto/tensor: compare layer and tensor split (and one device, replicas) and pick the faster."),
 ) -> None:
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
+    if split_mode in ("auto", "tensor", "row"):
+        from llamasplit.cli.tensor import format_recommendation
+        from llamasplit.planner import comm
+        from llamasplit.planner.tensor_split import refuse_row_mode
+
+        hw = _fleet(fleet, inventory, rpc)
+        if split_mode == "row":
+            refuse_row_mode(hw.devices)
+        settings = LlamaSettings(n_ctx=ctx or 4096, type_k=ctk, type_v=ctv, flash_attn=fa, n_ubatch=ub, n_batch=b,
+                                 n_parallel=np_, binary=binary)
+        rec = comm.recommend(read_model(model), hw, settings)
+        print(json.dumps(rec.to_dict(), indent=2) if as_json else format_recommendation(rec))
+        return
+    if split_mode not in ("layer", "none"):
+        raise UsageError(f"--split-mode {split_mode!r} is not one of layer, none, tensor, row, auto")
     options = build_options(
         ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=binary, margin=margin,
         swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
     )
+    if split_mode == "none":
+        options = dataclasses.replace(options, settings=options.settings.replace(split_mode="none"))
     profile = read_model(model)
     if quant:
         profile = profile.requantized(quant)

@@ -350,6 +350,13 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     # (CUDA_VISIBLE_DEVICES) fastest LAST: llama.cpp gives the last device the output layer and
     # the last blocks, and the planner fills devices from the back, fastest first
     devices = list(fleet.devices)
+    if s.split_mode == "none" and devices:
+        # -sm none: one device, the main GPU; the plan pins it as CUDA0, so -mg becomes 0
+        if not 0 <= s.main_gpu < len(devices):
+            raise UsageError(f"--main-gpu {s.main_gpu} is not a device index (0..{len(devices) - 1})")
+        devices = [devices[s.main_gpu]]
+        s = s.replace(main_gpu=0)
+        options = dataclasses.replace(options, settings=s)
     if "tensor_split" not in options.fixed:
         rpc = [d for d in devices if d.backend.upper() == "RPC"]
         local = [d for d in devices if d.backend.upper() != "RPC"]
