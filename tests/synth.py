@@ -27,6 +27,24 @@ from gguf import GGUFWriter
 from gguf.constants import Keys
 
 
+def add_spm_vocab(w: GGUFWriter, n_vocab: int) -> None:
+    """A tiny SPM vocabulary of ASCII pieces, so llama-completion can take a prompt. Byte tokens
+    stop at 0x7F so whatever random weights generate prints as UTF-8."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(128)] + ["\u2581"] + letters
+    tokens += ["\u2581" + c for c in letters]
+    types = [2, 3, 3] + [6] * 128 + [1] * (len(tokens) - 131)
+    tokens += [f"w{i}" for i in range(n_vocab - len(tokens))]
+    types += [1] * (n_vocab - len(types))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+
+
 def write_model(
     path: Path,
     *,
@@ -42,7 +60,7 @@ def write_model(
     tied: bool = False,
     extra_kv: dict | None = None,
     split: tuple[int, ...] | None = None,
-    vocab: bool = True,
+    vocab: bool | str = True,
     tensors: list[tuple[str, tuple[int, ...]]] | None = None,
 ) -> Path:
     """A small F32 model of ``arch``; ``split=(no, count)`` writes one shard's header keys.
@@ -58,7 +76,9 @@ def write_model(
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(0)
-    if vocab:
+    if vocab == "spm":
+        add_spm_vocab(w, n_vocab)
+    elif vocab:
         # no tokenizer, but llama.cpp still loads the model (LLAMA_VOCAB_TYPE_NONE) and takes
         # n_vocab from this key, so contexts, KV and logits can be measured
         w.add_tokenizer_model("no_vocab")

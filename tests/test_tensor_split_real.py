@@ -29,7 +29,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from llamasplit.devices.device import Device
@@ -39,6 +38,7 @@ from llamasplit.planner import comm
 from llamasplit.planner.estimate import estimate
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.planner.tensor_split import arch_status, check_tensor_mode, compat_record, estimate_tensor
+from synth import write_model
 from procs import endpoints, rpc_workers, run_to_end
 
 pytestmark = pytest.mark.llamacpp
@@ -69,52 +69,11 @@ ALLOC_RE = re.compile(r"^\[alloc_buffer\] device: \d+, size: (\d+) ->", re.M)
 
 def write_vocab_model(path: Path, *, n_layer: int = 4, n_embd: int = 192, n_head: int = 6, n_head_kv: int = 3,
                       n_ff: int = 640, n_vocab: int = 1000) -> Path:
-    """A random F32 llama with an SPM vocabulary of ASCII pieces (tests/synth.py writes ``no_vocab``
-    models, which llama-completion cannot prompt). Odd sizes on purpose: 6 heads over 3 KV heads,
-    an FFN of 640 (5 x 128) and an untied 1000-row output matrix split by vocab rows.
-    Byte tokens stop at 0x7F so whatever the random weights generate prints as UTF-8."""
-    from gguf import GGUFWriter
-
-    w = GGUFWriter(str(path), "llama")
-    w.add_block_count(n_layer)
-    w.add_context_length(2048)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(0)
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(128)] + ["\u2581"] + letters
-    tokens += ["\u2581" + c for c in letters]
-    types = [2, 3, 3] + [6] * 128 + [1] * (len(tokens) - 131)
-    tokens += [f"w{i}" for i in range(n_vocab - len(tokens))]
-    types += [1] * (n_vocab - len(types))
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    hd = n_embd // n_head
-    shapes = [("token_embd.weight", (n_vocab, n_embd)), ("output_norm.weight", (n_embd,)), ("output.weight", (n_vocab, n_embd))]
-    for il in range(n_layer):
-        shapes += [
-            (f"blk.{il}.attn_norm.weight", (n_embd,)), (f"blk.{il}.attn_q.weight", (n_embd, n_embd)),
-            (f"blk.{il}.attn_k.weight", (hd * n_head_kv, n_embd)), (f"blk.{il}.attn_v.weight", (hd * n_head_kv, n_embd)),
-            (f"blk.{il}.attn_output.weight", (n_embd, n_embd)), (f"blk.{il}.ffn_norm.weight", (n_embd,)),
-            (f"blk.{il}.ffn_gate.weight", (n_ff, n_embd)), (f"blk.{il}.ffn_up.weight", (n_ff, n_embd)),
-            (f"blk.{il}.ffn_down.weight", (n_embd, n_ff)),
-        ]
-    rng = np.random.default_rng(0)
-    for name, shape in shapes:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    """A random F32 llama with an SPM vocabulary (``no_vocab`` models cannot be prompted). Odd sizes
+    on purpose: 6 heads over 3 KV heads, an FFN of 640 (5 x 128) and an untied 1000-row output
+    matrix split by vocab rows."""
+    return write_model(path, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
+                       n_vocab=n_vocab, vocab="spm")
 
 
 # ---------------------------------------------------------------------------------------------
