@@ -170,3 +170,14 @@ def test_unknown_option_is_one_line_exit_2(smollm2_path, capsys):
     assert main(["plan", str(smollm2_path), "--bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--bogus" in err
+
+
+def test_run_with_a_saved_plan_names_exactly_the_plan_options_it_ignores(smollm2_path, tmp_path, capsys):
+    assert main(["plan", str(smollm2_path), "--fleet", "3090", "--json"]) == 0
+    saved = tmp_path / "plan.json"
+    saved.write_text(capsys.readouterr().out)
+    assert main(["run", "--plan", str(saved), "--ctx", "100", "-ctk", "q8_0", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "ignoring the plan options ctk, ctx\n" in err
+    assert main(["run", "--plan", str(saved), "--dry-run"]) == 0
+    assert "ignoring" not in capsys.readouterr().err

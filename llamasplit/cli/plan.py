@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from llamasplit.cli import options as O
+
 from llamasplit.cli.app import app, say
 from llamasplit.devices.device import Fleet
 from llamasplit.errors import DeviceQueryError, NoFeasiblePlan, UsageError
@@ -81,26 +83,26 @@ def parse_margins(text: str) -> tuple[int, tuple[tuple[str, int], ...]]:
 @app.command("plan")
 def plan_cmd(
     model: str = typer.Argument(..., help="A .gguf file."),
-    fleet: str = typer.Option(None, "--fleet", help="Plan for simulated GPUs, e.g. 2x3090,3060-12g."),
-    inventory: str = typer.Option(None, "--inventory", help="Plan for a saved inventory (llamasplit gpus --save)."),
-    rpc: str = typer.Option(None, "--rpc", help="RPC workers host:port,... (their devices come first)."),
-    ctx: int = typer.Option(None, "--ctx", "-c", help="Context length (default: the longest that fits)."),
-    ngl: str = typer.Option(None, "--n-gpu-layers", "-ngl", help="Fix -ngl instead of searching."),
-    ts: str = typer.Option(None, "--tensor-split", "-ts", help="Fix -ts instead of searching."),
-    ctk: str = typer.Option("f16", "--cache-type-k", "-ctk"),
-    ctv: str = typer.Option("f16", "--cache-type-v", "-ctv"),
-    fa: str = typer.Option("auto", "--flash-attn", "-fa", help="on|off|auto"),
-    ub: int = typer.Option(512, "--ubatch-size", "-ub"),
-    b: int = typer.Option(2048, "--batch-size", "-b"),
-    np_: int = typer.Option(None, "--parallel", "-np"),
+    fleet: O.Fleet = None,
+    inventory: O.Inventory = None,
+    rpc: O.Rpc = None,
+    ctx: O.Ctx = None,
+    ngl: O.Ngl = None,
+    ts: O.Ts = None,
+    ctk: O.Ctk = "f16",
+    ctv: O.Ctv = "f16",
+    fa: O.Fa = "auto",
+    ub: O.Ub = 512,
+    b: O.B = 2048,
+    np_: O.Np = None,
     binary: str = typer.Option("llama-server", "--binary", help="llama-server, llama-completion, llama-cli or llama-cpp-python."),
-    margin: str = typer.Option("1GiB", "--margin", help="Memory kept free per device: 1GiB, or 1GiB,CUDA1=3GiB."),
-    swa_full: bool = typer.Option(False, "--swa-full"),
-    nkvo: bool = typer.Option(False, "--no-kv-offload", "-nkvo"),
-    no_mmap: bool = typer.Option(False, "--no-mmap"),
-    ot: list[str] = typer.Option(None, "--override-tensor", "-ot", help="pattern=BUFFER, as llama.cpp."),
-    cpu_moe: bool = typer.Option(False, "--cpu-moe", "-cmoe"),
-    n_cpu_moe: int = typer.Option(0, "--n-cpu-moe", "-ncmoe"),
+    margin: O.Margin = "1GiB",
+    swa_full: O.SwaFull = False,
+    nkvo: O.Nkvo = False,
+    no_mmap: O.NoMmap = False,
+    ot: O.Ot = None,
+    cpu_moe: O.CpuMoe = False,
+    n_cpu_moe: O.NCpuMoe = 0,
     as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON (stdout)."),
     quant: str = typer.Option(None, "--quant", help="Plan for this model at another quantization (e.g. Q3_K_M), computed from this file."),
     quants: bool = typer.Option(False, "--quants", help="Compare the common quantizations side by side."),

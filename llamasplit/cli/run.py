@@ -18,6 +18,8 @@ from pathlib import Path
 
 import typer
 
+from llamasplit.cli import options as O
+
 from llamasplit.cli.app import app, say
 from llamasplit.cli.plan import _fleet, build_options
 from llamasplit.errors import LaunchError, UsageError
@@ -57,11 +59,20 @@ def _signals_as_exceptions() -> Iterator[None]:
 
 
 # the plan options `run` shares with `plan`, with their defaults: given together with --plan they are ignored
-_PLAN_DEFAULTS = {
-    "fleet": None, "inventory": None, "rpc": None, "ctx": None, "ngl": None, "ts": None, "ctk": "f16",
-    "ctv": "f16", "fa": "auto", "ub": 512, "b": 2048, "np_": None, "margin": "1GiB", "swa_full": False,
-    "nkvo": False, "no_mmap": False, "ot": None, "cpu_moe": False, "n_cpu_moe": 0,
-}
+
+
+def _plan_defaults() -> dict[str, object]:
+    """The plan options `run` shares with `plan`, with their defaults, read off the signature."""
+    import inspect
+
+    out = {}
+    for name, p in inspect.signature(run_cmd).parameters.items():
+        if name not in _RUN_ONLY:  # typer.Option(default, ...) or an Annotated option's plain default
+            out[name] = p.default.default if isinstance(p.default, typer.models.ParameterInfo) else p.default
+    return out
+
+
+_RUN_ONLY = {"context", "model", "plan_file", "binary", "dry_run", "check", "host", "port", "timeout"}
 
 
 def _read_plan(plan_file: str, model: str | None) -> Plan:
@@ -93,24 +104,24 @@ def run_cmd(
     model: str = typer.Argument(None, help="A .gguf file (optional with --plan: the plan's model at this path)."),
     plan_file: str = typer.Option(None, "--plan", help="Run a saved plan (llamasplit plan ... --json > plan.json)."),
     fleet: str = typer.Option(None, "--fleet", help="Simulated GPUs: only with --dry-run."),
-    inventory: str = typer.Option(None, "--inventory", help="Plan for a saved inventory (llamasplit gpus --save)."),
-    rpc: str = typer.Option(None, "--rpc", help="RPC workers host:port,... (their devices come first)."),
-    ctx: int = typer.Option(None, "--ctx", "-c", help="Context length (default: the longest that fits)."),
-    ngl: str = typer.Option(None, "--n-gpu-layers", "-ngl", help="Fix -ngl instead of searching."),
-    ts: str = typer.Option(None, "--tensor-split", "-ts", help="Fix -ts instead of searching."),
-    ctk: str = typer.Option("f16", "--cache-type-k", "-ctk"),
-    ctv: str = typer.Option("f16", "--cache-type-v", "-ctv"),
-    fa: str = typer.Option("auto", "--flash-attn", "-fa", help="on|off|auto"),
-    ub: int = typer.Option(512, "--ubatch-size", "-ub"),
-    b: int = typer.Option(2048, "--batch-size", "-b"),
-    np_: int = typer.Option(None, "--parallel", "-np"),
-    margin: str = typer.Option("1GiB", "--margin", help="Memory kept free on every device."),
-    swa_full: bool = typer.Option(False, "--swa-full"),
-    nkvo: bool = typer.Option(False, "--no-kv-offload", "-nkvo"),
-    no_mmap: bool = typer.Option(False, "--no-mmap"),
-    ot: list[str] = typer.Option(None, "--override-tensor", "-ot", help="pattern=BUFFER, as llama.cpp."),
-    cpu_moe: bool = typer.Option(False, "--cpu-moe", "-cmoe"),
-    n_cpu_moe: int = typer.Option(0, "--n-cpu-moe", "-ncmoe"),
+    inventory: O.Inventory = None,
+    rpc: O.Rpc = None,
+    ctx: O.Ctx = None,
+    ngl: O.Ngl = None,
+    ts: O.Ts = None,
+    ctk: O.Ctk = "f16",
+    ctv: O.Ctv = "f16",
+    fa: O.Fa = "auto",
+    ub: O.Ub = 512,
+    b: O.B = 2048,
+    np_: O.Np = None,
+    margin: O.Margin = "1GiB",
+    swa_full: O.SwaFull = False,
+    nkvo: O.Nkvo = False,
+    no_mmap: O.NoMmap = False,
+    ot: O.Ot = None,
+    cpu_moe: O.CpuMoe = False,
+    n_cpu_moe: O.NCpuMoe = 0,
     binary: str = typer.Option(None, "--binary", help="llama-server (default), llama-completion, llama-cli, or a path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
     check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
@@ -128,7 +139,8 @@ def run_cmd(
         model = None
     kind = binary_kind(binary) if binary else None
     if plan_file:
-        given = {k: v for k, v in locals().items() if k in _PLAN_DEFAULTS and v != _PLAN_DEFAULTS[k]}
+        defaults, here = _plan_defaults(), locals()
+        given = {k for k, v in defaults.items() if here[k] != v}
         if given:
             say("llamasplit: warning: --plan given; ignoring the plan options " + ", ".join(sorted(given)))
         the_plan = _read_plan(plan_file, model)

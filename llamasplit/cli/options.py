@@ -1,0 +1,31 @@
+"""The llama.cpp-shaped options `plan` and `run` share: one definition of each flag's names and help.
+
+Commands declare them as ``ctx: Ctx = None``; the default stays in the signature (typer's rule for
+``Annotated`` options), and ``build_options`` in ``cli/plan.py`` maps them onto ``PlanOptions``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Fleet = Annotated[Optional[str], typer.Option("--fleet", help="Plan for simulated GPUs, e.g. 2x3090,3060-12g.")]
+Inventory = Annotated[Optional[str], typer.Option("--inventory", help="Plan for a saved inventory (llamasplit gpus --save).")]
+Rpc = Annotated[Optional[str], typer.Option("--rpc", help="RPC workers host:port,... (their devices come first).")]
+Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", help="Context length (default: the longest that fits).")]
+Ngl = Annotated[Optional[str], typer.Option("--n-gpu-layers", "-ngl", help="Fix -ngl instead of searching.")]
+Ts = Annotated[Optional[str], typer.Option("--tensor-split", "-ts", help="Fix -ts instead of searching.")]
+Ctk = Annotated[str, typer.Option("--cache-type-k", "-ctk")]
+Ctv = Annotated[str, typer.Option("--cache-type-v", "-ctv")]
+Fa = Annotated[str, typer.Option("--flash-attn", "-fa", help="on|off|auto")]
+Ub = Annotated[int, typer.Option("--ubatch-size", "-ub")]
+B = Annotated[int, typer.Option("--batch-size", "-b")]
+Np = Annotated[Optional[int], typer.Option("--parallel", "-np")]
+Margin = Annotated[str, typer.Option("--margin", help="Memory kept free per device: 1GiB, or 1GiB,CUDA1=3GiB.")]
+SwaFull = Annotated[bool, typer.Option("--swa-full")]
+Nkvo = Annotated[bool, typer.Option("--no-kv-offload", "-nkvo")]
+NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Load weights into memory (llama.cpp -lm none).")]
+Ot = Annotated[Optional[list[str]], typer.Option("--override-tensor", "-ot", help="pattern=BUFFER, as llama.cpp.")]
+CpuMoe = Annotated[bool, typer.Option("--cpu-moe", "-cmoe")]
+NCpuMoe = Annotated[int, typer.Option("--n-cpu-moe", "-ncmoe")]
