@@ -95,14 +95,16 @@ class Catalog:
                 return self.specs[self.aliases[candidate]]
         return None
 
-    def get(self, name: str) -> GpuSpec:
-        """The entry for a key or alias; ``UsageError`` naming close catalog names otherwise."""
+    def get(self, name: str, *, where: str = "") -> GpuSpec:
+        """The entry for a key or alias; ``UsageError`` naming close catalog names otherwise.
+
+        ``where`` says where the name came from, for the message (`` in --fleet '...'``)."""
         spec = self.find(name)
         if spec is None:
             close = self.close_matches(name)
             listing = ", ".join(close) if close else ", ".join(self.names())
             raise UsageError(
-                f"unknown GPU {name!r}",
+                f"unknown GPU {name!r}{where}",
                 remedy=f"{'close catalog names' if close else 'catalog names'}: {listing}",
             )
         return spec

@@ -108,14 +108,7 @@ def parse_fleet_spec(spec: str, *, catalog: Catalog | None = None) -> FleetSpec:
             name = match.group(2).strip()
             if count == 0:
                 raise UsageError(f"{token!r} in --fleet asks for zero GPUs", remedy="write 1x or leave the count out")
-        gpu = catalog.find(name)
-        if gpu is None:
-            close = catalog.close_matches(name)
-            listing = ", ".join(close) if close else ", ".join(catalog.names())
-            raise UsageError(
-                f"unknown GPU {name!r} in --fleet {spec!r}",
-                remedy=f"{'close catalog names' if close else 'catalog names'}: {listing}",
-            )
+        gpu = catalog.get(name, where=f" in --fleet {spec!r}")
         gpus.extend([gpu] * count)
         if len(gpus) > MAX_DEVICES:
             raise UsageError(f"--fleet {spec!r} has more than {MAX_DEVICES} GPUs", remedy="split the fleet")
