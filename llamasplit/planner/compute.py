@@ -71,10 +71,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from llamasplit.devices.device import Device
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
+from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, _override_map, _tables
 from llamasplit.planner.kv import KvLayout, cache_type
 from llamasplit.planner.settings import LlamaSettings
 
@@ -101,9 +102,6 @@ INPLACE_OPS = frozenset({
 """``ggml_op_can_inplace`` (ggml-alloc.c): ops whose result may take over a parent's memory."""
 
 GGML_SCHED_MAX_COPIES = 4
-CPU_ALIGNMENT = 32  # TENSOR_ALIGNMENT
-CUDA_ALIGNMENT = 128
-CUDA_MATRIX_ROW_PADDING = 512
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu, GGML_OP_OFFLOAD_MIN_BATCH
 
 
@@ -1478,8 +1476,6 @@ def heuristic_bytes(model: ModelProfile, devices: Sequence[Device], layer_dev: S
     n_used = max(hp.n_expert_used, 1)
     expert_devs: set[int] = set()
     if hp.n_expert:
-        from llamasplit.planner.estimate import _override_map, _tables
-
         override_of = _override_map(_tables(model).names, settings.effective_overrides)
         names = {dv.name: i for i, dv in enumerate(devices)}
         for t in model.tensors:
@@ -1515,8 +1511,6 @@ def weight_backends(model: ModelProfile, devices: Sequence[Device], layer_dev: S
     """The backend each weight lives on (device index, ``len(devices)`` = CPU): estimate.py's rule."""
     hp = model.hparams
     cpu = len(devices)
-    from llamasplit.planner.estimate import _override_map, _tables
-
     names = {d.name: i for i, d in enumerate(devices)}
     override_of = _override_map(_tables(model).names, settings.effective_overrides)
     out_dev = layer_dev[hp.n_layer]

@@ -41,7 +41,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
