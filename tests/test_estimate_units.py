@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from gguf.constants import GGMLQuantizationType as Q
 
-from llamasplit.devices.device import Device
 from llamasplit.model.profile import Block, HParams, Role, TensorInfo, swa_layers
 from llamasplit.planner import kv
 from llamasplit.planner.estimate import alloc_bytes, layer_devices

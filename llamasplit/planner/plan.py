@@ -22,11 +22,11 @@ from typing import Any
 
 from llamasplit.devices.device import Device, Fleet, Link, LinkKind
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
-from llamasplit.model.profile import Block, ModelProfile, Role
+from llamasplit.model.profile import ModelProfile
 from llamasplit.planner import kv
 from llamasplit.planner.estimate import HOST, Estimate, estimate
 from llamasplit.planner.settings import LlamaSettings
-from llamasplit.units import GiB, MiB, format_size
+from llamasplit.units import GiB, format_size
 
 PLAN_SCHEMA = "llamasplit.plan/1"
 DEFAULT_MARGIN_BYTES = 1 * GiB
