@@ -15,6 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
@@ -78,13 +79,16 @@ class RawTensor:
 class RawHeader:
     """Everything a GGUF header says, bounded."""
 
-    path: Path
+    path: Path | str
+    """The file, or the URL of a remote one."""
     version: int
     metadata: dict[str, Any]
     tensors: tuple[RawTensor, ...]
     file_bytes: int
     data_offset: int
     alignment: int
+    header_bytes: int = 0
+    """Where the tensor table ends: the bytes a reader must see (what a remote read transfers)."""
 
 
 def ggml_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
@@ -96,14 +100,32 @@ def ggml_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     return shape[0] // block_size * type_size * n_rows
 
 
-class _Cursor:
-    """Bounds-checked little-endian reads over a buffer."""
+Grow = Callable[[int, "int | None"], "bytes | bytearray"]
+"""``grow(end, hint)``: the file's first ``end`` bytes at least (``hint``: a guess of how far the
+reader will go); for a buffer that is only a prefix of the file, e.g. a remote file's header."""
 
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+
+class _Cursor:
+    """Bounds-checked little-endian reads over a buffer: the whole file, or a prefix that ``grow`` extends.
+
+    Every bound is against ``file_bytes`` (what the file can hold); ``size`` is what is in hand.
+    """
+
+    def __init__(self, buf: mmap.mmap | bytes | bytearray, path: Path | str, file_bytes: int | None = None,
+                 grow: Grow | None = None) -> None:
         self.buf = buf
         self.size = len(buf)
+        self.file_bytes = self.size if file_bytes is None else file_bytes
+        self.grow = grow
         self.pos = 0
         self.path = path
+
+    def more(self, end: int, what: str, hint: int | None = None) -> None:
+        """Make the first ``end`` bytes available, or fail with ``what``."""
+        if self.grow is None or end > self.file_bytes:
+            raise self.fail(what)
+        self.buf = self.grow(end, hint)
+        self.size = len(self.buf)
 
     def fail(self, what: str, at: int | None = None) -> ModelReadError:
         where = self.pos if at is None else at
@@ -114,7 +136,10 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise self.fail(f"{what} needs {n} bytes but only {self.size - self.pos} remain")
+            message = f"{what} needs {n} bytes but only {self.file_bytes - self.pos} remain"
+            if n < 0:
+                raise self.fail(message)
+            self.more(self.pos + n, message)
 
     def u32(self, what: str) -> int:
         self.need(4, what)
@@ -141,12 +166,16 @@ class _Cursor:
     def skip_strings(self, count: int, what: str) -> None:
         """Skip ``count`` strings, checking each length; the hot loop for vocabularies."""
         buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
-        for _ in range(count):
+        start = pos
+        for i in range(count):
             if pos + 8 > size:
                 self.pos = pos
-                raise self.fail(f"{what}: string length runs past the end of the file")
+                # a prefix: guess the array's end from the strings so far, to fetch it in one go
+                hint = pos + (count - i) * (pos - start) // i if i else None
+                self.more(pos + 8, f"{what}: string length runs past the end of the file", hint)
+                buf, size = self.buf, self.size
             pos += 8 + unpack(buf, pos)[0]
-        if pos > size:
+        if pos > self.file_bytes:
             raise self.fail(f"{what}: string runs past the end of the file")
         self.pos = pos
 
@@ -172,18 +201,19 @@ class _Cursor:
         count = self.u64(f"length of {key}")
         if etype in _SCALAR_STRUCTS:
             width = _SCALAR_STRUCTS[etype].size
-            if count > (self.size - self.pos) // width:
+            if count > (self.file_bytes - self.pos) // width:
                 raise self.fail(f"array {key!r} claims {count} elements, more than the file holds", at=at)
             if count > MAX_DECODED_ARRAY:
                 self.pos += count * width
                 return ArraySummary(etype, count)
             fmt = "<" + str(count) + _SCALAR_FORMATS[etype][1]
+            self.need(count * width, f"array {key!r}")
             values = struct.unpack_from(fmt, self.buf, self.pos)
             self.pos += count * width
             return list(values)
         if etype == GGUFValueType.STRING:
             # each string costs at least its 8-byte length
-            if count > (self.size - self.pos) // 8:
+            if count > (self.file_bytes - self.pos) // 8:
                 raise self.fail(f"array {key!r} claims {count} strings, more than the file holds", at=at)
             if count <= 64:
                 return [self.string(f"element of {key}") for _ in range(count)]
@@ -210,7 +240,7 @@ def read_header(path: str | os.PathLike[str], *, require_data: bool = True) -> R
                     remedy="check the path; a GGUF file starts with the bytes 'GGUF'",
                 )
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _parse(mm, path, file_bytes, require_data)
+                return parse_header(mm, path, file_bytes, require_data=require_data)
     except FileNotFoundError as exc:
         raise ModelReadError(f"{path}: no such file", remedy="check the path") from exc
     except IsADirectoryError as exc:
@@ -221,14 +251,17 @@ def read_header(path: str | os.PathLike[str], *, require_data: bool = True) -> R
         raise ModelReadError(f"{path}: cannot read: {exc.strerror or exc}", remedy="check the file") from exc
 
 
-def _parse(mm: mmap.mmap, path: Path, file_bytes: int, require_data: bool) -> RawHeader:
-    cur = _Cursor(mm, path)
+def parse_header(buf: mmap.mmap | bytes | bytearray, path: Path | str, file_bytes: int, *, require_data: bool = True,
+                 grow: Grow | None = None) -> RawHeader:
+    """Parse a header from ``buf``: the whole file, or (with ``grow``) a prefix of a ``file_bytes`` file
+    that is extended as the parser goes: the same checks either way, and nothing past the tensor table."""
+    cur = _Cursor(buf, path, file_bytes, grow)
     magic = cur.u32("magic")
     if magic != GGUF_MAGIC:
         if magic == int.from_bytes(b"GGUF", "big"):
             raise cur.fail("big-endian GGUF is not supported", at=0)
         raise ModelReadError(
-            f"{path}: not a GGUF file: magic {bytes(mm[0:4])!r} at offset 0",
+            f"{path}: not a GGUF file: magic {bytes(cur.buf[0:4])!r} at offset 0",
             remedy="llamasplit reads GGUF models (.gguf); convert others with llama.cpp's convert_hf_to_gguf.py",
         )
     version = cur.u32("version")
@@ -283,6 +316,7 @@ def _parse(mm: mmap.mmap, path: Path, file_bytes: int, require_data: bool) -> Ra
             )
         raw.append((name, ggml_type, shape, rel_offset, at))
 
+    header_end = cur.pos
     data_offset = (cur.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, ggml_type, shape, rel_offset, at in raw:
@@ -304,4 +338,5 @@ def _parse(mm: mmap.mmap, path: Path, file_bytes: int, require_data: bool) -> Ra
         file_bytes=file_bytes,
         data_offset=data_offset,
         alignment=alignment,
+        header_bytes=header_end,
     )

@@ -274,6 +274,23 @@ class ModelProfile:
         return sum(t.n_bytes for t in self.tensors)
 
     @property
+    def loaded_tensors(self) -> tuple[TensorInfo, ...]:
+        """The tensors llama.cpp gives a buffer: all but those of the NextN/MTP blocks.
+
+        The last ``n_layer_nextn`` blocks are created with ``TENSOR_SKIP`` unless MTP speculative
+        decoding loads them (``--spec-type draft-mtp`` sets ``load_mtp``, common/common.cpp;
+        src/models/glm4-moe.cpp ``load_arch_tensors``: ``if (!ml.load_mtp) mtp_flags |=
+        TENSOR_SKIP``; glm4.cpp, exaone4.cpp and others skip them always), and
+        ``llama_model_loader::create_tensor`` returns no tensor for a skipped one ("model has
+        unused tensor ... -- ignoring"). The blocks still take part in the layer split
+        (``load_tensors`` places ``n_layer_all + 1`` layers), so only their weights go.
+        """
+        first_nextn = self.hparams.n_layer_kv
+        if not self.hparams.n_layer_nextn:
+            return self.tensors
+        return tuple(t for t in self.tensors if not (t.layer is not None and t.layer >= first_nextn))
+
+    @property
     def file_type_name(self) -> str | None:
         if self.file_type is None:
             return None
@@ -447,19 +464,32 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
-def _shard_paths(path: Path, header: RawHeader) -> list[Path]:
+def shard_names(name: str, header: RawHeader, where: str | None = None) -> list[str]:
+    """The file names of every shard of the model ``name`` (a file name) belongs to, from its header's
+    ``split.count``: ``[name]`` for a model in one file.
+
+    >>> from llamasplit.model.gguf_reader import RawHeader
+    >>> h = RawHeader("x", 3, {"split.count": 3}, (), 0, 0, 32)
+    >>> shard_names("m-Q4_K_M-00002-of-00003.gguf", h)[0]
+    'm-Q4_K_M-00001-of-00003.gguf'
+    """
     count = header.metadata.get(Keys.Split.LLM_KV_SPLIT_COUNT)
     if not isinstance(count, int) or count <= 1:
-        return [path]
-    match = _SPLIT_RE.match(path.name)
+        return [name]
+    where = where or name
+    match = _SPLIT_RE.match(name)
     if not match:
         raise ModelReadError(
-            f"{path}: the header says it is one of {count} shards but the name does not end in -0000N-of-{count:05d}.gguf",
+            f"{where}: the header says it is one of {count} shards but the name does not end in -0000N-of-{count:05d}.gguf",
             remedy="keep llama.cpp's shard names (as gguf-split writes them)",
         )
     if int(match.group("count")) != count:
-        raise ModelReadError(f"{path}: the name says {match.group('count')} shards, the header {count}")
-    return [path.with_name(f"{match.group('prefix')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+        raise ModelReadError(f"{where}: the name says {match.group('count')} shards, the header {count}")
+    return [f"{match.group('prefix')}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def _shard_paths(path: Path, header: RawHeader) -> list[Path]:
+    return [path.with_name(n) for n in shard_names(path.name, header, str(path))]
 
 
 def read_model(path: str | Path, *, require_data: bool = True) -> ModelProfile:
@@ -468,7 +498,14 @@ def read_model(path: str | Path, *, require_data: bool = True) -> ModelProfile:
     first = read_header(path, require_data=require_data)
     shards = _shard_paths(path, first)
     headers = [first if p == path else read_header(p, require_data=require_data) for p in shards]
-    if len(shards) > 1:
+    return profile_from_headers(str(path), headers)
+
+
+def profile_from_headers(path: str, headers: list[RawHeader]) -> ModelProfile:
+    """A ``ModelProfile`` from the headers of a model's files (one, or every shard of a split model),
+    wherever they were read: a local file, a URL (``path`` names the model in messages)."""
+    headers = list(headers)
+    if len(headers) > 1:
         headers.sort(key=lambda h: int(h.metadata.get(Keys.Split.LLM_KV_SPLIT_NO, 0)))
         for i, h in enumerate(headers):
             no = h.metadata.get(Keys.Split.LLM_KV_SPLIT_NO)
@@ -492,11 +529,11 @@ def read_model(path: str | Path, *, require_data: bool = True) -> ModelProfile:
             block, layer, role = classify(t.name)
             tensors.append(TensorInfo(t.name, t.ggml_type, t.shape, t.n_bytes, block, layer, role, file_index, t.offset))
             raw_all.append(t)
-    hparams = build_hparams(arch, md, raw_all, str(path))
+    hparams = build_hparams(arch, md, raw_all, path)
     names = {t.name for t in tensors}
     ft = md.get(Keys.General.FILE_TYPE)
     return ModelProfile(
-        path=str(path),
+        path=path,
         arch=arch,
         name=_clean(md.get(Keys.General.NAME)),
         file_type=ft if isinstance(ft, int) else None,
