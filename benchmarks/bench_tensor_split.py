@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.model.shapes import dense_profile
-from llamasplit.planner import comm
+from llamasplit.planner.recommend import recommend
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.planner.tensor_split import estimate_tensor
 
@@ -40,7 +40,7 @@ def timing() -> dict:
         out[f"estimate_{n}"] = best * 1000
         print(f"  {n} devices: {best * 1000:7.1f} ms")
     t0 = time.perf_counter()
-    comm.recommend(model, fleet_from_spec("2xh100-sxm,2xl4"))
+    recommend(model, fleet_from_spec("2xh100-sxm,2xl4"))
     out["recommend_s"] = time.perf_counter() - t0
     print(f"recommend() on 2xh100-sxm,2xl4: {out['recommend_s']:.2f} s")
     return out
@@ -58,7 +58,7 @@ def fleets() -> list[dict]:
     rows = []
     print("\npredicted tok/s (decode / prefill of 2048 tokens); comm = share of a decoded token")
     for label, model, spec in FLEETS:
-        rec = comm.recommend(model, fleet_from_spec(spec))
+        rec = recommend(model, fleet_from_spec(spec))
         print(f"  {label} on {spec}")
         for o in rec.options:
             if o.speed:

@@ -18,6 +18,9 @@ from llamasplit.errors import UsageError
 from llamasplit.model.profile import read_model
 from llamasplit.model.shapes import dense_profile
 from llamasplit.planner import comm
+from llamasplit.planner import recommend as R
+from llamasplit.speed import links
+from llamasplit.speed import model as speed
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.planner.tensor_split import (
     Axis, DENIED_ARCHS, arch_status, check_tensor_mode, compat_record, device_alloc_bytes, estimate_tensor, kv_slices,
@@ -180,7 +183,7 @@ def test_allreduce_algorithm_by_backend():
 
 
 def test_allreduce_seconds_arithmetic():
-    link = comm.LinkCost("nvlink", 10e-6, 100e9)
+    link = links.LinkCost("nvlink", 10e-6, 100e9)
     # ring, 4 GPUs, 1000 floats (< 262144: F32): 6 steps x 10 us + 1.5 x 4000 bytes / 100 GB/s
     assert comm.allreduce_seconds(1000, 4, comm.Algorithm.NCCL_RING, link) == pytest.approx(60e-6 + 1.5 * 4000 / 100e9)
     # large: reduced as BF16, 2 bytes
@@ -188,7 +191,7 @@ def test_allreduce_seconds_arithmetic():
     # butterfly over 3: ceil(log2 3) = 2 steps plus the copy-back, each the whole tensor
     assert comm.allreduce_seconds(1000, 3, comm.Algorithm.BUTTERFLY, link) == pytest.approx(3 * (10e-6 + 4000 / 100e9))
     # RPC: 4 copies for 3 devices, each a get and a set through the client
-    staged = comm.LinkCost("rpc-loopback", 500e-6, 1e9, staged=True)
+    staged = links.LinkCost("rpc-loopback", 500e-6, 1e9, staged=True)
     assert comm.allreduce_seconds(576, 3, comm.Algorithm.BUTTERFLY_HOST, staged) == pytest.approx(4 * (500e-6 + 2 * 2304 / 1e9))
     assert comm.allreduce_seconds(576, 1, comm.Algorithm.BUTTERFLY_HOST, staged) == 0.0
     assert [comm.butterfly_steps(n) for n in (1, 2, 3, 4, 5, 8)] == [0, 1, 2, 2, 3, 3]
@@ -207,45 +210,45 @@ def test_worked_example_traffic():
 
 def test_group_link_takes_the_slowest_pair():
     fleet = fleet_from_spec("2xh100-sxm,2xl4")
-    h100 = comm.group_link(fleet, fleet.devices[:2])
+    h100 = links.group_link(fleet, fleet.devices[:2])
     assert h100.kind == "nvlink" and h100.bandwidth_bytes_s == 450e9
-    mixed = comm.group_link(fleet, fleet.devices)
+    mixed = links.group_link(fleet, fleet.devices)
     assert mixed.kind == "pcie-p2p" and mixed.bandwidth_bytes_s == pytest.approx(31.52e9)
     staged = Fleet(devices=fleet.devices[:2], links=(Link(fleet.devices[0].id, fleet.devices[1].id, LinkKind.SYS, 20.0),))
-    cost = comm.group_link(staged, staged.devices)
+    cost = links.group_link(staged, staged.devices)
     assert cost.kind == "host-staged" and cost.staged and cost.seconds(1e6) == pytest.approx(25e-6 + 2e6 / 20e9)
-    assert comm.group_link(fleet, fleet.devices[:1]) is None
+    assert links.group_link(fleet, fleet.devices[:1]) is None
 
 
 def test_loopback_rpc_link_comes_from_the_measured_record():
-    link = comm.group_link(None, rpc(3))
+    link = links.group_link(None, rpc(3))
     cal = compat_record()["calibration"]["rpc_loopback"]
     assert link.kind == "rpc-loopback" and link.staged
     assert link.latency_s == pytest.approx(cal["latency_us"] * 1e-6) and link.subgraph_s == pytest.approx(cal["subgraph_us"] * 1e-6)
     lan = [dataclasses.replace(d, host=f"10.0.0.{i}:50052") for i, d in enumerate(rpc(2))]
-    assert comm.group_link(None, lan).kind == "network"
+    assert links.group_link(None, lan).kind == "network"
 
 
 def test_recommend_without_bandwidths_says_why(synthetic):
     fleet = Fleet(devices=tuple(dataclasses.replace(d, total_bytes=8 << 30, free_bytes=8 << 30) for d in rpc(2)))
-    rec = comm.recommend(synthetic, fleet, LlamaSettings(n_ctx=1024))
+    rec = R.recommend(synthetic, fleet, LlamaSettings(n_ctx=1024))
     assert rec.best is None and "bandwidth is unknown" in rec.verdict
 
 
 def test_predict_arithmetic():
     # two devices of 1 GB/s and 1 GFLOP/s; one attention and one FFN stage
-    work = comm.Workload("tensor", ("a", "b"), (((1e6, 1e6), (1e6, 1e6)), ((2e6, 0.0), (1e6, 0.0))), n_embd=100,
+    work = speed.Workload("tensor", ("a", "b"), (((1e6, 1e6), (1e6, 1e6)), ((2e6, 0.0), (1e6, 0.0))), n_embd=100,
                          n_vocab=10, n_allreduce=2, algorithm=comm.Algorithm.BUTTERFLY_HOST, n_subgraphs=3)
-    dev = comm.DeviceSpeed(1e9, 1e9)
-    link = comm.LinkCost("rpc-loopback", 1e-3, 1e9, staged=True, subgraph_s=1e-4)
-    est = comm.predict(work, [dev, dev], link, prompt_tokens=10, n_ubatch=512)
+    dev = speed.DeviceSpeed(1e9, 1e9)
+    link = links.LinkCost("rpc-loopback", 1e-3, 1e9, staged=True, subgraph_s=1e-4)
+    est = speed.predict(work, [dev, dev], link, prompt_tokens=10, n_ubatch=512)
     # decode: stages take max(1 ms, 1 ms) + max(2 ms, 1 ms) = 3 ms; 2 all-reduces x 2 copies x (1 ms + 800 B / 1 GB/s)
     # + 3 subgraphs x 0.1 ms
     comm_s = 2 * 2 * (1e-3 + 2 * 400 / 1e9) + 3e-4
     assert est.decode_comm_s == pytest.approx(comm_s)
     assert 1 / est.decode_tok_s == pytest.approx(3e-3 + comm_s)
     # one device computing at a time: a stage lasts the sum, 2 ms + 3 ms
-    one = comm.predict(work, [dev, dev], link, prompt_tokens=10, parallel=1)
+    one = speed.predict(work, [dev, dev], link, prompt_tokens=10, parallel=1)
     assert 1 / one.decode_tok_s == pytest.approx(5e-3 + comm_s)
     # prefill of 10 tokens: 10 x 1e6 FLOPs on each device in parallel = 10 ms, all-reduces of 10 x 100 floats
     pre_comm = 2 * 2 * (1e-3 + 2 * 4000 / 1e9) + 3e-4
@@ -253,8 +256,8 @@ def test_predict_arithmetic():
 
 
 def test_fit_recovers_known_parameters(synthetic):
-    truth_speed = comm.DeviceSpeed(8e9, 40e9)
-    truth_link = comm.LinkCost("rpc-loopback", 450e-6, 0.6e9, staged=True, subgraph_s=150e-6)
+    truth_speed = speed.DeviceSpeed(8e9, 40e9)
+    truth_link = links.LinkCost("rpc-loopback", 450e-6, 0.6e9, staged=True, subgraph_s=150e-6)
     obs = []
     for n in (1, 2, 3):
         for mode in ("layer", "tensor"):
@@ -262,16 +265,16 @@ def test_fit_recovers_known_parameters(synthetic):
             names = [d.name for d in devices]
             s = LlamaSettings(n_ctx=1024, flash_attn="on", binary="llama-completion", tensor_split=(1.0,) * n)
             if mode == "tensor":
-                work = comm.tensor_workload(synthetic, estimate_tensor(synthetic, devices, s), names,
+                work = speed.tensor_workload(synthetic, estimate_tensor(synthetic, devices, s), names,
                                             comm.Algorithm.BUTTERFLY_HOST, prompt_tokens=100)
             else:
                 from llamasplit.planner.estimate import estimate
 
-                work = comm.layer_workload(synthetic, estimate(synthetic, devices, s), names, prompt_tokens=100)
-            cal = comm.Calibration(truth_speed, truth_link, 2.0, 0.0)
-            p = comm.predict_calibrated(work, cal, prompt_tokens=100)
-            obs.append(comm.Observation(work, 100, 1 / p.decode_tok_s, 100 / p.prefill_tok_s))
-    fit = comm.fit_link(obs)
+                work = speed.layer_workload(synthetic, estimate(synthetic, devices, s), names, prompt_tokens=100)
+            cal = speed.Calibration(truth_speed, truth_link, 2.0, 0.0)
+            p = speed.predict_calibrated(work, cal, prompt_tokens=100)
+            obs.append(speed.Observation(work, 100, 1 / p.decode_tok_s, 100 / p.prefill_tok_s))
+    fit = speed.fit_link(obs)
     assert fit.parallel == 2.0 and fit.residual < 1e-9
     assert fit.link.latency_s == pytest.approx(450e-6) and fit.link.subgraph_s == pytest.approx(150e-6)
     assert fit.link.bandwidth_bytes_s == pytest.approx(0.6e9) and fit.speed.bandwidth_bytes_s == pytest.approx(8e9)
@@ -280,7 +283,7 @@ def test_fit_recovers_known_parameters(synthetic):
 
 def test_tensor_workload_counts_two_allreduces_per_layer(synthetic):
     s = LlamaSettings(n_ctx=1024, flash_attn="on", tensor_split=(1, 1))
-    work = comm.tensor_workload(synthetic, estimate_tensor(synthetic, rpc(2), s), ["a", "b"], comm.Algorithm.BUTTERFLY_HOST)
+    work = speed.tensor_workload(synthetic, estimate_tensor(synthetic, rpc(2), s), ["a", "b"], comm.Algorithm.BUTTERFLY_HOST)
     assert work.n_allreduce == 2 * 4 and work.n_subgraphs == 9
     assert len(work.stages) == 2 * 4 + 1  # attention and FFN of each layer, then the output
 
@@ -290,7 +293,7 @@ def test_tensor_workload_counts_two_allreduces_per_layer(synthetic):
 
 
 def test_recommend_tensor_on_nvlink_for_a_70b():
-    rec = comm.recommend(dense_profile(), fleet_from_spec("2xh100-sxm,2xl4"))
+    rec = R.recommend(dense_profile(), fleet_from_spec("2xh100-sxm,2xl4"))
     kinds = {o.kind: o for o in rec.options}
     assert set(kinds) == {"single", "layer", "tensor", "data-parallel"}
     assert rec.best is kinds["tensor"] and rec.best.devices == ("CUDA0", "CUDA1")
@@ -302,7 +305,7 @@ def test_recommend_tensor_on_nvlink_for_a_70b():
 
 def test_recommend_small_model_stays_on_one_gpu():
     small = dense_profile(n_layer=16, n_embd=1024, n_head=16, n_head_kv=4, n_ff=4096, n_vocab=32000, name="small")
-    rec = comm.recommend(small, fleet_from_spec("2xh100-sxm"))
+    rec = R.recommend(small, fleet_from_spec("2xh100-sxm"))
     assert rec.best.kind in ("single", "layer")
     tensor = next(o for o in rec.options if o.kind == "tensor")
     assert tensor.speed.decode_comm_share > 0.5  # latency-bound all-reduces dominate a small model's token
@@ -311,7 +314,7 @@ def test_recommend_small_model_stays_on_one_gpu():
 
 def test_recommend_never_proposes_a_crashing_arch():
     gemma = dense_profile(arch="gemma3", name="gemma-shape")
-    rec = comm.recommend(gemma, fleet_from_spec("2xh100-sxm"))
+    rec = R.recommend(gemma, fleet_from_spec("2xh100-sxm"))
     tensor = next(o for o in rec.options if o.kind == "tensor")
     assert not tensor.fits and "gemma3" in tensor.why_not
     assert rec.best.kind != "tensor"

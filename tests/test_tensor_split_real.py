@@ -35,6 +35,7 @@ from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import read_model
 from llamasplit.planner import comm
+from llamasplit.speed import model as speed
 from llamasplit.planner.estimate import estimate
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.planner.tensor_split import arch_status, check_tensor_mode, compat_record, estimate_tensor
@@ -326,7 +327,7 @@ def test_two_allreduces_per_layer(stack):
 # speed: fit on 1 and 2 devices, predict 3
 
 
-def workload(run: Run, eps: list[str]) -> comm.Workload:
+def workload(run: Run, eps: list[str]) -> speed.Workload:
     model = read_model(run.model)
     devices = rpc_devices(eps[: run.n])
     settings = run.settings()
@@ -334,14 +335,14 @@ def workload(run: Run, eps: list[str]) -> comm.Workload:
     fill = min(1.0, (-(-(prompt_tokens + run.n_predict // 2) // 256) * 256) / N_CTX)  # cells in use, padded to 256
     names = [d.name for d in devices]
     if run.mode == "tensor":
-        return comm.tensor_workload(model, estimate_tensor(model, devices, settings), names, comm.Algorithm.BUTTERFLY_HOST,
+        return speed.tensor_workload(model, estimate_tensor(model, devices, settings), names, comm.Algorithm.BUTTERFLY_HOST,
                                     prompt_tokens=prompt_tokens, kv_fill=fill)
     layer_settings = settings.replace(tensor_split=settings.tensor_split or (1.0,) * run.n)
-    return comm.layer_workload(model, estimate(model, devices, layer_settings), names, prompt_tokens=prompt_tokens, kv_fill=fill)
+    return speed.layer_workload(model, estimate(model, devices, layer_settings), names, prompt_tokens=prompt_tokens, kv_fill=fill)
 
 
-def observation(run: Run, eps: list[str]) -> comm.Observation:
-    return comm.Observation(workload(run, eps), run.timings[1], run.decode_s, run.prefill_s)
+def observation(run: Run, eps: list[str]) -> speed.Observation:
+    return speed.Observation(workload(run, eps), run.timings[1], run.decode_s, run.prefill_s)
 
 
 def speed_report(stack) -> dict:
@@ -354,12 +355,12 @@ def speed_report(stack) -> dict:
             }
     for model in ("smollm2", "synthetic"):
         fit_names = [f"{model}-{n}-{mode}" for n in (1, 2) for mode in ("layer", "tensor")]
-        cal = comm.fit_link([observation(runs[n], eps) for n in fit_names])
+        cal = speed.fit_link([observation(runs[n], eps) for n in fit_names])
         rows = {}
         for n in (2, 3):
             layer, tensor = runs[f"{model}-{n}-layer"], runs[f"{model}-{n}-tensor"]
-            pl = comm.predict_calibrated(workload(layer, eps), cal, prompt_tokens=layer.timings[1])
-            pt = comm.predict_calibrated(workload(tensor, eps), cal, prompt_tokens=tensor.timings[1])
+            pl = speed.predict_calibrated(workload(layer, eps), cal, prompt_tokens=layer.timings[1])
+            pt = speed.predict_calibrated(workload(tensor, eps), cal, prompt_tokens=tensor.timings[1])
             rows[n] = {
                 "measured_decode_ratio": layer.decode_s / tensor.decode_s,
                 "predicted_decode_ratio": pt.decode_tok_s / pl.decode_tok_s,

@@ -111,7 +111,7 @@ def plan_cmd(
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
     if split_mode in ("auto", "tensor", "row"):
         from llamasplit.cli.tensor import format_recommendation
-        from llamasplit.planner import comm
+        from llamasplit.planner.recommend import recommend
         from llamasplit.planner.tensor_split import refuse_row_mode
 
         hw = _fleet(fleet, inventory, rpc)
@@ -119,7 +119,7 @@ def plan_cmd(
             refuse_row_mode(hw.devices)
         settings = LlamaSettings(n_ctx=ctx or 4096, type_k=ctk, type_v=ctv, flash_attn=fa, n_ubatch=ub, n_batch=b,
                                  n_parallel=np_, binary=binary)
-        rec = comm.recommend(read_model(model), hw, settings)
+        rec = recommend(read_model(model), hw, settings)
         print(json.dumps(rec.to_dict(), indent=2) if as_json else format_recommendation(rec))
         return
     if split_mode not in ("layer", "none"):

@@ -13,6 +13,7 @@ from llamasplit.cli.app import app, say
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, read_model
 from llamasplit.planner import comm as C
+from llamasplit.planner import recommend as R
 
 SHAPES: dict[str, dict[str, int]] = {
     "llama-7b": dict(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008, n_vocab=32000, n_ctx_train=4096),
@@ -136,7 +137,7 @@ def comm_cmd(
     print(json.dumps(report, indent=2) if as_json else format_comm(report))
 
 
-def format_recommendation(rec: C.Recommendation) -> str:
+def format_recommendation(rec: R.Recommendation) -> str:
     lines = [f"{'option':<14} {'devices':<24} {'decode tok/s':>13} {'prefill tok/s':>14} {'comm':>6}  note"]
     for o in rec.options:
         devs = ",".join(o.devices) or "-"
@@ -175,6 +176,6 @@ def recommend_cmd(
     hw = resolve_fleet(fleet_spec=fleet, inventory=inventory, rpc=rpc)
     if hw.simulated:
         say(f"llamasplit: simulated fleet ({hw.source}): numbers are for that hardware")
-    rec = C.recommend(profile, hw, LlamaSettings(n_ctx=ctx), prompt_tokens=prompt_tokens,
+    rec = R.recommend(profile, hw, LlamaSettings(n_ctx=ctx), prompt_tokens=prompt_tokens,
                       margin_bytes=parse_size(margin), nccl=not no_nccl)
     print(json.dumps(rec.to_dict(), indent=2) if as_json else format_recommendation(rec))

@@ -1,0 +1,1 @@
+"""How fast llama.cpp runs a plan: one speed model (``model``), links (``links``), calibration data."""
