@@ -10,6 +10,7 @@ import pytest
 from fake_nvml import FakeNvml, GPU, rtx3090
 from test_devices_nvml import HOST, mig_fleet
 
+from llamasplit.devices.measured import MeasuredSpeed
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.devices.inventory import SCHEMA, inventory_dict, load_inventory, save_inventory
 from llamasplit.devices.nvml import NvmlSource
@@ -20,7 +21,7 @@ def test_round_trip_simulated(tmp_path):
     fleet = fleet_from_spec("2x3090,4060ti-16g,ram=128GiB")
     path = save_inventory(fleet, tmp_path / "inv.json")
     data = json.loads(path.read_text())
-    assert data["schema"] == "llamasplit.inventory/1" == SCHEMA
+    assert data["schema"] == "llamasplit.inventory/2" == SCHEMA
     assert [d["total_bytes"] for d in data["devices"]] == [25769803776, 25769803776, 17179869184]
     loaded = load_inventory(path)
     assert loaded == dataclasses.replace(fleet, source=f"inventory:{path}")
@@ -75,8 +76,15 @@ def _with(mutate) -> dict:
     ("data", "message"),
     [
         ([1, 2], "is not a JSON object"),
-        (_with(lambda d: d.pop("schema")), "has schema None; this llamasplit reads 'llamasplit.inventory/1'"),
-        (_with(lambda d: d.update(schema="llamasplit.inventory/2")), "has schema 'llamasplit.inventory/2'"),
+        (_with(lambda d: d.pop("schema")),
+         "has schema None; this llamasplit reads 'llamasplit.inventory/1' or 'llamasplit.inventory/2'"),
+        (_with(lambda d: d.update(schema="llamasplit.inventory/3")), "has schema 'llamasplit.inventory/3'"),
+        (_with(lambda d: d["devices"][0].update(measured={"decode_gb_s": 10.0})), "devices[0].measured has no prefill_gflops"),
+        (_with(lambda d: d["devices"][0].update(measured={"decode_gb_s": 0, "prefill_gflops": 5.0})),
+         "devices[0].measured.decode_gb_s must be positive, not 0"),
+        (_with(lambda d: d["host"].update(measured={"decode_gb_s": 9.0, "prefill_gflops": 5.0, "token_us": -3.0})),
+         "host.measured.token_us is negative"),
+        (_with(lambda d: d["host"].update(measured=[1, 2])), "host.measured must be an object"),
         (_with(lambda d: d.pop("devices")), "devices must be a list of objects"),
         (_with(lambda d: d.update(devices=[])), "lists no devices"),
         (_with(lambda d: d["devices"][0].update(total_bytes="24GiB")),
@@ -122,3 +130,21 @@ def test_absent_and_not_json(tmp_path):
     with pytest.raises(DeviceQueryError) as err:
         load_inventory(binary)
     assert str(err.value).startswith(f"cannot read inventory {binary}")
+
+
+def test_version_1_files_are_still_read_and_measured_speeds_round_trip(tmp_path):
+    fleet = fleet_from_spec("2x3090")
+    old = {**inventory_dict(fleet), "schema": "llamasplit.inventory/1"}
+    for d in (*old["devices"], old["host"]):
+        d.pop("measured")
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    assert load_inventory(tmp_path / "v1.json") == dataclasses.replace(fleet, source=f"inventory:{tmp_path / 'v1.json'}")
+    speed = MeasuredSpeed(decode_gb_s=12.5, prefill_gflops=80.0, layer_us=20.0, token_us=300.0, threads=2, how="llama-bench")
+    measured = dataclasses.replace(
+        fleet, devices=(dataclasses.replace(fleet.devices[0], measured=speed), fleet.devices[1]),
+        host=dataclasses.replace(fleet.host, measured=speed),
+    )
+    path = save_inventory(measured, tmp_path / "v2.json")
+    assert json.loads(path.read_text())["devices"][0]["measured"]["decode_gb_s"] == 12.5
+    back = load_inventory(path)
+    assert back.devices[0].measured == speed and back.host.measured == speed and back.devices[1].measured is None

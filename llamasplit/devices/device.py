@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from llamasplit.devices.measured import MeasuredSpeed
+
 
 class LinkKind(str, Enum):
     """How two devices are connected, best first (names as in ``nvidia-smi topo -m``)."""
@@ -76,6 +78,8 @@ class Device:
     mig: bool = False
     notes: tuple[str, ...] = ()
     """Things worth telling the user (``bandwidth from catalog``, ``NotSupported: ...``)."""
+    measured: MeasuredSpeed | None = None
+    """Decode/prefill speed ``llamasplit bench`` measured here; ``None``: not measured."""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -90,6 +94,8 @@ class Device:
         if kwargs.get("compute_capability") is not None:
             kwargs["compute_capability"] = tuple(kwargs["compute_capability"])
         kwargs["notes"] = tuple(kwargs.get("notes") or ())
+        if isinstance(kwargs.get("measured"), dict):
+            kwargs["measured"] = MeasuredSpeed.from_dict(kwargs["measured"])
         return cls(**kwargs)
 
 
@@ -103,6 +109,8 @@ class HostInfo:
     cpu_cores: int | None = None
     ram_bandwidth_gb_s: float | None = None
     """Memory bandwidth of the host, GB/s; sets the speed of layers left on the CPU."""
+    measured: MeasuredSpeed | None = None
+    """The CPU's decode/prefill speed as ``llamasplit bench`` measured it; ``None``: not measured."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,7 +118,10 @@ class HostInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HostInfo:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if isinstance(kwargs.get("measured"), dict):
+            kwargs["measured"] = MeasuredSpeed.from_dict(kwargs["measured"])
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 ::
 
-    {"schema": "llamasplit.inventory/1", "source": "nvml", "simulated": false,
+    {"schema": "llamasplit.inventory/2", "source": "nvml", "simulated": false,
      "host": {...}, "devices": [{...}, ...], "links": [{...}, ...], "notes": [...]}
 
 Writes are atomic (a temporary file in the same folder, flushed, then renamed over the target), so
-a reader never sees half a file. Every problem reading one (absent, not JSON, wrong schema, a field
+a reader never sees half a file. Version 2 added ``measured`` (``llamasplit bench``'s speeds) to
+devices and the host; version 1 files (without it) are still read. Every problem reading one (absent, not JSON, wrong schema, a field
 of the wrong type) is one ``DeviceQueryError`` line naming the file and the field.
 """
 
@@ -22,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from llamasplit.devices.device import Device, Fleet, HostInfo, Link, LinkKind
+from llamasplit.devices.measured import MeasuredSpeed
 from llamasplit.errors import DeviceQueryError
 
-SCHEMA = "llamasplit.inventory/1"
+SCHEMA = "llamasplit.inventory/2"
+READABLE_SCHEMAS = ("llamasplit.inventory/1", SCHEMA)
+"""Every schema this version reads; it writes only ``SCHEMA``."""
 _REMEDY = "re-create it with `llamasplit gpus --save FILE`"
 
 
@@ -86,15 +90,17 @@ def fleet_from_inventory(data: Any, *, where: str = "inventory", source: str | N
     if not isinstance(data, dict):
         raise DeviceQueryError(f"{where} is not a JSON object", remedy=_REMEDY)
     schema = data.get("schema")
-    if schema != SCHEMA:
+    if schema not in READABLE_SCHEMAS:
         raise DeviceQueryError(
-            f"{where} has schema {schema!r}; this llamasplit reads {SCHEMA!r}", remedy=_REMEDY
+            f"{where} has schema {schema!r}; this llamasplit reads {' or '.join(map(repr, READABLE_SCHEMAS))}",
+            remedy=_REMEDY,
         )
     devices = _list(data, "devices", where)
     if not devices:
         raise DeviceQueryError(f"{where} lists no devices", remedy=_REMEDY)
     for n, item in enumerate(devices):
-        _check_fields(Device, item, f"{where}: devices[{n}]")
+        _check_fields(Device, item, f"{where}: devices[{n}]", skip={"measured"})
+        _check_measured(item, f"{where}: devices[{n}]")
     ids = [d["id"] for d in devices]
     if len(set(ids)) != len(ids):
         raise DeviceQueryError(f"{where}: two devices share an id", remedy=_REMEDY)
@@ -111,7 +117,8 @@ def fleet_from_inventory(data: Any, *, where: str = "inventory", source: str | N
             if item[end] not in ids:
                 raise DeviceQueryError(f"{label}.{end} {item[end]!r} names no device in the file", remedy=_REMEDY)
     host = data.get("host", {})
-    _check_fields(HostInfo, host, f"{where}: host")
+    _check_fields(HostInfo, host, f"{where}: host", skip={"measured"})
+    _check_measured(host, f"{where}: host")
     for key, kind in (("source", str), ("simulated", bool)):
         if key in data and not isinstance(data[key], kind):
             raise DeviceQueryError(f"{where}: {key} must be {_type_words(kind)}", remedy=_REMEDY)
@@ -190,3 +197,17 @@ def _check_fields(cls: type, item: dict[str, Any], label: str, *, skip: set[str]
             raise DeviceQueryError(f"{label}.{f.name} is negative", remedy=_REMEDY)
     if "kind" in skip and "kind" not in item:
         raise DeviceQueryError(f"{label} has no kind", remedy=_REMEDY)
+
+
+def _check_measured(item: dict[str, Any], label: str) -> None:
+    """``measured`` is absent, null, or a MeasuredSpeed object with positive speeds."""
+    value = item.get("measured") if isinstance(item, dict) else None
+    if value is None:
+        return
+    _check_fields(MeasuredSpeed, value, f"{label}.measured")
+    for key in ("decode_gb_s", "prefill_gflops"):
+        if not value[key] > 0:
+            raise DeviceQueryError(f"{label}.measured.{key} must be positive, not {value[key]!r}", remedy=_REMEDY)
+    for key in ("layer_us", "token_us"):
+        if key in value and value[key] < 0:
+            raise DeviceQueryError(f"{label}.measured.{key} is negative", remedy=_REMEDY)

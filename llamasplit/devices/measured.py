@@ -1,0 +1,35 @@
+"""Speeds measured on the user's own devices (``llamasplit bench``), as stored in inventories."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MeasuredSpeed:
+    """What ``llamasplit bench`` measured on one device (or the host CPU) with llama-bench.
+
+    The speed model (``llamasplit.speed``) uses these instead of datasheet figures: a token costs
+    ``bytes read / decode_gb_s + layers x layer_us + token_us`` there, a prompt ubatch
+    ``FLOPs / prefill_gflops`` plus the same fixed costs.
+    """
+
+    decode_gb_s: float
+    """Effective bytes read per second while decoding, GB/s (10^9 bytes/s)."""
+    prefill_gflops: float
+    """Effective matmul rate while processing a prompt, GFLOP/s."""
+    layer_us: float = 0.0
+    """Fixed cost per layer and token (kernel launches, small ops), microseconds."""
+    token_us: float = 0.0
+    """Fixed cost per token on this device (graph launch; over RPC the round trips), microseconds."""
+    threads: int | None = None
+    """CPU threads llama-bench used (CPU and CPU-backed RPC workers)."""
+    how: str = ""
+    """What was run, and when."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeasuredSpeed:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
