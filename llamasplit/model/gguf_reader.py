@@ -171,7 +171,7 @@ class _Cursor:
             if pos + 8 > size:
                 self.pos = pos
                 # a prefix: guess the array's end from the strings so far, to fetch it in one go
-                hint = pos + (count - i) * (pos - start) // i if i else None
+                hint = pos + (count - i) * (pos - start) // i if i >= 256 else None
                 self.more(pos + 8, f"{what}: string length runs past the end of the file", hint)
                 buf, size = self.buf, self.size
             pos += 8 + unpack(buf, pos)[0]
