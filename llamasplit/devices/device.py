@@ -80,6 +80,27 @@ class Device:
     """Things worth telling the user (``bandwidth from catalog``, ``NotSupported: ...``)."""
     measured: MeasuredSpeed | None = None
     """Decode/prefill speed ``llamasplit bench`` measured here; ``None``: not measured."""
+    serves: str | None = None
+    """RPC devices: the backend behind the worker (``CUDA``, ``CPU``, ...). The RPC client asks the
+    worker for alignment and allocation sizes (ggml-rpc.cpp, ``RPC_CMD_GET_ALIGNMENT``/``GET_ALLOC_SIZE``),
+    so buffers follow that backend's rules. ``None``: unknown (sized as a CPU)."""
+    serves_source: str | None = None
+    """Where ``serves`` came from: ``published`` (the worker's device endpoint), ``described``
+    (``--rpc HOST:PORT=GPU``) or ``assumed-cpu``."""
+
+    @property
+    def alloc_backend(self) -> str:
+        """The backend whose allocation rules size this device's buffers: ``serves`` for RPC, else ``backend``.
+
+        >>> Device("rpc:h:1#0", "RPC0", "h:1", "RPC", None, None, serves="CUDA").alloc_backend
+        'CUDA'
+        >>> Device("rpc:h:1#0", "RPC0", "h:1", "RPC", None, None).alloc_backend
+        'CPU'
+        """
+        kind = self.backend.upper()
+        if kind == "RPC":
+            return (self.serves or "CPU").upper()
+        return kind
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -76,6 +76,8 @@ from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from llamasplit.devices.device import Device
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
 from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, _override_map, _tables
+from llamasplit.planner import cuda_rules
+from llamasplit.planner import cuda_rules
 from llamasplit.planner.kv import KvLayout, cache_type
 from llamasplit.planner.settings import LlamaSettings
 
@@ -997,16 +999,23 @@ class _Backend:
     alignment: int
     offload: bool  # has an offload_op (CUDA: ops with host weights run here for big batches)
     host_buft: bool  # its compute buffer type is host memory the CPU backend can read
+    alloc: str = ""  # whose get_alloc_size applies ("CUDA" for a CUDA device or an RPC worker serving one)
+    cc: int | None = None  # CUDA compute capability, ggml's integer (860)
 
 
 def _backends(devices: Sequence[Device]) -> list[_Backend]:
     out = []
     for d in devices:
-        kind = d.backend.upper()
+        kind, alloc = d.backend.upper(), d.alloc_backend
+        cc = cuda_rules.cc_of(d.compute_capability)
         if kind == "CUDA":
-            out.append(_Backend("CUDA", CUDA_ALIGNMENT, True, False))
+            out.append(_Backend("CUDA", CUDA_ALIGNMENT, True, False, "CUDA", cc))
+        elif alloc == "CUDA":
+            # RPC over CUDA: the worker's alignment and alloc sizes (ggml-rpc.cpp GET_ALIGNMENT /
+            # GET_ALLOC_SIZE), but no offload_op (ggml_backend_rpc_device_i .offload_op = NULL)
+            out.append(_Backend(kind, CUDA_ALIGNMENT, False, False, "CUDA", cc))
         else:
-            out.append(_Backend(kind, CPU_ALIGNMENT, False, False))
+            out.append(_Backend(kind, CPU_ALIGNMENT, False, False, alloc))
     out.append(_Backend("CPU", CPU_ALIGNMENT, False, True))
     return out
 
@@ -1310,21 +1319,21 @@ class _DynAlloc:
 def _alloc_size(t: T, backend: _Backend) -> int:
     """ggml_backend_buft_get_alloc_size: ggml_nbytes, plus CUDA's extras (ggml-cuda.cu)."""
     size = t.nbytes()
-    if backend.kind != "CUDA":
+    if backend.alloc != "CUDA":
         return size
     if t.op == "FLASH_ATTN_EXT":
-        # ggml_cuda_flash_attn_ext_get_alloc_size: f16 copies of a quantised K/V for the MMA kernel
-        k, v = t.src[1], t.src[2]
-        k_off = None
-        if k is not None and k.type != F16:
-            size = (size + 127) // 128 * 128
-            k_off = size
-            size += k.nelements() * 2
-        if v is not None and v.type != F16:
-            v_is_k = k is not None and v.view_src is not None and (
-                v.view_src is k or (v.view_src is k.view_src and v.view_offs == k.view_offs))
-            if not (v_is_k and k_off is not None):
-                size = (size + 127) // 128 * 128 + v.nelements() * 2
+        # ggml_cuda_flash_attn_ext_get_alloc_size: f16 copies of K/V where the chosen kernel needs them
+        q, k, v, mask = t.src[0], t.src[1], t.src[2], t.src[3] if len(t.src) > 3 else None
+        if q is None or k is None or v is None:
+            return size
+        kernel = cuda_rules.best_fattn_kernel(
+            backend.cc if backend.cc is not None else cuda_rules.CC_TURING,  # unknown: the common MMA path
+            head_k=k.ne[0], head_v=v.ne[0], n_tokens=q.ne[1], gqa_ratio=max(q.ne[2] // max(k.ne[2], 1), 1),
+            n_kv=k.ne[1], type_k=k.type, type_v=v.type, has_mask=mask is not None,
+            mask_ne2=mask.ne[2] if mask is not None else 1, n_seq_q=q.ne[3])
+        need_k, need_v = cuda_rules.fattn_needs_f16(kernel, k.ne[0], k.type, v.type)
+        v_is_k = v.view_src is not None and (v.view_src is k or (v.view_src is k.view_src and v.view_offs == k.view_offs))
+        size = cuda_rules.fattn_alloc_bytes(size, need_k, need_v, k.type, v.type, k.nelements(), v.nelements(), v_is_k)
     elif _is_quantized(t.type) and t.ne[0] % CUDA_MATRIX_ROW_PADDING:
         # a quantised tensor (a weight copied here by op offload) gets one padded row
         size += _row_size(t.type, CUDA_MATRIX_ROW_PADDING - t.ne[0] % CUDA_MATRIX_ROW_PADDING)

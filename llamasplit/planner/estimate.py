@@ -11,8 +11,9 @@
 - context: the KV cache (``planner.kv``) and recurrent state on the device of each layer
   (on the CPU under ``-nkvo``);
 - compute: a model of the graph's peak per device, see ``compute_bytes``;
-- overhead: a fixed per-backend figure (the CUDA context and cuBLAS workspace), not in llama.cpp's
-  own breakdown but present in the free memory a user sees drop.
+- overhead: what a CUDA device loses outside llama.cpp's breakdown (the context, cuBLAS's workspace,
+  the pool's temporaries; ``planner.cuda_rules``, each figure cited there), present in the free
+  memory a user sees drop.
 """
 
 from __future__ import annotations
@@ -27,20 +28,15 @@ import numpy as np
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
-from llamasplit.planner import kv
+from llamasplit.planner import cuda_rules, kv
 from llamasplit.planner.settings import LlamaSettings
 
 HOST = "Host"
 MiB = 1024 * 1024
 
-CUDA_ALIGNMENT = 128
-CUDA_MATRIX_ROW_PADDING = 512
+CUDA_ALIGNMENT = cuda_rules.ALIGNMENT
+CUDA_MATRIX_ROW_PADDING = cuda_rules.MATRIX_ROW_PADDING
 CPU_ALIGNMENT = 32
-
-CUDA_OVERHEAD_BYTES = 300 * MiB
-"""CUDA context + cuBLAS workspace per device that llama.cpp's breakdown does not count.
-From NVIDIA's documented context sizes (~250-350 MiB on Ampere/Hopper with lazy loading);
-to be re-measured on a lent GPU."""
 
 
 @dataclass
@@ -204,7 +200,8 @@ def _override_map(names: tuple[str, ...], overrides: tuple[tuple[str, str], ...]
 
 
 def _backend(device: Device) -> str:
-    return device.backend.upper()
+    """The allocation rules of a device: an RPC device's are those of the backend behind the worker."""
+    return device.alloc_backend
 
 
 def alloc_bytes(tensor: TensorInfo, backend: str) -> int:
@@ -216,6 +213,100 @@ def alloc_bytes(tensor: TensorInfo, backend: str) -> int:
             size += kv.row_bytes(_qtype(tensor), CUDA_MATRIX_ROW_PADDING - ne0 % CUDA_MATRIX_ROW_PADDING)
         return kv.pad(size, CUDA_ALIGNMENT)
     return kv.pad(size, CPU_ALIGNMENT)
+
+
+_POOL_CACHE: dict[tuple[int, int, int], tuple[ModelProfile, list[int]]] = {}
+
+
+def pool_high_water(model: ModelProfile, slots: Sequence[int], n_ubatch: int, n_outputs: int) -> int:
+    """[estimate] The largest temporary a CUDA device's pool holds for the weights of ``slots``: the
+    q8_1 copy of the activations for a quantised mat-mul (MMQ), the f16 copies of a cuBLAS one,
+    at ``n_ubatch`` tokens (the output layer: ``n_outputs`` rows). Kernels run one after the other
+    and free their temporaries, so the pool's high-water mark is about the largest one.
+    """
+    key = (id(model), n_ubatch, n_outputs)
+    cached = _POOL_CACHE.get(key)
+    if cached is None or cached[0] is not model:
+        hp = model.hparams
+        per_slot = [0] * (hp.n_layer + 1)
+        for item in _tables(model).items:
+            t = item.tensor
+            if item.slot is None or len(t.shape) < 2 or t.shape[1] <= 1:
+                continue
+            ne10, ne01 = t.shape[0], t.shape[1]
+            ne11 = min(n_ubatch, n_outputs) if item.slot == hp.n_layer else n_ubatch
+            if len(t.shape) >= 3 and t.role is Role.EXPERTS:
+                ne11 *= max(hp.n_expert_used or 1, 1)  # mmq.cu: ne12 * n_expert_used rows for MUL_MAT_ID
+            if t.is_quantized:
+                need = cuda_rules.mmq_src1_bytes(ne10, ne11)
+            else:
+                need = cuda_rules.cublas_src_f16_bytes(ne10, ne11, ne01)
+            per_slot[item.slot] = max(per_slot[item.slot], need)
+        if len(_POOL_CACHE) > 64:
+            _POOL_CACHE.clear()
+        _POOL_CACHE[key] = cached = (model, per_slot)
+    per_slot = cached[1]
+    return max((per_slot[s] for s in slots), default=0)
+
+
+def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_ubatch: int, n_outputs: int,
+                  *, tensor_peers: int = 0) -> cuda_rules.Overhead:
+    """A CUDA device's memory outside llama.cpp's breakdown (``cuda_rules.overhead``). An RPC worker's
+    free memory was read by a process that already holds its CUDA context, so only the cuBLAS
+    workspace and the pool count there."""
+    return cuda_rules.overhead(
+        cuda_rules.cc_of(device.compute_capability),
+        pool_high_water_bytes=pool_high_water(model, slots, n_ubatch, n_outputs),
+        context_in_free=device.backend.upper() == "RPC",
+        tensor_peers=tensor_peers,
+    )
+
+
+_POOL_CACHE: dict[tuple[int, int, int], tuple[ModelProfile, list[int]]] = {}
+
+
+def pool_high_water(model: ModelProfile, slots: Sequence[int], n_ubatch: int, n_outputs: int) -> int:
+    """[estimate] The largest temporary a CUDA device's pool holds for the weights of ``slots``: the
+    q8_1 copy of the activations for a quantised mat-mul (MMQ), the f16 copies of a cuBLAS one,
+    at ``n_ubatch`` tokens (the output layer: ``n_outputs`` rows). Kernels run one after the other
+    and free their temporaries, so the pool's high-water mark is about the largest one.
+    """
+    key = (id(model), n_ubatch, n_outputs)
+    cached = _POOL_CACHE.get(key)
+    if cached is None or cached[0] is not model:
+        hp = model.hparams
+        per_slot = [0] * (hp.n_layer + 1)
+        for item in _tables(model).items:
+            t = item.tensor
+            if item.slot is None or len(t.shape) < 2 or t.shape[1] <= 1:
+                continue
+            ne10, ne01 = t.shape[0], t.shape[1]
+            ne11 = min(n_ubatch, n_outputs) if item.slot == hp.n_layer else n_ubatch
+            if len(t.shape) >= 3 and t.role is Role.EXPERTS:
+                ne11 *= max(hp.n_expert_used or 1, 1)  # mmq.cu: ne12 * n_expert_used rows for MUL_MAT_ID
+            if t.is_quantized:
+                need = cuda_rules.mmq_src1_bytes(ne10, ne11)
+            else:
+                need = cuda_rules.cublas_src_f16_bytes(ne10, ne11, ne01)
+            per_slot[item.slot] = max(per_slot[item.slot], need)
+        if len(_POOL_CACHE) > 64:
+            _POOL_CACHE.clear()
+        _POOL_CACHE[key] = cached = (model, per_slot)
+    per_slot = cached[1]
+    return max((per_slot[s] for s in slots), default=0)
+
+
+def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_ubatch: int, n_outputs: int,
+                  *, tensor_peers: int = 0) -> cuda_rules.Overhead:
+    """A CUDA device's memory outside llama.cpp's breakdown (``cuda_rules.overhead``). An RPC worker's
+    free memory was read by a process that already holds its CUDA context, so only the cuBLAS
+    workspace and the pool count there."""
+    return cuda_rules.overhead(
+        cuda_rules.cc_of(device.compute_capability),
+        pool_high_water_bytes=pool_high_water(model, slots, n_ubatch, n_outputs),
+        context_in_free=device.backend.upper() == "RPC",
+        tensor_peers=tensor_peers,
+    )
 
 
 def _qtype(tensor: TensorInfo):
@@ -362,9 +453,10 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
         e.compute_bytes = c
     host.compute_bytes = compute[-1]
     host.output_bytes = (hp.n_vocab + (hp.n_embd if settings.binary == "llama-server" else 0)) * max(n_outputs, n_seq) * 4
-    for e, d in zip(ests, devices):
+    for i, (e, d) in enumerate(zip(ests, devices)):
         if _backend(d) == "CUDA":
-            e.overhead_bytes = CUDA_OVERHEAD_BYTES
+            slots = [s for s, x in enumerate(layer_dev) if x == i]
+            e.overhead_bytes = cuda_overhead(model, d, slots, n_ubatch, n_outputs).total_bytes
     return Estimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx_padded, layer_device=tuple(layer_dev), flash_attn=flash,
         host_mapped_bytes=host_mapped_span,

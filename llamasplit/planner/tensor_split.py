@@ -47,8 +47,8 @@ from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, TensorInfo
 from llamasplit.planner import kv
-from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, CUDA_OVERHEAD_BYTES, HOST
-from llamasplit.planner.estimate import DeviceEstimate, estimate, _tables
+from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, HOST
+from llamasplit.planner.estimate import DeviceEstimate, cuda_overhead, estimate, _tables
 from llamasplit.planner.settings import LlamaSettings
 
 # ---------------------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def estimate_tensor(model: ModelProfile, devices: Sequence[Device], settings: Ll
     n = len(devs)
     ts = _effective_ts(settings)
     rules = _rules(model, n, ts)
-    backends = [d.backend.upper() for d in devs]
+    backends = [d.alloc_backend for d in devs]
 
     # the host side and the whole-graph compute buffer are those of one device holding every
     # offloaded layer: run the layer estimator with a stand-in for the Meta device
@@ -623,10 +623,12 @@ def estimate_tensor(model: ModelProfile, devices: Sequence[Device], settings: Ll
     meta_kv = tuple(max(caches[key]) for key in (False, True) if key in caches)
 
     compute = base.devices[0].compute_bytes
+    n_outputs = n_ubatch if settings.binary in ("llama-completion", "llama-cli", "llama-fit-params") else settings.seq_count
+    nccl_peers = n if all(d.backend.upper() == "CUDA" for d in devs) else 0  # NCCL joins local GPUs only
     for j, e in enumerate(ests):
         e.compute_bytes = compute
         if backends[j] == "CUDA":
-            e.overhead_bytes = CUDA_OVERHEAD_BYTES
+            e.overhead_bytes = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers).total_bytes
     host = dataclasses.replace(base.host, context_bytes=host_ctx, name=HOST)
     return TensorEstimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx, tensor_split=ts,
