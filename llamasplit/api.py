@@ -130,20 +130,40 @@ def read_fleet(devices: Any = None, rpc: str | Sequence[str] | None = None) -> F
     return fleet
 
 
-def plan(model: str | os.PathLike[str], devices: Any = None, *, rpc: str | Sequence[str] | None = None, **options: Any) -> Plan:
-    """Plan ``model`` for ``devices`` (read once) with the given options; a pure-data ``Plan``."""
-    from llamasplit.model.profile import read_model
+def plan(model: str | os.PathLike[str] | None = None, devices: Any = None, *, rpc: str | Sequence[str] | None = None,
+         hf: str | None = None, hf_file: str | None = None, **options: Any) -> Plan:
+    """Plan ``model`` for ``devices`` (read once) with the given options; a pure-data ``Plan``.
+
+    ``model`` is a path or an ``http(s)://`` URL of a ``.gguf``; or give ``hf="user/repo[:quant]"``
+    (and ``hf_file``) as llama.cpp's ``-hf``: remote models are planned from their headers alone.
+    """
+    from llamasplit.model.locate import open_model
     from llamasplit.planner.plan import plan as make_plan
 
     opts = plan_options(**options)
-    profile = read_model(model)
+    profile = open_model(model, hf=hf, hf_file=hf_file)
     return make_plan(profile, read_fleet(devices, rpc), opts)
 
 
-def load(model: str | os.PathLike[str], devices: Any = None, **options: Any) -> Any:
+def _local(model: Any, hf: str | None, hf_file: str | None) -> Any:
+    """A remote model downloaded (huggingface_hub: progress, resumable, cached); a local one as it is."""
+    if isinstance(model, Plan):
+        return model
+    from llamasplit.model.locate import model_source
+
+    src = model_source(model, hf=hf, hf_file=hf_file)
+    if not src.is_remote:
+        return model
+    from llamasplit.model.download import local_copy
+
+    return str(local_copy(src, say=lambda line: print(line, file=sys.stderr)))
+
+
+def load(model: str | os.PathLike[str] | None = None, devices: Any = None, *, hf: str | None = None,
+         hf_file: str | None = None, **options: Any) -> Any:
     """A ``llama_cpp.Llama`` for ``model`` with the plan applied (layers, split, context, KV types).
 
-    Plan options as for ``plan``; any other ``llama_cpp.Llama`` argument (``n_threads``,
+    Plan options (and ``hf``/``hf_file``; a remote model is downloaded first) as for ``plan``; any other ``llama_cpp.Llama`` argument (``n_threads``,
     ``verbose``, ``seed``...) is passed through. In-process loading cannot reach RPC workers.
     llama-cpp-python has no device list, so when the plan pins CUDA devices this sets
     ``CUDA_DEVICE_ORDER``/``CUDA_VISIBLE_DEVICES`` in ``os.environ`` before llama_cpp is first
@@ -153,6 +173,7 @@ def load(model: str | os.PathLike[str], devices: Any = None, **options: Any) -> 
     plan_kw = {k: v for k, v in options.items() if _is_plan_option(k)}
     llama_kw = {k: v for k, v in options.items() if not _is_plan_option(k)}
     plan_kw["binary"] = "llama-cpp-python"
+    model = _local(model, hf, hf_file)
     the_plan = plan(model, devices, **plan_kw)
     if any((d.device_id or "").startswith("rpc:") for d in the_plan.devices):
         raise UsageError("llama-cpp-python cannot use RPC workers", remedy="use llamasplit.serve(model, rpc=[...])")
@@ -199,10 +220,12 @@ def _pin_cuda(the_plan: Plan, already_imported: bool) -> None:
 
 
 def serve(
-    model: str | os.PathLike[str] | Plan,
+    model: str | os.PathLike[str] | Plan | None = None,
     rpc: str | Sequence[str] | int | None = None,
     *,
     devices: Any = None,
+    hf: str | None = None,
+    hf_file: str | None = None,
     host: str = "127.0.0.1",
     port: int | None = None,
     binary: str | None = None,
@@ -217,7 +240,7 @@ def serve(
     ``rpc`` lists RPC workers (``"host:port,..."`` or a list), or is a number of workers to start
     here on loopback (stopped with the server). ``port=None`` takes a free one. The ``Server`` has
     ``.url``, ``.stop()``, ``.report()`` (predicted vs actual), ``.wait()``, and works as a context
-    manager. ``model`` may also be a ready ``Plan`` (then give no plan options).
+    manager. ``model`` may also be a ready ``Plan`` (then give no plan options); a URL or ``hf=`` model is downloaded first.
     """
     from llamasplit.devices.listdevices import parse_endpoints
     from llamasplit.runner.launch import SERVER, LaunchOptions, binary_kind, launch
@@ -226,6 +249,7 @@ def serve(
     if binary is not None and binary_kind(binary) != SERVER:
         raise UsageError(f"serve() runs llama-server, not {binary}", remedy="use the CLI `llamasplit run --binary` for the others")
     workers = []
+    model = _local(model, hf, hf_file)
     try:
         if isinstance(rpc, int) and not isinstance(rpc, bool):
             for _ in range(rpc):

@@ -7,7 +7,10 @@ from typing import Any
 
 import typer
 
+from llamasplit.cli import options as O
 from llamasplit.cli.app import app
+from llamasplit.cli.modelarg import read_cli_model
+from llamasplit.model.remote import is_url
 from llamasplit.model.profile import ModelProfile, read_model
 from llamasplit.planner.kv import kv_bytes_per_token
 from llamasplit.units import format_size
@@ -73,11 +76,18 @@ def inspect_dict(model: ModelProfile) -> dict[str, Any]:
 
 @app.command()
 def inspect(
-    model: str = typer.Argument(..., help="A .gguf file (any shard of a split model)."),
+    model: str = typer.Argument(None, help="A .gguf file (any shard of a split model), or an http(s):// URL of one."),
+    hf: O.Hf = None,
+    hf_file: O.HfFile = None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Read a model's GGUF header (never the weights) and show what memory depends on."""
-    info = inspect_dict(read_model(model))
+    if hf or hf_file or (model and is_url(model)):  # remote: the header alone, over HTTP
+        info = inspect_dict(read_cli_model(model, hf, hf_file))
+    else:
+        if not model:
+            read_cli_model(model)  # the one-line "no model given"
+        info = inspect_dict(read_model(model))
     if as_json:
         print(json.dumps(info, indent=2))
         return

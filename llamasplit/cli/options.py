@@ -29,3 +29,6 @@ NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Load weights into memor
 Ot = Annotated[Optional[list[str]], typer.Option("--override-tensor", "-ot", help="pattern=BUFFER, as llama.cpp.")]
 CpuMoe = Annotated[bool, typer.Option("--cpu-moe", "-cmoe")]
 NCpuMoe = Annotated[int, typer.Option("--n-cpu-moe", "-ncmoe")]
+Hf = Annotated[Optional[str], typer.Option("--hf-repo", "-hf", "-hfr",
+                                           help="A Hugging Face repo as llama.cpp's -hf takes it: user/repo[:quant] (headers read remotely).")]
+HfFile = Annotated[Optional[str], typer.Option("--hf-file", "-hff", help="The exact file in the -hf repo (overrides the quant).")]

@@ -11,6 +11,7 @@ import typer
 from llamasplit.cli import options as O
 
 from llamasplit.cli.app import app, say
+from llamasplit.cli.modelarg import read_cli_model
 from llamasplit.devices.device import Fleet
 from llamasplit.errors import DeviceQueryError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import read_model
@@ -81,7 +82,9 @@ def parse_margins(text: str) -> tuple[int, tuple[tuple[str, int], ...]]:
 
 @app.command("plan")
 def plan_cmd(
-    model: str = typer.Argument(..., help="A .gguf file."),
+    model: str = typer.Argument(None, help="A .gguf file, or an http(s):// URL of one (its header is read remotely)."),
+    hf: O.Hf = None,
+    hf_file: O.HfFile = None,
     fleet: O.Fleet = None,
     inventory: O.Inventory = None,
     rpc: O.Rpc = None,
@@ -119,7 +122,7 @@ def plan_cmd(
             refuse_row_mode(hw.devices)
         settings = LlamaSettings(n_ctx=ctx or 4096, type_k=ctk, type_v=ctv, flash_attn=fa, n_ubatch=ub, n_batch=b,
                                  n_parallel=np_, binary=binary)
-        rec = recommend(read_model(model), hw, settings)
+        rec = recommend(read_cli_model(model, hf, hf_file, local_reader=read_model), hw, settings)
         print(json.dumps(rec.to_dict(), indent=2) if as_json else format_recommendation(rec))
         return
     if split_mode not in ("layer", "none"):
@@ -130,7 +133,12 @@ def plan_cmd(
     )
     if split_mode == "none":
         options = dataclasses.replace(options, settings=options.settings.replace(split_mode="none"))
-    profile = read_model(model)
+    if quants and hf and ":" not in hf and not hf_file and not quant:
+        from llamasplit.cli.variants import rank_repo
+
+        print(rank_repo(hf, _fleet(fleet, inventory, rpc), options, as_json=as_json))
+        return
+    profile = read_cli_model(model, hf, hf_file, local_reader=read_model)
     if quant:
         profile = profile.requantized(quant)
     hw = _fleet(fleet, inventory, rpc)

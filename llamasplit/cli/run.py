@@ -72,7 +72,7 @@ def _plan_defaults() -> dict[str, object]:
     return out
 
 
-_RUN_ONLY = {"context", "model", "plan_file", "binary", "dry_run", "check", "host", "port", "timeout"}
+_RUN_ONLY = {"context", "model", "hf", "hf_file", "plan_file", "binary", "dry_run", "check", "host", "port", "timeout"}
 
 
 def _read_plan(plan_file: str, model: str | None) -> Plan:
@@ -101,7 +101,9 @@ def _command_line(argv: list[str], env_changes: dict[str, str]) -> str:
 @app.command("run", context_settings={"allow_extra_args": True})
 def run_cmd(
     context: typer.Context,
-    model: str = typer.Argument(None, help="A .gguf file (optional with --plan: the plan's model at this path)."),
+    model: str = typer.Argument(None, help="A .gguf file or an http(s):// URL of one, downloaded first (optional with --plan: the plan's model at this path)."),
+    hf: O.Hf = None,
+    hf_file: O.HfFile = None,
     plan_file: str = typer.Option(None, "--plan", help="Run a saved plan (llamasplit plan ... --json > plan.json)."),
     fleet: str = typer.Option(None, "--fleet", help="Simulated GPUs: only with --dry-run."),
     inventory: O.Inventory = None,
@@ -145,7 +147,20 @@ def run_cmd(
             say("llamasplit: warning: --plan given; ignoring the plan options " + ", ".join(sorted(given)))
         the_plan = _read_plan(plan_file, model)
     else:
-        if not model:
+        if hf or hf_file or (model and model.lower().startswith(("http://", "https://"))):
+            from llamasplit.model.download import local_copy
+            from llamasplit.model.locate import model_source
+
+            src = model_source(model, hf=hf, hf_file=hf_file)
+            if dry_run:  # plan from the remote header; llama.cpp's -mu would fetch the file
+                from llamasplit.cli.modelarg import read_cli_model
+
+                remote_profile = read_cli_model(model, hf, hf_file)
+                model = None
+            else:
+                model = str(local_copy(src, say=say))
+                say(f"llamasplit: the model is at {model}")
+        if not model and not (hf or hf_file):
             raise UsageError("give a MODEL to plan, or --plan plan.json", remedy="e.g. llamasplit run model.gguf --rpc host:50052")
         from llamasplit.model.profile import read_model
 
@@ -153,7 +168,7 @@ def run_cmd(
             ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=kind or SERVER,
             margin=margin, swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
         )
-        profile = read_model(model)
+        profile = read_model(model) if model else remote_profile
         the_plan = plan(profile, _fleet(fleet, inventory, rpc), options)
     run_binary = binary or default_binary(the_plan)
     if binary_kind(run_binary) != the_plan.settings.binary and the_plan.settings.binary in BINARIES:

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from llamasplit.cli import options as O
 from llamasplit.cli.app import app, say
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, read_model
@@ -25,8 +26,16 @@ SHAPES: dict[str, dict[str, int]] = {
 """Model shapes by name, for questions about models nobody has to download (weights typed like Q4_K_M)."""
 
 
-def load_model(model: str) -> ModelProfile:
-    """A GGUF path, or one of ``SHAPES``."""
+def load_model(model: str | None, hf: str | None = None, hf_file: str | None = None) -> ModelProfile:
+    """A GGUF path or http(s):// URL, ``-hf user/repo[:quant]``, or one of ``SHAPES``."""
+    from llamasplit.model.remote import is_url
+
+    if hf or hf_file or (model and is_url(model)):
+        from llamasplit.cli.modelarg import read_cli_model
+
+        return read_cli_model(model, hf, hf_file, local_reader=read_model)
+    if not model:
+        raise UsageError("no model given", remedy=f"give a .gguf path or URL, -hf user/repo[:quant], or one of {', '.join(SHAPES)}")
     key = model.lower()
     if key in SHAPES and not Path(model).exists():
         from llamasplit.model.shapes import dense_profile
@@ -124,7 +133,9 @@ def format_comm(r: dict[str, Any]) -> str:
 
 @app.command("comm")
 def comm_cmd(
-    model: str = typer.Argument(..., help="A .gguf file or a model shape (" + ", ".join(SHAPES) + ")."),
+    model: str = typer.Argument(None, help="A .gguf file or URL, or a model shape (" + ", ".join(SHAPES) + ")."),
+    hf: O.Hf = None,
+    hf_file: O.HfFile = None,
     tp: int = typer.Option(2, "--tp", help="Devices the tensors are split over."),
     batch: int = typer.Option(1, "--batch", help="Sequences per step."),
     seq: int = typer.Option(1, "--seq", help="Tokens per sequence per step (a prompt's length; 1 when decoding)."),
@@ -133,7 +144,7 @@ def comm_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """Per-layer and per-token all-reduce traffic of tensor parallelism for MODEL."""
-    report = comm_report(load_model(model), tp=tp, batch=batch, seq=seq, dtype_bytes=dtype_bytes, link_gb_s=link_gb_s)
+    report = comm_report(load_model(model, hf, hf_file), tp=tp, batch=batch, seq=seq, dtype_bytes=dtype_bytes, link_gb_s=link_gb_s)
     print(json.dumps(report, indent=2) if as_json else format_comm(report))
 
 
@@ -157,7 +168,9 @@ def format_recommendation(rec: R.Recommendation) -> str:
 
 @app.command("recommend")
 def recommend_cmd(
-    model: str = typer.Argument(..., help="A .gguf file or a model shape (" + ", ".join(SHAPES) + ")."),
+    model: str = typer.Argument(None, help="A .gguf file or URL, or a model shape (" + ", ".join(SHAPES) + ")."),
+    hf: O.Hf = None,
+    hf_file: O.HfFile = None,
     fleet: str = typer.Option(None, "--fleet", help="Simulated GPUs, e.g. 2xh100-sxm,2xl4."),
     inventory: str = typer.Option(None, "--inventory", help="A saved inventory (llamasplit gpus --save)."),
     rpc: str = typer.Option(None, "--rpc", help="RPC workers host:port,..."),
@@ -172,7 +185,7 @@ def recommend_cmd(
     from llamasplit.planner.settings import LlamaSettings
     from llamasplit.units import parse_size
 
-    profile = load_model(model)
+    profile = load_model(model, hf, hf_file)
     hw = resolve_fleet(fleet_spec=fleet, inventory=inventory, rpc=rpc)
     if hw.simulated:
         say(f"llamasplit: simulated fleet ({hw.source}): numbers are for that hardware")

@@ -114,7 +114,8 @@ class Plan:
     def to_llama_env(self) -> dict[str, str]:
         """The same flags as llama.cpp's ``LLAMA_ARG_*`` environment variables (common/arg.cpp)."""
         args = self.to_llama_args()
-        env: dict[str, str] = {"LLAMA_ARG_MODEL": self.model_path}
+        model_flag, where = self.model_args()
+        env: dict[str, str] = {"LLAMA_ARG_MODEL_URL" if model_flag == "-mu" else "LLAMA_ARG_MODEL": where}
         i = 0
         while i < len(args):
             flag = args[i]
@@ -128,8 +129,14 @@ class Plan:
             env[name] = value
         return env
 
+    def model_args(self) -> list[str]:
+        """``-m PATH``, or ``-mu URL`` for a model planned from its remote header (llama.cpp downloads it)."""
+        if self.model_path.lower().startswith(("http://", "https://")):
+            return ["-mu", self.model_path]
+        return ["-m", self.model_path]
+
     def argv(self, binary: str | None = None) -> list[str]:
-        return [binary or self.settings.binary, "-m", self.model_path, *self.to_llama_args()]
+        return [binary or self.settings.binary, *self.model_args(), *self.to_llama_args()]
 
     def to_llama_cpp_python_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``llama_cpp.Llama`` applying this plan."""
