@@ -19,6 +19,10 @@ def fetch_models(
 
 
 @app.command("build-llama-cpp")
-def build_llama_cpp() -> None:
-    """Build llama.cpp's binaries from the pinned llama-cpp-python source (once; cached)."""
-    print(binaries.build())
+def build_llama_cpp(
+    bindings: bool = typer.Option(
+        False, "--bindings", help="Also install llama-cpp-python for this Python, using the same build's libraries."
+    ),
+) -> None:
+    """Build llama.cpp's binaries and shared libraries from the pinned llama-cpp-python source (once; cached)."""
+    print(binaries.install_bindings() if bindings else binaries.build())

@@ -264,18 +264,40 @@ def worker_cmd(
     device: list[str] = typer.Option(None, "--device", "-d", help="Devices to expose (e.g. CUDA0), repeat or comma-separate."),
     threads: int = typer.Option(None, "--threads", "-t", help="CPU threads for a CPU device."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback address (no authentication!)."),
+    publish: bool = typer.Option(True, "--publish/--no-publish",
+                                 help="Publish this worker's GPUs (read once through NVML) on PORT+1, read-only, bound like the worker."),
+    inventory: str = typer.Option(None, "--inventory", help="Publish this saved snapshot (llamasplit gpus --save) instead of reading NVML."),
 ) -> None:
-    """Start a llama.cpp RPC worker (ggml-rpc-server) for `llamasplit run --rpc HOST:PORT` on another machine."""
+    """Start a llama.cpp RPC worker (ggml-rpc-server) for `llamasplit run --rpc HOST:PORT` on another machine.
+
+    It also publishes what it serves (GPU names, UUIDs, VRAM, bandwidth, compute capability, PCIe/NVLink)
+    as JSON on GET http://HOST:PORT+1/llamasplit/devices, so the client sizes each device with its
+    backend's rules: no authentication, read-only, bound like the worker (see devices/workerinfo.py).
+    --inventory publishes a saved snapshot instead of reading NVML.
+    """
+    from llamasplit.devices.workerinfo import InfoServer, info_port, worker_document
+
     warning = check_bind_host(host, allow_remote)
     if warning:
         say(f"llamasplit: {warning}")
     if port_in_use(host, port):
         raise LaunchError(f"port {port} on {host} is in use", remedy="pick another with --port, or stop what listens there")
+    if publish and port_in_use(host, info_port(port)):
+        raise LaunchError(f"port {info_port(port)} on {host} (the device endpoint, --port + 1) is in use",
+                          remedy="pick another --port, or --no-publish (clients then need --rpc HOST:PORT=GPU)")
     devices = [d.strip() for item in device or [] for d in item.split(",") if d.strip()]
+    snapshot = _worker_snapshot(inventory, devices) if publish else None
     worker = None
+    info = None
     with _signals_as_exceptions():
         try:
-            worker = start_rpc_worker(host=host, port=port, threads=threads, devices=devices or None)
+            env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # CUDA0.. = NVML's order, as published
+            worker = start_rpc_worker(host=host, port=port, threads=threads, devices=devices or None, env=env)
+            if snapshot is not None:
+                info = InfoServer(worker_document(snapshot, worker.endpoint), host, info_port(port)).start()
+                served = ", ".join(d.description for d in snapshot.devices) or "the CPU"
+                say(f"llamasplit: publishing what this worker serves ({served}) on "
+                    f"http://{worker.endpoint.rpartition(':')[0]}:{info.port}/llamasplit/devices (read-only, no authentication)")
             print(worker.endpoint, flush=True)
             reach = worker.endpoint if host not in ("0.0.0.0", "::") else f"THIS-HOST:{port}"
             say(f"llamasplit: RPC worker (ggml-rpc-server pid {worker.pid}) listening on {worker.endpoint}; "
@@ -291,5 +313,24 @@ def worker_cmd(
         except _Signalled as sig:
             raise SystemExit(128 + sig.signum) from None
         finally:
+            if info is not None:
+                info.stop()
             if worker is not None:
                 worker.stop()
+
+
+def _worker_snapshot(inventory: str | None, devices: list[str]):
+    """What this worker serves, read once: a saved inventory, else NVML (no GPU: the CPU)."""
+    from llamasplit.devices.device import Fleet
+    from llamasplit.devices.nvml import NoGpuFound, NvmlSource, local_host
+    from llamasplit.devices.sources import InventorySource
+    from llamasplit.devices.workerinfo import worker_fleet
+
+    if inventory is not None:
+        fleet = InventorySource(Path(inventory)).read()
+    else:
+        try:
+            fleet = NvmlSource(env={**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
+        except NoGpuFound:
+            fleet = Fleet(devices=(), host=local_host(), source="cpu")
+    return worker_fleet(fleet, devices)

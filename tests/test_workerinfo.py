@@ -1,0 +1,231 @@
+"""What an RPC worker serves (devices/workerinfo.py): the --rpc description, the published endpoint
+(a real HTTP server on loopback, the client's bounded and sanitising read), and plans over such
+workers sized with CUDA's rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_nvml import FakeNvml, rtx3090, rtx4060ti16
+from llamasplit.devices.device import Device, Fleet
+from llamasplit.devices.fleet import fleet_from_spec
+from llamasplit.devices.inventory import save_inventory
+from llamasplit.devices.nvml import NvmlSource
+from llamasplit.devices.workerinfo import (
+    ASSUMED_CPU, DESCRIBED, MAX_REPLY_BYTES, PUBLISHED, SCHEMA, BadReply, InfoServer, fetch_published, info_port,
+    parse_rpc_specs, parse_worker_document, serving, worker_document, worker_fleet,
+)
+from llamasplit.errors import UsageError
+from llamasplit.model.profile import read_model
+from llamasplit.planner.plan import PlanOptions, plan
+from llamasplit.planner.settings import LlamaSettings
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 free on loopback."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def _rpc_device(endpoint: str, n: int = 0, free_bytes: int = 23 * 1024**3) -> Device:
+    """An RPC device as llama.cpp's --list-devices reports it (parse_list_devices' shape)."""
+    return Device(id=f"rpc:{endpoint}#{n}", name=f"RPC{n}", description=endpoint, backend="RPC",
+                  total_bytes=24 * 1024**3, free_bytes=free_bytes, host=endpoint)
+
+
+def _gpu_fleet() -> Fleet:
+    gpus = [rtx3090("0000:01:00.0", "GPU-aaaaaaaa-0000-0000-0000-000000000001"),
+            rtx4060ti16("0000:02:00.0", "GPU-bbbbbbbb-0000-0000-0000-000000000002")]
+    return NvmlSource(FakeNvml(gpus), env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
+
+
+def test_parse_rpc_specs():
+    specs = parse_rpc_specs(["boxb:50052=2x3090,boxc:50052=3090+4060ti-16", "boxd:1=cpu,boxe:2"])
+    assert [s.endpoint for s in specs] == ["boxb:50052", "boxc:50052", "boxd:1", "boxe:2"]
+    assert [g.key for g in specs[0].described] == ["3090", "3090"]
+    assert [g.key for g in specs[1].described] == ["3090", "4060ti-16g"]
+    assert specs[2].described == (None,) and specs[3].described is None
+    with pytest.raises(UsageError, match=r"unknown GPU '3095' in --rpc 'b:1=3095'"):
+        parse_rpc_specs("b:1=3095")
+    with pytest.raises(UsageError, match="nothing after '='"):
+        parse_rpc_specs("b:1=")
+    with pytest.raises(UsageError, match="is not host:port"):
+        parse_rpc_specs("b=3090")
+
+
+def test_described_worker_is_sized_as_its_gpu():
+    listed = [_rpc_device("boxb:50052")]
+    got = serving(listed, "boxb:50052=3090", fetch=lambda ep: pytest.fail("a described worker is not asked"))
+    d = got[0]
+    assert (d.serves, d.serves_source, d.alloc_backend) == ("CUDA", DESCRIBED, "CUDA")
+    assert d.compute_capability == (8, 6) and d.bandwidth_gb_s == 936.0
+    assert d.free_bytes == listed[0].free_bytes  # what llama.cpp splits by stays the listing's
+    with pytest.raises(UsageError, match="describes 2 device"):
+        serving(listed, "boxb:50052=2x3090")
+
+
+def test_published_snapshot_over_a_real_http_endpoint_on_loopback():
+    fleet = _gpu_fleet()
+    port = _free_port_pair()
+    endpoint = f"127.0.0.1:{port}"
+    with InfoServer(worker_document(fleet, endpoint), "127.0.0.1", info_port(port)):
+        published, why = fetch_published(endpoint)
+        assert why == ""
+        assert [p.name for p in published] == ["NVIDIA GeForce RTX 3090", "NVIDIA GeForce RTX 4060 Ti"]
+        assert published[0].uuid == "GPU-aaaaaaaa-0000-0000-0000-000000000001"
+        assert published[0].compute_capability == (8, 6) and published[0].bandwidth_gb_s == pytest.approx(936.096)
+        assert published[1].pcie_width == 8
+        got = serving([_rpc_device(endpoint, 0), _rpc_device(endpoint, 1)], endpoint)
+        assert [(d.serves, d.serves_source) for d in got] == [("CUDA", PUBLISHED)] * 2
+        assert got[1].description == f"NVIDIA GeForce RTX 4060 Ti (via {endpoint})"
+        # read-only: anything but GET of the one path is refused
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", info_port(port), timeout=2)
+        conn.request("POST", "/llamasplit/devices", body=b"x")
+        assert conn.getresponse().status == 405
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", info_port(port), timeout=2)
+        conn.request("GET", "/etc/passwd")
+        assert conn.getresponse().status == 404
+        conn.close()
+    # a count that does not match what the worker exposes: sized as a CPU, with the reason
+    with InfoServer(worker_document(fleet, endpoint), "127.0.0.1", info_port(port)):
+        only = serving([_rpc_device(endpoint, 0)], endpoint)[0]
+    assert only.serves_source == ASSUMED_CPU and "published 2 device(s) but exposes 1" in only.notes[-1]
+
+
+def test_plain_rpc_server_without_endpoint_is_assumed_cpu():
+    port = _free_port_pair()  # nothing listens on port + 1
+    d = serving([_rpc_device(f"127.0.0.1:{port}")], f"127.0.0.1:{port}")[0]
+    assert (d.serves, d.serves_source, d.alloc_backend) == ("CPU", ASSUMED_CPU, "CPU")
+    assert "no device endpoint at port" in d.notes[-1] and f"--rpc 127.0.0.1:{port}=GPU" in d.notes[-1]
+
+
+def _raw_server(payload: bytes) -> tuple[int, threading.Thread]:
+    """A loopback server that answers any request with ``payload`` (a hostile or broken worker)."""
+    port = _free_port_pair()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port + 1))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(payload)
+            except OSError:
+                pass  # the client stopped reading: what a bounded read does
+        srv.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return port, t
+
+
+def test_the_client_bounds_and_sanitises_what_a_worker_sends():
+    huge = b"x" * (4 * MAX_REPLY_BYTES)
+    port, t = _raw_server(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + huge)
+    published, why = fetch_published(f"127.0.0.1:{port}")
+    t.join(5)
+    assert published is None and f"longer than {MAX_REPLY_BYTES} bytes" in why
+    doc = {"schema": SCHEMA, "devices": [{"name": "RTX\x1b[2J 3090\n" + "A" * 500, "backend": "CUDA",
+                                          "uuid": "GPU-\x07x", "total_bytes": 1, "free_bytes": 1}]}
+    (p,) = parse_worker_document(json.dumps(doc).encode())
+    assert p.name.startswith("RTX[2J 3090") and len(p.name) == 128 and "\x1b" not in p.name and p.uuid == "GPU-x"
+    for bad, msg in [
+        ({**doc, "schema": "other/1"}, "is not a llamasplit.worker/1 document"),
+        ({**doc, "devices": [{**doc["devices"][0], "backend": "EVIL"}]}, "backend 'EVIL' is not one of"),
+        ({**doc, "devices": [{**doc["devices"][0], "free_bytes": -5}]}, "free_bytes is not an integer"),
+        ({**doc, "devices": [{**doc["devices"][0], "bandwidth_gb_s": float("nan")}]}, "bandwidth_gb_s is not a positive"),
+        ({**doc, "devices": []}, "lists no devices"),
+    ]:
+        with pytest.raises(BadReply, match=msg):
+            parse_worker_document(json.dumps(bad).encode())
+    with pytest.raises(BadReply, match="not JSON"):
+        parse_worker_document(b"\xff{")
+
+
+def test_worker_fleet_follows_the_rpc_servers_device_list():
+    fleet = _gpu_fleet()
+    assert [d.name for d in worker_fleet(fleet, None).devices] == ["CUDA0", "CUDA1"]
+    assert [d.name for d in worker_fleet(fleet, ["CUDA1", "CUDA0"]).devices] == ["CUDA1", "CUDA0"]
+    assert worker_fleet(fleet, ["CPU"]).devices == ()  # the worker serves its CPU
+    doc = worker_document(worker_fleet(fleet, ["CPU"]), "h:1")
+    assert [d["backend"] for d in doc["devices"]] == ["CPU"]
+
+
+def test_plan_over_a_described_rpc_3090_gives_it_the_local_3090s_model_bytes(smollm2_path):
+    """Done-when (issue 13): the same layers on an RPC worker serving a 3090 and on a local 3090 get
+    the same model bytes; the plan says what the RPC device is and where that came from."""
+    model = read_model(smollm2_path)
+    opts = PlanOptions(settings=LlamaSettings(n_ctx=4096, n_gpu_layers=None), fixed=frozenset({"n_ctx", "n_gpu_layers"}))
+    local = plan(model, fleet_from_spec("3090"), opts)
+    rpc_dev = serving([_rpc_device("10.9.9.9:50052", free_bytes=local.devices[0].free_bytes)], "10.9.9.9:50052=3090")
+    remote = plan(model, Fleet(devices=tuple(rpc_dev), host=local.fleet.host, source="test+rpc"), opts)
+    (dl,), (dr,) = local.devices, remote.devices
+    assert dr.layers == dl.layers and dr.model_bytes == dl.model_bytes and dr.context_bytes == dl.context_bytes
+    assert (dr.serves, dr.serves_source) == ("CUDA", "described")
+    assert "RPC0: NVIDIA GeForce RTX 3090 (via 10.9.9.9:50052), sized as CUDA (described)" in remote.summary()
+    assert json.loads(remote.to_json())["devices"][0]["serves_source"] == "described"
+
+
+@pytest.mark.llamacpp
+def test_a_real_llamasplit_worker_publishes_its_fake_nvml_snapshot(tmp_path, smollm2_path):
+    """`llamasplit worker` (a real process with a real ggml-rpc-server on loopback) publishes a
+    snapshot read through the fake NVML (handed over as an inventory, the DeviceSource seam a worker
+    without NVML would use); `plan --rpc` fetches it and sizes the RPC device as CUDA. The RPC
+    server itself serves this machine's CPU: the test checks the channel, not the GPU."""
+    gpus = NvmlSource(FakeNvml([rtx3090("0000:01:00.0", "GPU-cccccccc-0000-0000-0000-000000000003")]),
+                      env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
+    inv = save_inventory(gpus, tmp_path / "worker.json")
+    port = _free_port_pair()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("llamasplit")), "worker", "--port", str(port), "--inventory", str(inv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == f"127.0.0.1:{port}", proc.stderr.read() if proc.poll() is not None else line
+        deadline = time.monotonic() + 10
+        published = None
+        while published is None and time.monotonic() < deadline:
+            published, why = fetch_published(line)
+            time.sleep(0.1)
+        assert published is not None, why
+        assert [(p.name, p.uuid, p.backend) for p in published] == [
+            ("NVIDIA GeForce RTX 3090", "GPU-cccccccc-0000-0000-0000-000000000003", "CUDA")]
+        from llamasplit.devices.sources import resolve_fleet
+
+        fleet = resolve_fleet(fleet_spec="3090", rpc=line)
+        rpc = [d for d in fleet.devices if d.backend == "RPC"]
+        assert [(d.serves, d.serves_source) for d in rpc] == [("CUDA", "published")]
+        assert rpc[0].compute_capability == (8, 6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode is not None
