@@ -72,14 +72,36 @@ def test_fleet_json(capsys):
     assert {(l["kind"], l["bandwidth_gb_s"]) for l in data["links"]} == {("NV", 56.25), ("PHB", 31.52)}
 
 
-def test_no_gpu_at_all(capsys, nvml_with):
+def test_no_gpu_at_all_is_a_cpu_machine(capsys, nvml_with):
+    """No driver: `gpus` shows the host (CPU, RAM) and says in one line why there is no GPU."""
     nvml_with(FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
-    assert main(["gpus"]) == 1
+    assert main(["gpus"]) == 0
     out, err = capsys.readouterr()
-    assert out == ""
-    assert err.count("\n") == 1
-    assert err.startswith("llamasplit: error: no NVIDIA GPU found")
-    assert "--fleet" in err and "--inventory" in err
+    assert out.startswith("no GPU: llama.cpp runs on the CPU\nhost localhost: ")
+    assert " cores, " in out and " RAM (" in out
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1
+    assert notes[0].startswith("note: no NVIDIA GPU found (no NVIDIA driver found")
+    assert "planning for the CPU" in notes[0]
+    assert main(["gpus", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "cpu" and data["devices"] == []
+    assert data["host"]["ram_total_bytes"] > 0
+
+
+def test_plan_without_a_gpu_plans_for_the_cpu(capsys, nvml_with, tmp_path):
+    """`plan MODEL` with no GPU: every layer on the host, -ngl 0, and the reason in one stderr line."""
+    from synth import write_model
+
+    nvml_with(FakeNvml([], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    path = write_model(tmp_path / "tiny.gguf")
+    assert main(["plan", str(path), "-c", "512", "--json"]) == 0
+    out, err = capsys.readouterr()
+    plan = json.loads(out)
+    assert plan["devices"] == [] and plan["host"]["layers"] == [0, 1, 2]  # 2 layers + output, all on the host
+    assert plan["host"]["model_bytes"] > 0 and plan["fleet"]["source"] == "cpu"
+    assert plan["argv"][plan["argv"].index("-ngl") + 1] == "0"
+    assert err.count("planning for the CPU") == 1
 
 
 def test_nvml_table_json_and_topology(capsys, nvml_with):

@@ -49,7 +49,10 @@ def render_table(fleet: Fleet) -> str:
         ])
     h = fleet.host
     ram = f"{format_size(h.ram_total_bytes)} RAM ({format_size(h.ram_available_bytes)} available)"
-    host = f"host {h.name}: {ram}, {_num(h.cpu_cores, 'd')} cores, RAM bandwidth {_num(h.ram_bandwidth_gb_s, 'g')} GB/s"
+    cpu = f"{h.cpu_name}, " if h.cpu_name else ""
+    host = f"host {h.name}: {cpu}{ram}, {_num(h.cpu_cores, 'd')} cores, RAM bandwidth {_num(h.ram_bandwidth_gb_s, 'g')} GB/s"
+    if not fleet.devices:
+        return "no GPU: llama.cpp runs on the CPU\n" + host
     return _align(rows) + "\n\n" + host
 
 

@@ -132,6 +132,8 @@ class HostInfo:
     """Memory bandwidth of the host, GB/s; sets the speed of layers left on the CPU."""
     measured: MeasuredSpeed | None = None
     """The CPU's decode/prefill speed as ``llamasplit bench`` measured it; ``None``: not measured."""
+    cpu_name: str | None = None
+    """The CPU's model name (``/proc/cpuinfo``), when known."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -570,4 +570,20 @@ def local_host() -> HostInfo:
         ram_available_bytes=int(vm.available),
         cpu_cores=cores,
         ram_bandwidth_gb_s=None,
+        cpu_name=cpu_model_name(),
     )
+
+
+def cpu_model_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The first ``model name`` of ``/proc/cpuinfo`` (sanitized), else ``platform.processor()``, else None."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh.read(1 << 16).splitlines():
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join("".join(ch for ch in value if ch.isprintable()).split())[:128]
+    except OSError:
+        pass
+    return platform.processor() or None
