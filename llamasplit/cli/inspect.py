@@ -11,7 +11,8 @@ from llamasplit.cli import options as O
 from llamasplit.cli.app import app
 from llamasplit.cli.modelarg import read_cli_model
 from llamasplit.model.remote import is_url
-from llamasplit.model.profile import ModelProfile, read_model
+from llamasplit.model import profile_cache
+from llamasplit.model.profile import ModelProfile
 from llamasplit.planner.kv import kv_bytes_per_token
 from llamasplit.units import format_size
 
@@ -87,7 +88,9 @@ def inspect(
     else:
         if not model:
             read_cli_model(model)  # the one-line "no model given"
-        info = inspect_dict(read_model(model))
+        # the header and the what-if sizes of an unchanged file come from the header cache
+        info = profile_cache.cached(model, lambda: inspect_dict(profile_cache.read_model(model)),
+                                    lambda d: list(d["files"]), variant="inspect")
     if as_json:
         print(json.dumps(info, indent=2))
         return

@@ -40,13 +40,13 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, TensorInfo
 from llamasplit.planner import kv
+from llamasplit.planner.f32 import f32, prefix_sums
 from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, HOST
 from llamasplit.planner.estimate import DeviceEstimate, cuda_overhead, estimate, _tables
 from llamasplit.planner.settings import LlamaSettings
@@ -303,7 +303,7 @@ class _Rules:
         segs = self.segments(name, ne_axis, cfg.il)
         gran = self.granularity(name, blck, cfg.il, len(segs))
         n, rot = self.n, cfg.rotation
-        scan = np.cumsum(np.asarray([self.ts[(j + rot) % n] for j in range(n)], dtype=np.float32), dtype=np.float32)
+        scan = prefix_sums([self.ts[(j + rot) % n] for j in range(n)])
         out = [0] * n
         for (ne_s, nr_s), g in zip(segs, gran):
             low = 0
@@ -311,7 +311,7 @@ class _Rules:
                 if scan[-1] == 0:
                     high = ne_s * (j + 1) // n
                 else:  # int64 * float / float in float32, truncated (C++ conversion to int64_t)
-                    high = int(np.float32(ne_s) * scan[j] / scan[-1])
+                    high = int(f32(f32(f32(ne_s) * scan[j]) / scan[-1]))
                 high -= high % g
                 out[(j + rot) % n] += (high - low) * nr_s
                 low = high
@@ -366,7 +366,7 @@ def weight_slices(model: ModelProfile, n_devices: int, tensor_split: Sequence[fl
     """How every weight tensor of ``model`` is split over ``n_devices`` (llama.cpp's Meta rule)."""
     rules = _rules(model, n_devices, tensor_split)
     out = []
-    for t in model.tensors:
+    for t in model.loaded_tensors:  # NextN/MTP blocks get no buffer
         out.append(_slice(rules, t.name, t.ggml_type, t.shape))
     return out
 
@@ -474,7 +474,7 @@ def check_tensor_mode(
             if deep:
                 ts = _effective_ts(settings)
                 rules = _rules(model, len(accel), ts)
-                for t in model.tensors:
+                for t in model.loaded_tensors:
                     _slice(rules, t.name, t.ggml_type, t.shape)
                 for il in range(hp.n_layer_kv):
                     _check_kv(model, len(accel), ts, il, settings)
