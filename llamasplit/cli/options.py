@@ -12,7 +12,9 @@ import typer
 
 Fleet = Annotated[Optional[str], typer.Option("--fleet", help="Plan for simulated GPUs, e.g. 2x3090,3060-12g.")]
 Inventory = Annotated[Optional[str], typer.Option("--inventory", help="Plan for a saved inventory (llamasplit gpus --save).")]
-Rpc = Annotated[Optional[str], typer.Option("--rpc", help="RPC workers host:port,... (their devices come first).")]
+Rpc = Annotated[Optional[str], typer.Option(
+    "--rpc", help="RPC workers host:port,... (their devices come first); host:port=3090 says what a plain "
+                  "ggml-rpc-server serves (=2x3090, =3090+4090, =cpu); a llamasplit worker publishes it.")]
 Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", help="Context length (default: the longest that fits).")]
 Ngl = Annotated[Optional[str], typer.Option("--n-gpu-layers", "-ngl", help="Fix -ngl instead of searching.")]
 Ts = Annotated[Optional[str], typer.Option("--tensor-split", "-ts", help="Fix -ts instead of searching.")]

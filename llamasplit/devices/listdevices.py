@@ -40,7 +40,9 @@ def _clean(text: str) -> str:
 def parse_endpoints(values: str | Sequence[str] | None) -> list[str]:
     """``host:port`` endpoints from ``"a:1,b:2"`` or a list of such strings; ``UsageError`` on a bad one.
 
-    >>> parse_endpoints(["127.0.0.1:50052,10.0.0.2:50052"])
+    A description after ``=`` (``boxb:50052=3090``, see ``devices.workerinfo``) is not part of the endpoint.
+
+    >>> parse_endpoints(["127.0.0.1:50052,10.0.0.2:50052=3090"])
     ['127.0.0.1:50052', '10.0.0.2:50052']
     """
     if values is None:
@@ -49,7 +51,7 @@ def parse_endpoints(values: str | Sequence[str] | None) -> list[str]:
     out: list[str] = []
     for item in items:
         for raw in item.split(","):
-            endpoint = raw.strip()
+            endpoint = raw.partition("=")[0].strip()
             match = _ENDPOINT_RE.match(endpoint)
             if not match or not 0 < int(match.group("port")) < 65536:
                 raise UsageError(f"RPC endpoint {endpoint!r} is not host:port", remedy="e.g. --rpc 192.168.1.20:50052")

@@ -103,12 +103,13 @@ def resolve_fleet(
     nvml: Any | None = None,
     binary: str | Path | None = None,
     timeout_s: float = 60.0,
+    fetch: Any | None = None,
 ) -> Fleet:
     """The fleet to plan for: ``--fleet`` spec, else ``--inventory`` file, else NVML (+ RPC workers).
 
     ``env`` is the environment the plan will run under (``CUDA_VISIBLE_DEVICES``); default a copy of
     ``os.environ`` taken here. ``nvml`` and ``binary`` replace pynvml and the llama.cpp binary
-    (tests). With no local GPU and no RPC worker: ``DeviceQueryError`` naming --fleet and --inventory.
+    (tests); ``fetch`` the request for what a worker publishes (``workerinfo.serving``). With no local GPU and no RPC worker: ``DeviceQueryError`` naming --fleet and --inventory.
     """
     if fleet_spec is not None and inventory is not None:
         raise UsageError("give --fleet or --inventory, not both", remedy="--fleet simulates, --inventory reads a saved fleet")
@@ -126,5 +127,7 @@ def resolve_fleet(
                 raise
             fleet = Fleet(devices=(), host=local_host(), source="local")
     if endpoints:
-        fleet = with_rpc_devices(fleet, _rpc_devices(endpoints, binary, timeout_s))
+        from llamasplit.devices.workerinfo import serving
+
+        fleet = with_rpc_devices(fleet, serving(_rpc_devices(endpoints, binary, timeout_s), rpc, fetch=fetch))
     return fleet

@@ -66,6 +66,10 @@ class DevicePlan:
     layers: tuple[int, ...]
     bandwidth_gb_s: float | None
     device_id: str | None = None
+    serves: str | None = None
+    """RPC devices: the backend behind the worker, whose allocation rules sized this share."""
+    serves_source: str | None = None
+    """Where ``serves`` came from: ``published``, ``described`` or ``assumed-cpu``."""
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -226,7 +230,8 @@ class Plan:
     def summary(self) -> str:
         """A human-readable table: devices, memory, layers, speed, and the command."""
         lines = [f"{self.model_name or self.model_path} ({self.arch}), context {self.n_ctx}"]
-        header = f"{'device':<22} {'layers':>9} {'model':>11} {'context':>11} {'compute':>11} {'total':>11} {'free':>11} {'left':>11}"
+        header = (f"{'device':<22} {'layers':>9} {'model':>11} {'context':>11} {'compute':>11} {'overhead':>11} "
+                  f"{'total':>11} {'free':>11} {'left':>11}")
         lines.append(header)
         for d in (*self.devices, self.host):
             if d.layers:
@@ -237,7 +242,8 @@ class Plan:
             left = d.headroom_bytes
             lines.append(
                 f"{d.name:<22} {layer_txt:>9} {format_size(d.model_bytes):>11} {format_size(d.context_bytes):>11} "
-                f"{format_size(d.compute_bytes):>11} {format_size(d.total_bytes):>11} {format_size(d.free_bytes):>11} "
+                f"{format_size(d.compute_bytes):>11} {format_size(d.overhead_bytes + d.output_bytes):>11} "
+                f"{format_size(d.total_bytes):>11} {format_size(d.free_bytes):>11} "
                 f"{format_size(left) if left is not None else '?':>11}"
             )
         if self.decode_tok_s:
@@ -245,6 +251,12 @@ class Plan:
             if self.default_split_decode_tok_s:
                 speed += f" (llama.cpp's default split by free memory: {self.default_split_decode_tok_s:.1f} tok/s)"
             lines.append(speed)
+        for d in self.devices:
+            if d.serves_source is not None:
+                lines.append(f"{d.name}: {d.description}, sized as {d.serves} ({d.serves_source})")
+        if any(d.overhead_bytes for d in self.devices):
+            lines.append("overhead: memory outside llama.cpp's breakdown (CUDA context, cuBLAS workspace, pool; "
+                         "the host's logits buffer); llamasplit/planner/cuda_rules.py cites each figure")
         lines.extend(f"note: {n}" for n in self.notes)
         env = " ".join(f"{k}={v}" for k, v in self.cuda_env().items())
         lines.append("command: " + (env + " " if env else "") + " ".join(_quote(a) for a in self.argv()))
@@ -611,7 +623,7 @@ def _device_plan(d: Device, e, budget: int | None) -> DevicePlan:
         name=d.name, description=d.description, model_bytes=e.model_bytes, context_bytes=e.context_bytes,
         compute_bytes=e.compute_bytes, overhead_bytes=e.overhead_bytes, output_bytes=e.output_bytes,
         total_bytes=e.total_bytes, free_bytes=d.free_bytes, budget_bytes=budget, layers=tuple(e.layers),
-        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id,
+        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id, serves=d.serves, serves_source=d.serves_source,
     )
 
 
