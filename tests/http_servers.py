@@ -61,6 +61,8 @@ class StaticServer:
         self.etags: dict[str, str] = {}
         self.redirects: dict[str, str] = {}
         self.ignore_range = False
+        self.accept_ranges: str | None = "bytes"
+        """The ``Accept-Ranges`` header sent (``None``: none, as servers without range support do)."""
         self.fail_next: list[int] = []
         self.log = Log()
         server = self
@@ -132,7 +134,8 @@ class StaticServer:
             status = 206
         h.send_response(status)
         h.send_header("Content-Length", str(end - start))
-        h.send_header("Accept-Ranges", "none" if self.ignore_range else "bytes")
+        if self.accept_ranges is not None:
+            h.send_header("Accept-Ranges", self.accept_ranges)
         h.send_header("ETag", self.etag(path))
         if status == 206:
             h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
@@ -172,7 +175,8 @@ def sha256_of(path: Path) -> str:
 class HubServer:
     """A Hub-shaped server: repos of files (listing and resolve), LFS bytes on a separate CDN.
 
-    ``add(repo, path, file)`` publishes a local file; ``gated`` holds repo paths answered 401 GatedRepo.
+    ``add(repo, path, file)`` publishes a local file; ``gated`` holds (repo, path) answered 401 GatedRepo,
+    ``missing`` (repo, path) answered 404 EntryNotFound.
     """
 
     COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -182,6 +186,8 @@ class HubServer:
         self.repos: dict[str, dict[str, Path]] = {}
         self.sha: dict[Path, str] = {}
         self.gated: set[tuple[str, str]] = set()
+        self.missing: set[tuple[str, str]] = set()
+        """Listed, but ``resolve`` answers 404 (a file deleted after the listing)."""
         self.log = Log()
         server = self
 
@@ -256,7 +262,7 @@ class HubServer:
                 return self._send(h, 401, b"", {**common, "X-Error-Code": "GatedRepo",
                                                 "X-Error-Message": "Access to model is restricted."})
             file = self.repos.get(repo, {}).get(file_path)
-            if file is None:
+            if file is None or (repo, file_path) in self.missing:
                 return self._send(h, 404, b"", {**common, "X-Error-Code": "EntryNotFound",
                                                 "X-Error-Message": "Entry not found"})
             sha = self.sha[file]

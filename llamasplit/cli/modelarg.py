@@ -17,8 +17,10 @@ def read_cli_model(model: str | None, hf: str | None = None, hf_file: str | None
         if local_reader is None:
             from llamasplit.model.profile import read_model as local_reader
         return local_reader(src.location)
-    from llamasplit.model.remote import Transfer
+    from llamasplit.model.remote import Transfer, quiet_hub_logs
     from llamasplit.units import format_size
+
+    quiet_hub_logs()
 
     transfer = Transfer()
     profile = open_model(src, transfer=transfer)

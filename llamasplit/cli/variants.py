@@ -32,6 +32,9 @@ def rank_repo(spec: str, fleet: Fleet, options: PlanOptions, *, as_json: bool = 
     from llamasplit.model.remote import RemoteOptions, Transfer
     from llamasplit.planner.variants import rank
 
+    from llamasplit.model.remote import quiet_hub_logs
+
+    quiet_hub_logs()
     ref = hub.parse_hf(spec)
     all_files = hub.list_files(ref)
     groups = hub.variants(all_files)

@@ -146,8 +146,6 @@ def convert_error(url: str, exc: BaseException) -> ModelReadError:
     if isinstance(exc, hf_errors.OfflineModeIsEnabled):
         return ModelReadError(f"{clean(url)}: offline mode (HF_HUB_OFFLINE is set)",
                               remedy="unset HF_HUB_OFFLINE, or give the path of a downloaded file")
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return _fail(url, 403)
     if isinstance(exc, hf_errors.HfHubHTTPError) and exc.response is not None:
         return _fail(url, exc.response.status_code)
     if isinstance(exc, httpx2.ConnectError):
@@ -163,7 +161,19 @@ def convert_error(url: str, exc: BaseException) -> ModelReadError:
 
 
 def _retry_kwargs(options: RemoteOptions) -> dict[str, Any]:
-    return dict(max_retries=options.retries, base_wait_time=options.backoff_s, max_wait_time=8.0, timeout=options.timeout_s)
+    import httpx2
+
+    # a refused connection or an unknown host fails at once (one line); a dropped or slow one is retried
+    transient = (httpx2.TimeoutException, httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)
+    return dict(max_retries=options.retries, base_wait_time=options.backoff_s, max_wait_time=8.0,
+                timeout=options.timeout_s, retry_on_exceptions=transient)
+
+
+def quiet_hub_logs() -> None:
+    """huggingface_hub logs each retry as a warning; the CLI says what happened in one line instead."""
+    import logging
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def head(url: str, options: RemoteOptions = RemoteOptions(), *, transfer: Transfer | None = None) -> RemoteFile:
