@@ -69,6 +69,8 @@ class FakeGpu:
     """MIG slots; ``None`` is an empty slot."""
     memory_v2: bool = True
     unified_memory: bool = False
+    processes: list[tuple[int, int | None]] = field(default_factory=list)
+    """Compute processes on the GPU: (pid, used bytes; ``None`` = NVML_VALUE_NOT_AVAILABLE)."""
 
 
 def _same_bus(x: str, y: str) -> bool:
@@ -202,6 +204,11 @@ class FakeNvml:
             return SimpleNamespace(version=version, total=total, reserved=reserved, free=free,
                                    used=total - reserved - free)
         return SimpleNamespace(total=total, free=free, used=total - free)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[SimpleNamespace]:
+        """pynvml's list of ``c_nvmlProcessInfo_t``: ``usedGpuMemory`` is ``None`` when not available."""
+        self._check("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in self._gpu(handle).processes]
 
     def nvmlDeviceGetMaxClockInfo(self, handle: FakeHandle, clock_type: int) -> int:
         self._check("nvmlDeviceGetMaxClockInfo", handle)

@@ -72,7 +72,7 @@ def _plan_defaults() -> dict[str, object]:
     return out
 
 
-_RUN_ONLY = {"context", "model", "hf", "hf_file", "plan_file", "binary", "dry_run", "check", "host", "port", "timeout"}
+_RUN_ONLY = {"context", "model", "hf", "hf_file", "plan_file", "binary", "dry_run", "check", "host", "port", "timeout", "watch"}
 
 
 def _read_plan(plan_file: str, model: str | None) -> Plan:
@@ -127,6 +127,7 @@ def run_cmd(
     binary: str = typer.Option(None, "--binary", help="llama-server (default), llama-completion, llama-cli, or a path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
     check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
+    watch: bool = typer.Option(False, "--watch", help="While serving, show GPU memory (NVML) every second next to the plan, on stderr."),
     host: str = typer.Option(LOOPBACK, "--host", help="llama-server's address."),
     port: int = typer.Option(8080, "--port", help="llama-server's port."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds llama-server may take to load."),
@@ -193,10 +194,10 @@ def run_cmd(
     if binary_kind(run_binary) == SERVER and host not in (LOOPBACK, "localhost", "::1"):
         say(f"llamasplit: warning: llama-server on {host} answers anyone who can reach it; "
             "pass -- --api-key KEY to require a key")
-    _run(the_plan, opts, check=check)
+    _run(the_plan, opts, check=check, watch=watch)
 
 
-def _run(the_plan: Plan, opts: LaunchOptions, *, check: bool) -> None:
+def _run(the_plan: Plan, opts: LaunchOptions, *, check: bool, watch: bool = False) -> None:
     where = ", ".join(d.name for d in the_plan.devices) or "the CPU"
     status = StatusLine(f"loading {the_plan.model_name or Path(the_plan.model_path).name} on {where}")
     server = None
@@ -212,6 +213,8 @@ def _run(the_plan: Plan, opts: LaunchOptions, *, check: bool) -> None:
                 report = _report(server, full=check)
                 if check:
                     raise SystemExit(0 if report.ok else 1)
+                if watch:
+                    _watch(server, the_plan)
             rc = server.wait()
             assert rc is not None
             if rc != 0:
@@ -234,6 +237,19 @@ def _run(the_plan: Plan, opts: LaunchOptions, *, check: bool) -> None:
             status.done()
             if server is not None:
                 server.stop()
+
+
+def _watch(server: Server, the_plan: Plan) -> None:
+    """``run --watch``: llamasplit top for the server's pid on stderr until it exits (no GPU: one line)."""
+    import sys
+
+    from llamasplit.errors import DeviceQueryError
+    from llamasplit.runner.watch import watch
+
+    try:
+        watch(pids=[server.pid], plan=the_plan, out=sys.stderr, until=lambda: not server.alive())
+    except DeviceQueryError as err:
+        say(f"llamasplit: --watch: {err.message}")
 
 
 def _stopped(server: Server | None, why: str) -> None:
