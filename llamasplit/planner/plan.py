@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamasplit.devices.device import Device, Fleet, Link, LinkKind
+from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import ModelProfile
 from llamasplit.planner import kv
 from llamasplit.planner.estimate import HOST, Estimate, estimate
 from llamasplit.planner.settings import LlamaSettings
+from llamasplit.speed.model import HOST_NAME, IDLE, SpeedEstimate, device_speed, layer_split_speed
 from llamasplit.units import GiB, format_size
 
 PLAN_SCHEMA = "llamasplit.plan/1"
@@ -33,8 +34,8 @@ DEFAULT_MARGIN_BYTES = 1 * GiB
 """Kept free on every device, like llama.cpp's --fit target (1024 MiB)."""
 MIN_AUTO_CTX = 4096
 """The shortest context the planner picks by itself (llama.cpp --fit's default floor)."""
-HOST_BANDWIDTH_DEFAULT_GB_S = 50.0
-"""Assumed host RAM bandwidth when the fleet does not say (dual-channel DDR5)."""
+PREFILL_TOKENS = 512
+"""The prompt length the plan's prefill figure is for (llama-bench's pp512)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class DevicePlan:
     """RPC devices: the backend behind the worker, whose allocation rules sized this share."""
     serves_source: str | None = None
     """Where ``serves`` came from: ``published``, ``described`` or ``assumed-cpu``."""
+    speed_basis: str | None = None
+    """Where this device's speed comes from: ``measured``, ``calibrated``, ``datasheet`` or ``assumed``
+    (``None``: it holds no layers, or its speed is unknown)."""
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -91,6 +95,10 @@ class Plan:
     default_split_decode_tok_s: float | None
     fleet: Fleet
     notes: tuple[str, ...] = ()
+    prefill_tok_s: float | None = None
+    """Predicted prompt processing speed for a ``PREFILL_TOKENS``-token prompt."""
+    speed_basis: str | None = None
+    """The weakest basis among the devices that hold layers (``None``: speed unknown)."""
 
     def to_llama_args(self) -> list[str]:
         """llama.cpp flags for this plan (after ``-m MODEL``)."""
@@ -183,6 +191,10 @@ class Plan:
             "devices": [dev(d) for d in self.devices],
             "host": dev(self.host),
             "decode_tok_s": self.decode_tok_s,
+            "prefill_tok_s": self.prefill_tok_s,
+            "prefill_prompt_tokens": PREFILL_TOKENS,
+            "speed_basis": self.speed_basis,
+            "device_speed_basis": {d.name: d.speed_basis for d in (*self.devices, self.host) if d.speed_basis},
             "default_split_decode_tok_s": self.default_split_decode_tok_s,
             "argv": self.to_llama_args(),
             "command": self.argv(),
@@ -218,6 +230,8 @@ class Plan:
             default_split_decode_tok_s=data.get("default_split_decode_tok_s"),
             fleet=Fleet.from_dict(data["fleet"]),
             notes=tuple(data.get("notes", ())),
+            prefill_tok_s=data.get("prefill_tok_s"),
+            speed_basis=data.get("speed_basis"),
         )
 
     @classmethod
@@ -248,9 +262,15 @@ class Plan:
             )
         if self.decode_tok_s:
             speed = f"predicted decode: {self.decode_tok_s:.1f} tok/s"
+            if self.prefill_tok_s:
+                speed += f", prefill: {self.prefill_tok_s:.0f} tok/s ({PREFILL_TOKENS}-token prompt)"
+            bases = ", ".join(f"{d.name} {d.speed_basis}" for d in (*self.devices, self.host) if d.speed_basis)
+            speed += f" [{self.speed_basis}: {bases}]"
             if self.default_split_decode_tok_s:
-                speed += f" (llama.cpp's default split by free memory: {self.default_split_decode_tok_s:.1f} tok/s)"
+                speed += f"; llama.cpp's default split by free memory: {self.default_split_decode_tok_s:.1f} tok/s"
             lines.append(speed)
+        else:
+            lines.append("predicted speed: unknown (a device holding layers has no measured or stated speed)")
         for d in self.devices:
             if d.serves_source is not None:
                 lines.append(f"{d.name}: {d.description}, sized as {d.serves} ({d.serves_source})")
@@ -290,40 +310,17 @@ def _quote(arg: str) -> str:
 
 
 def decode_seconds_per_token(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Estimate) -> float | None:
-    """Decode time per token: each device reads the weights a token touches there (MoE: only the
-    routed experts' share) and its KV cache at half-full context, one device after the other; the
-    CPU at the host's bandwidth; plus one activation transfer between neighbouring devices."""
-    hp = model.hparams
-    total = 0.0
-    for e, d in zip(est.devices, devices):
-        n_bytes = e.read_bytes + e.context_bytes / 2
-        if n_bytes == 0:
-            continue
-        if d.bandwidth_gb_s is None:
-            return None
-        total += n_bytes / (d.bandwidth_gb_s * 1e9)
-    host_bytes = est.host.read_bytes + est.host.context_bytes / 2
-    total += host_bytes / ((fleet.host.ram_bandwidth_gb_s or HOST_BANDWIDTH_DEFAULT_GB_S) * 1e9)
-    # one activation row crosses each boundary between consecutive stages, per token
-    stages = [i for i, e in enumerate(est.devices) if e.read_bytes]
-    if est.host.read_bytes and stages:
-        total += _hop_seconds(hp.n_embd * 4, None)  # CPU layers first, then the GPUs
-    for a, b in zip(stages, stages[1:]):
-        total += _hop_seconds(hp.n_embd * 4, fleet.link(devices[a].id, devices[b].id))
-    return total
+    """Decode time per token of the layer split ``est`` over ``devices`` by the one speed model
+    (``llamasplit.speed``), the KV cache read at half the context; ``None`` when a device that
+    holds layers has an unknown speed."""
+    sp = plan_speed(model, fleet, devices, est)
+    return 1.0 / sp.decode_tok_s if sp.decode_tok_s else None
 
 
-HOP_LATENCY_US = {LinkKind.NVLINK: 5.0, LinkKind.NVSWITCH: 5.0, LinkKind.NETWORK: 250.0}
-"""Per-hop latency of a small device-to-device copy, microseconds; PCIe paths default to 10 us.
-RPC: a TCP round trip on a LAN plus llama.cpp's RPC command overhead."""
-
-
-def _hop_seconds(n_bytes: int, link: Link | None) -> float:
-    if link is None:
-        return n_bytes / 16e9 + 10e-6
-    latency = link.latency_us if link.latency_us is not None else HOP_LATENCY_US.get(link.kind, 10.0)
-    bandwidth = link.bandwidth_gb_s or (0.125 if link.kind is LinkKind.NETWORK else 16.0)
-    return n_bytes / (bandwidth * 1e9) + latency * 1e-6
+def plan_speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est: Estimate, *,
+               prompt_tokens: int = PREFILL_TOKENS, n_ubatch: int = 512) -> SpeedEstimate:
+    """Decode and prefill speed of a layer split, with each device's basis."""
+    return layer_split_speed(model, fleet, devices, est, prompt_tokens=prompt_tokens, n_ubatch=n_ubatch)
 
 
 def _tok_s(seconds: float | None) -> float | None:
@@ -377,10 +374,10 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         s = s.replace(main_gpu=0)
         options = dataclasses.replace(options, settings=s)
     if "tensor_split" not in options.fixed:
-        rpc = [d for d in devices if d.backend.upper() == "RPC"]
-        local = [d for d in devices if d.backend.upper() != "RPC"]
-        local.sort(key=lambda d: (d.bandwidth_gb_s or 0.0))
-        devices = rpc + local
+        # slowest first (filled last), by the speed model's effective bandwidth; RPC workers keep
+        # their place before the local GPUs, but the plan orders the --rpc endpoints by speed too
+        devices = _by_speed([d for d in devices if d.backend.upper() == "RPC"]) + _by_speed(
+            [d for d in devices if d.backend.upper() != "RPC"])
     budgets = [_budget(d, options) for d in devices]
 
     n_ctx_train = hp.n_ctx_train or 4096
@@ -434,14 +431,18 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     budgets = [budgets[i] for i in best.kept]
     if settings.tensor_split is not None and len(devices) == 1 and "tensor_split" not in options.fixed:
         settings = settings.replace(tensor_split=None)  # one device: nothing to split
-    dec = decode_seconds_per_token(model, fleet, devices, est)
+    speed = plan_speed(model, fleet, devices, est, n_ubatch=settings.n_ubatch)
+    if speed.unknown:
+        notes.append("speed not predicted: " + ", ".join(speed.unknown) + " has no measured or stated speed "
+                     "(measure it with `llamasplit bench --rpc ... --save inventory.json`, then plan --inventory)")
     default = None
-    if "tensor_split" not in options.fixed and len(fleet.devices) > 1 and all(d.free_bytes is not None for d in fleet.devices):
+    if ("tensor_split" not in options.fixed and settings.split_mode == "layer" and len(fleet.devices) > 1
+            and all(d.free_bytes is not None for d in fleet.devices)):
         # what llama.cpp would do unguided: every device, layers in proportion to free memory
         default_settings = settings.replace(tensor_split=None)
         # speed only: weights read per token do not depend on compute buffers, so the quick estimate does
         default_est = estimate(model, list(fleet.devices), default_settings, fast=True)
-        default = _tok_s(decode_seconds_per_token(model, fleet, list(fleet.devices), default_est))
+        default = plan_speed(model, fleet, list(fleet.devices), default_est, n_ubatch=settings.n_ubatch).decode_tok_s
         default_budgets = [_budget(d, options) for d in fleet.devices]
         if any(_fits(default_est, default_budgets)):
             notes.append("llama.cpp's default split (by free memory) would likely overflow these budgets")
@@ -452,20 +453,40 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         )
     if fleet.simulated:
         notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
+    bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
+    speed_order = [d.name for d in devices]  # the names the speed model saw, before renaming
     devices = _renamed(devices)
     return Plan(
         model_path=model.path,
         model_name=model.name,
         arch=model.arch,
         settings=settings,
-        devices=tuple(_device_plan(d, e, b) for d, e, b in zip(devices, est.devices, budgets)),
-        host=_host_plan(est, fleet),
+        devices=tuple(_device_plan(d, e, b, bases.get(o)) for d, o, e, b in zip(devices, speed_order, est.devices, budgets)),
+        host=_host_plan(est, fleet, bases.get(HOST_NAME)),
         n_ctx=est.n_ctx,
-        decode_tok_s=_tok_s(dec),
+        decode_tok_s=speed.decode_tok_s,
         default_split_decode_tok_s=default,
         fleet=dataclasses.replace(fleet, devices=tuple(devices)),
         notes=tuple(notes),
+        prefill_tok_s=speed.prefill_tok_s,
+        speed_basis=speed.speed_basis if speed.known else None,
     )
+
+
+def _effective_bandwidth(d: Device) -> float:
+    sp = device_speed(d)
+    return sp.bandwidth_bytes_s if sp is not None else 0.0
+
+
+def _by_speed(devices: Sequence[Device]) -> list[Device]:
+    """Devices slowest first (unknown speed first, in the given order). RPC devices move with
+    their endpoint: one worker's devices keep the order the worker lists them in."""
+    groups: dict[str, list[Device]] = {}
+    for d in devices:
+        key = d.id.split("#")[0] if d.backend.upper() == "RPC" else d.id
+        groups.setdefault(key, []).append(d)
+    ordered = sorted(groups.values(), key=lambda g: max(_effective_bandwidth(d) for d in g))
+    return [d for g in ordered for d in g]
 
 
 def _renamed(devices: Sequence[Device]) -> list[Device]:
@@ -618,22 +639,22 @@ def _estimate_counts(
     return estimate(model, devices, _counts_settings(model, s, counts), fast=fast)
 
 
-def _device_plan(d: Device, e, budget: int | None) -> DevicePlan:
+def _device_plan(d: Device, e, budget: int | None, basis: str | None = None) -> DevicePlan:
     return DevicePlan(
         name=d.name, description=d.description, model_bytes=e.model_bytes, context_bytes=e.context_bytes,
         compute_bytes=e.compute_bytes, overhead_bytes=e.overhead_bytes, output_bytes=e.output_bytes,
         total_bytes=e.total_bytes, free_bytes=d.free_bytes, budget_bytes=budget, layers=tuple(e.layers),
-        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id, serves=d.serves, serves_source=d.serves_source,
+        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id, serves=d.serves, serves_source=d.serves_source, speed_basis=basis if e.read_bytes else None,
     )
 
 
-def _host_plan(est: Estimate, fleet: Fleet) -> DevicePlan:
+def _host_plan(est: Estimate, fleet: Fleet, basis: str | None = None) -> DevicePlan:
     h = est.host
     return DevicePlan(
         name=HOST, description=fleet.host.name, model_bytes=h.model_bytes, context_bytes=h.context_bytes,
         compute_bytes=h.compute_bytes, overhead_bytes=0, output_bytes=h.output_bytes, total_bytes=h.total_bytes,
         free_bytes=fleet.host.ram_available_bytes, budget_bytes=fleet.host.ram_available_bytes, layers=tuple(h.layers),
-        bandwidth_gb_s=fleet.host.ram_bandwidth_gb_s,
+        bandwidth_gb_s=fleet.host.ram_bandwidth_gb_s, speed_basis=basis if h.read_bytes else None,
     )
 
 

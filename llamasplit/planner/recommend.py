@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import UsageError
-from llamasplit.planner.comm import allreduce_algorithm
-from llamasplit.speed.links import DEFAULT_BANDWIDTH_GB_S, DEFAULT_LATENCY_US, LinkCost, group_link, hop_links
-from llamasplit.speed.model import SpeedEstimate, device_speed, layer_workload, predict, tensor_workload
+from llamasplit.planner.comm import ALLREDUCES_PER_LAYER, allreduce_algorithm
+from llamasplit.speed.links import group_link
+from llamasplit.speed.model import SpeedEstimate, layer_split_speed, tensor_split_speed
 
 @dataclass(frozen=True)
 class Option:
@@ -27,12 +27,22 @@ class Option:
 
     @property
     def fits(self) -> bool:
-        return self.speed is not None
+        """It fits (``why_not`` is ``None``), whether or not its speed can be predicted."""
+        return self.why_not is None
+
+    @property
+    def known(self) -> bool:
+        """It fits and its speed is predicted."""
+        return self.fits and self.speed is not None and self.speed.known
 
     @property
     def decode_tok_s(self) -> float:
-        """Single-stream decode speed (data parallel: one replica's)."""
-        return self.speed.decode_tok_s if self.speed else 0.0
+        """Single-stream decode speed (data parallel: one replica's); 0 when unknown."""
+        return self.speed.decode_tok_s or 0.0 if self.speed else 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.speed.prefill_tok_s or 0.0 if self.speed else 0.0
 
     @property
     def total_decode_tok_s(self) -> float:
@@ -42,7 +52,10 @@ class Option:
         return {
             "kind": self.kind, "devices": list(self.devices), "fits": self.fits, "why_not": self.why_not,
             "replicas": self.replicas, "speed": self.speed.to_dict() if self.speed else None,
-            "total_decode_tok_s": self.total_decode_tok_s if self.speed else None, "argv": list(self.argv),
+            "decode_tok_s": self.speed.decode_tok_s if self.speed else None,
+            "prefill_tok_s": self.speed.prefill_tok_s if self.speed else None,
+            "speed_basis": self.speed.speed_basis if self.speed else None,
+            "total_decode_tok_s": self.total_decode_tok_s if self.known else None, "argv": list(self.argv),
             "detail": self.detail,
         }
 
@@ -87,16 +100,18 @@ def _tensor_groups(fleet: Fleet) -> list[tuple[Device, ...]]:
 
 
 
-GPU_LAYER_OVERHEAD_S = 15e-6
-"""Per layer and decoded token on a GPU: kernel launches and small ops the bandwidth model misses
-(llama.cpp runs roughly ten kernels per layer; CUDA graphs keep each to a few microseconds)."""
+def _rank(o: Option) -> tuple[bool, float]:
+    """Known speeds first, then the faster."""
+    return (o.known, o.decode_tok_s)
 
 
 def recommend(
     model, fleet: Fleet, settings=None, *, prompt_tokens: int = 2048, margin_bytes: int = 1 << 30, nccl: bool = True,
 ) -> Recommendation:
     """Compare one device, layer split, tensor split and one replica per GPU for ``model`` on
-    ``fleet``: predicted prefill and decode speed of each (pure; the fleet is a snapshot).
+    ``fleet``: predicted prefill and decode speed of each by the one speed model (pure; the fleet
+    is a snapshot). An option whose speed cannot be predicted still fits; it ranks after the
+    ones whose speed is known.
 
     Layer and tensor split are compared on the same devices (the group tensor split does best on);
     tensor split is only proposed for archs the compatibility record says run."""
@@ -112,16 +127,9 @@ def recommend(
     if settings.n_ctx is None:
         settings = settings.replace(n_ctx=4096)
     ub = settings.n_ubatch
-    host = LinkCost("pcie-p2p", DEFAULT_LATENCY_US["pcie-p2p"] * 1e-6, DEFAULT_BANDWIDTH_GB_S["pcie-p2p"] * 1e9)
-    name_of = {d.id: d.name for d in fleet.devices}
-    overhead = GPU_LAYER_OVERHEAD_S * model.hparams.n_layer
 
     def layer_speed(devs: Sequence[Device], est) -> SpeedEstimate:
-        used = [d for d, e in zip(devs, est.devices) if e.read_bytes]
-        work = layer_workload(model, est, [name_of.get(d.id, d.name) for d in devs], prompt_tokens=prompt_tokens)
-        speeds = [device_speed(d) for d in used]
-        return predict(work, speeds, None, hops=hop_links(fleet, used), host_link=host, prompt_tokens=prompt_tokens,
-                       n_ubatch=ub, fixed_s=overhead)
+        return layer_split_speed(model, fleet, devs, est, prompt_tokens=prompt_tokens, n_ubatch=ub)
 
     def single_option(d: Device) -> Option:
         sub = dc.replace(fleet, devices=(d,), links=())
@@ -150,11 +158,7 @@ def recommend(
         short = _budgets_ok([e.total_bytes for e in est.devices], group, margin_bytes)
         if short:
             return Option("layer", names, None, why_not=short)
-        try:
-            speed = layer_speed(group, est)
-        except UsageError as err:
-            return Option("layer", names, None, why_not=err.message)
-        return Option("layer", names, speed, ("llama-server", "-m", model.path, *s.to_args()))
+        return Option("layer", names, layer_speed(group, est), ("llama-server", "-m", model.path, *s.to_args()))
 
     def tensor_option(group: Sequence[Device], ts) -> Option:
         names = tuple(d.name for d in group)
@@ -169,19 +173,15 @@ def recommend(
             return Option("tensor", names, None, why_not=short)
         algo, algo_why = allreduce_algorithm(group, nccl=nccl)
         link = group_link(fleet, group)
-        work = tensor_workload(model, test, names, algo, prompt_tokens=prompt_tokens)
-        try:
-            speed = predict(work, [device_speed(d) for d in group], link, host_link=host, prompt_tokens=prompt_tokens,
-                            n_ubatch=ub, fixed_s=overhead)
-        except UsageError as err:
-            return Option("tensor", names, None, why_not=err.message)
-        detail = f"{algo.value} over {link.kind if link else '-'}, {work.n_allreduce} all-reduces per token: {algo_why}"
+        speed = tensor_split_speed(model, fleet, group, test, algo, link, prompt_tokens=prompt_tokens, n_ubatch=ub)
+        n_allreduce = ALLREDUCES_PER_LAYER * sum(1 for il in range(model.hparams.n_layer) if test.layer_on_meta[il])
+        detail = f"{algo.value} over {link.kind if link else '-'}, {n_allreduce} all-reduces per token: {algo_why}"
         return Option("tensor", names, speed, ("llama-server", "-m", model.path, *s.to_args()), detail=detail)
 
     options: list[Option] = []
     singles = [single_option(d) for d in fleet.devices]
     fitting = [o for o in singles if o.fits]
-    options.append(max(fitting, key=lambda o: o.decode_tok_s) if fitting
+    options.append(max(fitting, key=_rank) if fitting
                    else Option("single", (), None, why_not="the model does not fit on any one device"))
     groups = _tensor_groups(fleet)
     status, why = arch_status(model.arch)
@@ -193,7 +193,7 @@ def recommend(
         for ts in [None] if len(set(bw)) == 1 else [None, tuple(round(b / min(bw), 2) for b in bw)]:
             tensors.append(tensor_option(group, ts))
     fit_t = [o for o in tensors if o.fits]
-    best_t = max(fit_t, key=lambda o: o.decode_tok_s) if fit_t else None
+    best_t = max(fit_t, key=_rank) if fit_t else None
     if groups:
         # layer split on the same devices as the best tensor split (or the largest group)
         group = next(g for g in groups if best_t is None or tuple(d.name for d in g) == best_t.devices)
@@ -208,26 +208,36 @@ def recommend(
         else:
             options.append(tensors[-1] if tensors else Option("tensor", (), None, why_not="no group of two devices"))
     if len(fitting) >= 2:
-        per = SpeedEstimate("data-parallel", tuple(o.devices[0] for o in fitting),
-                            sum(o.decode_tok_s for o in fitting) / len(fitting),
-                            sum(o.speed.prefill_tok_s for o in fitting) / len(fitting), 0.0, 0.0, prompt_tokens)
+        known = all(o.known for o in fitting)
+        per = SpeedEstimate(
+            "data-parallel", tuple(o.devices[0] for o in fitting),
+            sum(o.decode_tok_s for o in fitting) / len(fitting) if known else None,
+            sum(o.prefill_tok_s for o in fitting) / len(fitting) if known else None, 0.0, 0.0, prompt_tokens,
+            tuple(o.speed.speed_basis if o.speed else None for o in fitting),
+            tuple(n for o in fitting if o.speed for n in o.speed.unknown),
+        )
         options.append(Option("data-parallel", per.devices, per, fitting[0].argv, replicas=len(fitting),
                               detail="one llama-server per device: throughput adds up, each request runs at one device's speed"))
     elif len(fleet.devices) > 1:
         options.append(Option("data-parallel", (), None, why_not="the model fits whole on fewer than two devices"))
 
     single_stream = [o for o in options if o.fits and o.kind != "data-parallel"]
-    best = max(single_stream, key=lambda o: o.decode_tok_s) if single_stream else None
+    best = max(single_stream, key=_rank) if single_stream else None
     return Recommendation(model.name or model.path, tuple(options), best, _verdict(best, options), prompt_tokens)
 
 
 def _verdict(best: Option | None, options: Sequence[Option]) -> str:
     if best is None:
-        return "no option fits or can be predicted: " + "; ".join(f"{o.kind}: {o.why_not}" for o in options if o.why_not)
-    others = [o for o in options if o.fits and o is not best and o.kind != "data-parallel"]
+        return "no option fits: " + "; ".join(f"{o.kind}: {o.why_not}" for o in options if o.why_not)
     where = ",".join(best.devices)
     line = f"{best.kind} split over {where}" if best.kind in ("layer", "tensor") else f"a single device ({where})"
-    line = f"use {line}: {best.decode_tok_s:.0f} tok/s decode, {best.speed.prefill_tok_s:.0f} tok/s prefill"
+    if not best.known:
+        unknown = sorted({n for o in options if o.speed for n in o.speed.unknown})
+        return (f"{line} fits, as do {', '.join(o.kind for o in options if o.fits and o is not best) or 'no other option'}; "
+                f"speeds cannot be compared: {', '.join(unknown)} has no measured or stated speed "
+                "(run `llamasplit bench --rpc ... --save inventory.json`, then --inventory)")
+    others = [o for o in options if o.known and o is not best and o.kind != "data-parallel"]
+    line = f"use {line}: {best.decode_tok_s:.0f} tok/s decode, {best.prefill_tok_s:.0f} tok/s prefill"
     if others:
         line += " vs " + ", ".join(f"{o.kind} {o.decode_tok_s:.0f}" for o in others)
     if best.kind == "tensor":
@@ -235,11 +245,11 @@ def _verdict(best: Option | None, options: Sequence[Option]) -> str:
         line += f" (all-reduces take {share:.0%} of a token)"
     else:
         tensor = next((o for o in options if o.kind == "tensor"), None)
-        if tensor is not None and tensor.fits:
+        if tensor is not None and tensor.known:
             line += f"; tensor split loses: all-reduces take {tensor.speed.decode_comm_share:.0%} of its token time"
         elif tensor is not None and tensor.why_not:
             line += f"; no tensor split: {tensor.why_not}"
-    dp = next((o for o in options if o.kind == "data-parallel" and o.fits), None)
+    dp = next((o for o in options if o.kind == "data-parallel" and o.known), None)
     if dp is not None and dp.total_decode_tok_s > best.decode_tok_s:
         line += f"; for many concurrent requests one replica per GPU serves {dp.total_decode_tok_s:.0f} tok/s in total"
     return line

@@ -18,14 +18,18 @@ def _loopback() -> dict[str, float]:
     return compat_record()["calibration"]["rpc_loopback"]
 
 
-DEFAULT_LATENCY_US = {"nvlink": 8.0, "pcie-p2p": 12.0, "host-staged": 25.0, "network": 780.0}
-"""Per-copy latency (launch, sync and wire) when the fleet does not say. NVLink/PCIe: typical small
-NCCL/cudaMemcpyPeer latencies. RPC on loopback is measured (``tensor_compat.json`` ``calibration``:
-about 580 us per copy on a 2-core host); RPC over a LAN: that plus a LAN round trip (~250 us) less
-loopback's (~50 us)."""
+def _defaults() -> dict[str, dict[str, float]]:
+    from llamasplit.speed.data import coefficients
 
-DEFAULT_BANDWIDTH_GB_S = {"pcie-p2p": 16.0, "host-staged": 8.0, "network": 1.25}
+    return coefficients()["links"]
 
+
+DEFAULT_LATENCY_US: dict[str, float] = dict(_defaults()["latency_us"])
+"""Per-copy latency (launch, sync and wire) when the fleet does not say (``speed.json`` ``links``).
+RPC on loopback is measured (``tensor_compat.json`` ``calibration``: about 580 us per copy on a
+2-core host); RPC over a LAN: that plus a LAN round trip (~250 us) less loopback's (~50 us)."""
+
+DEFAULT_BANDWIDTH_GB_S: dict[str, float] = dict(_defaults()["bandwidth_gb_s"])
 
 @dataclass(frozen=True)
 class LinkCost:
@@ -54,8 +58,11 @@ class LinkCost:
         }
 
 
-DEFAULT_SUBGRAPH_US = {"nvlink": 6.0, "pcie-p2p": 6.0, "host-staged": 8.0, "network": 200.0}
-"""Per Meta subgraph and token: a CUDA graph launch and stream sync; over RPC a serialised graph."""
+DEFAULT_SUBGRAPH_US: dict[str, float] = dict(_defaults()["subgraph_us"])
+"""Per Meta subgraph (or extra device graph) and token: a CUDA graph launch and stream sync; over RPC a serialised graph."""
+
+FOLDED = LinkCost("folded", 0.0, float("inf"), note="measured with the device (llamasplit bench)")
+"""A transfer whose cost the device's measured per-token cost already holds."""
 
 
 def _link_cost(a: Device, b: Device, link: Link | None, loopback: LinkCost | None) -> LinkCost:
@@ -68,9 +75,11 @@ def _link_cost(a: Device, b: Device, link: Link | None, loopback: LinkCost | Non
             if loopback is not None:
                 return loopback
             cal = _loopback()
-            latency = link.latency_us if link is not None and link.latency_us is not None else cal["latency_us"]
+            if link is not None and link.latency_us is not None:  # measured by llamasplit bench: the whole hop
+                bandwidth = link.bandwidth_gb_s or cal["bandwidth_gb_s"]
+                return LinkCost(kind, link.latency_us * 1e-6, bandwidth * 1e9, True, 0.0, "measured (llamasplit bench)")
             bandwidth = link.bandwidth_gb_s if link is not None and link.bandwidth_gb_s else cal["bandwidth_gb_s"]
-            return LinkCost(kind, latency * 1e-6, bandwidth * 1e9, True, cal["subgraph_us"] * 1e-6,
+            return LinkCost(kind, cal["latency_us"] * 1e-6, bandwidth * 1e9, True, cal["subgraph_us"] * 1e-6,
                             "calibrated on loopback (tensor_compat.json)")
     elif link is None:
         kind = "pcie-p2p"
@@ -105,3 +114,28 @@ def hop_links(fleet: Fleet, devices: Sequence[Device]) -> list[LinkCost]:
     for a, b in zip(devices, devices[1:]):
         out.append(_link_cost(a, b, fleet.link(a.id, b.id), None))
     return out
+
+
+def device_link(fleet: Fleet | None, a: Device, b: Device, coeffs: object = None) -> LinkCost:
+    """The cost of moving an activation from device ``a`` to device ``b`` (one layer-split boundary)."""
+    return _link_cost(a, b, fleet.link(a.id, b.id) if fleet else None, None)
+
+
+def host_link(d: Device, coeffs: object = None) -> LinkCost:
+    """The host's link to ``d``: the activations going in, the logits coming out. Folded into a
+    measured device's per-token cost (llama-bench measured it with the host in the loop)."""
+    if d.measured is not None:
+        return FOLDED
+    if d.backend.upper() == "RPC":
+        local = d.host.rsplit(":", 1)[0] in {"127.0.0.1", "localhost", "::1", "[::1]"}
+        if local:
+            cal = _loopback()
+            return LinkCost("rpc-loopback", cal["latency_us"] * 1e-6, cal["bandwidth_gb_s"] * 1e9, True, 0.0,
+                            "calibrated on loopback (tensor_compat.json)")
+        return LinkCost("network", DEFAULT_LATENCY_US["network"] * 1e-6, DEFAULT_BANDWIDTH_GB_S["network"] * 1e9, True)
+    bandwidth = DEFAULT_BANDWIDTH_GB_S["host"]
+    if d.pcie_gen and d.pcie_width:
+        from llamasplit.devices.catalog import pcie_gb_s
+
+        bandwidth = pcie_gb_s(d.pcie_gen, d.pcie_width) or bandwidth
+    return LinkCost("host", DEFAULT_LATENCY_US["host"] * 1e-6, bandwidth * 1e9, False, 0.0, f"host<->{d.name}")

@@ -1,5 +1,23 @@
-"""How fast a configuration decodes and prefills: per device, the bytes a token reads and the FLOPs
-a prompt costs, over that device's speed, plus what crosses the links between devices.
+"""How fast a configuration decodes and prefills: the one speed model every part of llamasplit uses.
+
+**Decode.** A token runs through the stages in order. On each device it reads the bytes its
+layers hold (``estimate()``'s ``read_bytes``: weights, routed experts times used/total, the
+output matrix) plus the KV cache at the current depth, at that device's *effective* bandwidth;
+each layer adds a fixed cost (kernel launches and small ops a roofline misses) and each device a
+fixed cost per token (graph launch and synchronisation; over RPC the round trips). Each boundary
+between stages costs its link (``speed/links.py``: PCIe, NVLink, network or loopback RPC), and
+the logits cross from the last device to the host.
+
+**Prefill.** Each ubatch costs its matmul FLOPs over the device's effective compute rate, plus the
+same fixed and transfer costs; layer split pipelines ubatches over the stages.
+
+**Where the numbers come from** (``speed.json``, every coefficient with its source): ``measured``
+when ``llamasplit bench`` measured the device (``Device.measured``, in the inventory); else
+``calibrated`` for a GPU whose architecture family was fitted to published llama-bench results
+(``llama_bench.csv``); else ``datasheet`` (the device's stated bandwidth/TFLOPS with median
+efficiencies); the host CPU without a measurement and without a stated bandwidth is ``assumed``.
+A device none of this applies to (an RPC worker nobody measured) has an unknown speed: the
+prediction is ``None``, never a guess and never a reason to call a configuration infeasible.
 
 Layer split runs its stages one after another with an activation hop between them; tensor split
 runs every device at once on its slices, with two all-reduces per layer (``planner/comm.py``).
@@ -10,34 +28,88 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from llamasplit.devices.device import Device
+from llamasplit.devices.device import Device, Fleet, HostInfo
 from llamasplit.errors import UsageError
 from llamasplit.planner.comm import ACTIVATION_BYTES, ALLREDUCES_PER_LAYER, Algorithm, allreduce_seconds
-from llamasplit.speed.links import LinkCost
+from llamasplit.speed.data import coefficients
+from llamasplit.speed.links import LinkCost, device_link, host_link
 
-@dataclass(frozen=True)
-class DeviceSpeed:
-    """How fast one device reads weights and multiplies: the speed model's only device inputs."""
-
-    bandwidth_bytes_s: float
-    flops: float
-    """Effective FLOP/s of prefill matmuls."""
-
-
-PREFILL_EFFICIENCY = 0.4
-"""Share of a GPU's dense FP16 tensor TFLOPS llama.cpp's prefill matmuls reach (quantised weights)."""
+MEASURED, CALIBRATED, DATASHEET, ASSUMED = "measured", "calibrated", "datasheet", "assumed"
+"""Where a device's speed comes from, best first."""
+IDLE = "idle"
+"""The basis of a device that does no work in a configuration (its speed does not matter)."""
 
 KV_FILL = 0.5
 """Decode reads the KV cache at this share of the context (the planner's convention: half full)."""
 
+HOST_NAME = "CPU"
+"""The host's column in a workload (its layers come first: llama.cpp offloads the last ``-ngl``)."""
 
-def device_speed(d: Device) -> DeviceSpeed | None:
-    """From a device's catalog figures; ``None`` when its bandwidth is unknown (an RPC worker)."""
+
+def gpu_family(compute_capability: tuple[int, int] | None, coeffs: dict[str, Any] | None = None) -> str | None:
+    """The architecture family of a CUDA compute capability (``(8, 6)`` -> ``ampere``).
+
+    >>> gpu_family((8, 9)), gpu_family((12, 0)), gpu_family((7, 0)), gpu_family(None)
+    ('ada', 'blackwell', 'volta', None)
+    """
+    if compute_capability is None:
+        return None
+    table = (coeffs or coefficients())["architectures_by_compute_capability"]
+    major, minor = compute_capability
+    return table.get(f"{major}.{minor}") or table.get(str(major))
+
+
+@dataclass(frozen=True)
+class DeviceSpeed:
+    """How fast one device reads weights and multiplies, and its fixed costs: the speed model's
+    only device inputs."""
+
+    bandwidth_bytes_s: float
+    """Effective bytes per second a decoded token reads at."""
+    flops: float
+    """Effective FLOP/s of prefill matmuls."""
+    layer_s: float = 0.0
+    """Fixed cost per layer and graph evaluation (a decoded token or a prompt ubatch)."""
+    token_s: float = 0.0
+    """Fixed cost per graph evaluation on this device."""
+    basis: str = DATASHEET
+    """``measured``, ``calibrated``, ``datasheet`` or ``assumed``."""
+
+
+def device_speed(d: Device, coeffs: dict[str, Any] | None = None) -> DeviceSpeed | None:
+    """A device's effective speed: measured, else calibrated for its GPU family, else from its
+    datasheet; ``None`` when nothing is known (an RPC worker nobody measured)."""
+    if d.measured is not None:
+        return _measured(d.measured)
     if d.bandwidth_gb_s is None:
         return None
+    coeffs = coeffs or coefficients()
+    family = gpu_family(d.compute_capability, coeffs) if d.backend.upper() in ("CUDA", "RPC") else None
+    fitted = coeffs["families"].get(family) if family else None
+    c = fitted or coeffs["datasheet"]
     tflops = d.fp16_tflops if d.fp16_tflops else d.bandwidth_gb_s / 10.0
-    return DeviceSpeed(d.bandwidth_gb_s * 1e9, tflops * 1e12 * PREFILL_EFFICIENCY)
+    return DeviceSpeed(
+        d.bandwidth_gb_s * 1e9 * c["decode_bandwidth_efficiency"], tflops * 1e12 * c["prefill_compute_efficiency"],
+        c["layer_us"] * 1e-6, c["token_us"] * 1e-6, CALIBRATED if fitted else DATASHEET,
+    )
+
+
+def host_speed(host: HostInfo, coeffs: dict[str, Any] | None = None) -> DeviceSpeed:
+    """The host CPU's effective speed: measured, else its stated RAM bandwidth (``datasheet``),
+    else the assumption in ``speed.json`` (``assumed``)."""
+    if host.measured is not None:
+        return _measured(host.measured)
+    c = (coeffs or coefficients())["cpu"]
+    bw = host.ram_bandwidth_gb_s or c["default_bandwidth_gb_s"]
+    cores = host.cpu_cores or c["default_cores"]
+    return DeviceSpeed(bw * 1e9 * c["decode_bandwidth_efficiency"], cores * c["gflops_per_core"] * 1e9,
+                       c["layer_us"] * 1e-6, c["token_us"] * 1e-6, DATASHEET if host.ram_bandwidth_gb_s else ASSUMED)
+
+
+def _measured(m) -> DeviceSpeed:
+    return DeviceSpeed(m.decode_gb_s * 1e9, m.prefill_gflops * 1e9, m.layer_us * 1e-6, m.token_us * 1e-6, MEASURED)
 
 
 @dataclass(frozen=True)
@@ -45,10 +117,11 @@ class Workload:
     """What a configuration asks of its devices, in the order the work happens.
 
     ``stages[s][j]`` = (weight and cache bytes device ``j`` reads per decoded token, matmul FLOPs per
-    prompt token) in stage ``s``. Layer split: one stage per device, run one after another, with an
-    activation hop between stages. Tensor split: attention and FFN of every layer and the output
-    are stages that all devices run at once (a stage lasts as long as its slowest device), each
-    attention/FFN stage ending in an all-reduce.
+    prompt token) in stage ``s``; ``layers[s]`` = how many transformer layers stage ``s`` runs (the
+    fixed per-layer cost). Layer split: one stage per device (the host's CPU layers first), run
+    one after another, with an activation hop between stages. Tensor split: attention and FFN of
+    every layer and the output are stages that all devices run at once (a stage lasts as long as
+    its slowest device), each attention/FFN stage ending in an all-reduce.
     """
 
     mode: str
@@ -60,36 +133,71 @@ class Workload:
     algorithm: Algorithm = Algorithm.NONE
     n_subgraphs: int = 0
     """Tensor split: Meta subgraphs per graph evaluation (one more than the all-reduces)."""
+    layers: tuple[float, ...] = ()
+    """Layers per stage (empty: no per-layer cost)."""
 
     @property
     def n_devices(self) -> int:
         return len(self.devices)
 
+    def active(self) -> list[int]:
+        """Columns (devices) that do any work."""
+        return [j for j in range(self.n_devices) if any(st[j][0] or st[j][1] for st in self.stages)]
+
 
 @dataclass(frozen=True)
 class SpeedEstimate:
-    """Predicted decode and prefill speed of one configuration, with the share communication takes."""
+    """Predicted decode and prefill speed of one configuration, with the share communication takes.
+
+    ``decode_tok_s``/``prefill_tok_s`` are ``None`` when a device that does work has an unknown
+    speed (named in ``unknown``); ``basis`` gives each device's basis, in ``devices`` order."""
 
     mode: str
     devices: tuple[str, ...]
-    decode_tok_s: float
-    prefill_tok_s: float
+    decode_tok_s: float | None
+    prefill_tok_s: float | None
     decode_comm_s: float
     """Per decoded token: all-reduces (tensor) or activation hops (layer)."""
     prefill_comm_s: float
     """Per prompt: all-reduces or hops of every ubatch."""
     prompt_tokens: int
+    basis: tuple[str | None, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return self.decode_tok_s is not None
 
     @property
     def decode_comm_share(self) -> float:
-        return self.decode_comm_s * self.decode_tok_s
+        return self.decode_comm_s * self.decode_tok_s if self.decode_tok_s else 0.0
+
+    @property
+    def speed_basis(self) -> str:
+        """The weakest basis among the devices that work: ``measured`` only if all are measured."""
+        return overall_basis(self.basis)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "mode": self.mode, "devices": list(self.devices), "decode_tok_s": self.decode_tok_s,
             "prefill_tok_s": self.prefill_tok_s, "decode_comm_s": self.decode_comm_s,
             "prefill_comm_s": self.prefill_comm_s, "prompt_tokens": self.prompt_tokens,
+            "speed_basis": dict(zip(self.devices, self.basis)) if self.basis else None,
+            "unknown": list(self.unknown),
         }
+
+
+def overall_basis(bases: Sequence[str | None]) -> str:
+    """The weakest of several bases (``unknown`` if any is unknown).
+
+    >>> overall_basis(["measured", "calibrated"]), overall_basis(["measured", None]), overall_basis(["measured", "idle"])
+    ('calibrated', 'unknown', 'measured')
+    """
+    order = [MEASURED, CALIBRATED, DATASHEET, ASSUMED]
+    working = [b for b in bases if b != IDLE]
+    if not working or any(b is None for b in working):
+        return "unknown"
+    return max(working, key=order.index)  # type: ignore[arg-type]
 
 
 def predict(
@@ -97,46 +205,60 @@ def predict(
     hops: Sequence[LinkCost] = (), host_link: LinkCost | None = None, prompt_tokens: int = 512, n_ubatch: int = 512,
     parallel: float | None = None, fixed_s: float = 0.0,
 ) -> SpeedEstimate:
-    """Decode and prefill tok/s of ``work`` on devices of ``speeds``.
+    """Decode and prefill tok/s of ``work`` on devices of ``speeds`` (``None``: unknown).
 
     ``link``: the slowest link among the devices (tensor split's all-reduces and subgraphs);
-    ``hops``: the link of each boundary between consecutive stages (layer split); ``host_link``:
-    how the logits reach the host each step (one copy of ``n_vocab`` floats); ``parallel``: how
-    many devices can compute at the same time (``None``: all of them; RPC workers sharing a
-    host's cores: fewer), so a stage lasts ``max(slowest device, sum over devices / parallel)``;
-    ``fixed_s``: per decoded token and per prompt ubatch, what the bandwidth and FLOP model misses
-    (kernel launches).
+    ``hops``: the link of each boundary between consecutive stages (layer split; each costs a copy
+    and one more device graph); ``host_link``: how the logits reach the host each step (one copy
+    of ``n_vocab`` floats); ``parallel``: how many devices can compute at the same time (``None``:
+    all of them; RPC workers sharing a host's cores: fewer), so a stage lasts
+    ``max(slowest device, sum over devices / parallel)``; ``fixed_s``: per decoded token and per
+    prompt ubatch, on top of the devices' own fixed costs.
     """
-    if any(s is None for s in speeds):
-        raise UsageError("a device's memory bandwidth is unknown, so its speed cannot be predicted",
-                         remedy="plan for a --fleet or --inventory that states it, or calibrate")
-    sp: list[DeviceSpeed] = list(speeds)  # type: ignore[arg-type]
     n = work.n_devices
+    active = work.active()
+    basis = tuple((s.basis if s is not None else None) if j in active else IDLE for j, s in enumerate(speeds))
+    unknown = tuple(work.devices[j] for j in active if speeds[j] is None)
     p = float(parallel) if parallel else float(n)
-    fetch = host_link.seconds(work.n_vocab * ACTIVATION_BYTES) if host_link else 0.0
-
-    def stage_time(stage: Sequence[tuple[float, float]], pick: int, scale: float) -> float:
-        times = [pair[pick] * scale / (s.bandwidth_bytes_s if pick == 0 else s.flops) for pair, s in zip(stage, sp)]
-        return max(max(times, default=0.0), sum(times) / p)
-
     ub = max(1, min(prompt_tokens, n_ubatch))
     k = math.ceil(prompt_tokens / ub)
-    compute_dec = sum(stage_time(st, 0, 1.0) for st in work.stages)
-    per_ub = [stage_time(st, 1, ub) for st in work.stages]
     if work.mode == "tensor":
         launch = work.n_subgraphs * (link.subgraph_s if link is not None else 0.0)
         comm_dec = work.n_allreduce * allreduce_seconds(work.n_embd, n, work.algorithm, link) + launch
-        comm_pre = work.n_allreduce * allreduce_seconds(ub * work.n_embd, n, work.algorithm, link) + launch
-        pre = k * (sum(per_ub) + comm_pre + fixed_s) + fetch
-        comm_pre *= k
+        comm_pre_ub = work.n_allreduce * allreduce_seconds(ub * work.n_embd, n, work.algorithm, link) + launch
     else:
-        comm_dec = sum(h.seconds(work.n_embd * ACTIVATION_BYTES) for h in hops)
-        hop_ub = sum(h.seconds(ub * work.n_embd * ACTIVATION_BYTES) for h in hops)
+        comm_dec = sum(h.seconds(work.n_embd * ACTIVATION_BYTES) + h.subgraph_s for h in hops)
+        comm_pre_ub = sum(h.seconds(ub * work.n_embd * ACTIVATION_BYTES) + h.subgraph_s for h in hops)
+    if unknown:
+        return SpeedEstimate(work.mode, work.devices, None, None, comm_dec, comm_pre_ub * k, prompt_tokens, basis, unknown)
+    sp: list[DeviceSpeed] = [s if s is not None else DeviceSpeed(1.0, 1.0) for s in speeds]
+    fetch = host_link.seconds(work.n_vocab * ACTIVATION_BYTES) if host_link else 0.0
+    layers = work.layers or (0.0,) * len(work.stages)
+
+    def stage_time(stage: Sequence[tuple[float, float]], n_layers: float, pick: int, scale: float) -> float:
+        times = []
+        for j, (pair, s) in enumerate(zip(stage, sp)):
+            if not (pair[0] or pair[1]):
+                times.append(0.0)
+                continue
+            rate = s.bandwidth_bytes_s if pick == 0 else s.flops
+            times.append(pair[pick] * scale / rate + n_layers * s.layer_s)
+        return max(max(times, default=0.0), sum(times) / p)
+
+    compute_dec = sum(stage_time(st, nl, 0, 1.0) for st, nl in zip(work.stages, layers))
+    per_ub = [stage_time(st, nl, 1, ub) for st, nl in zip(work.stages, layers)]
+    if work.mode == "tensor":
+        token = max((sp[j].token_s for j in active), default=0.0) + fixed_s
+        pre = k * (sum(per_ub) + comm_pre_ub + token) + fetch
+        comm_pre = comm_pre_ub * k
+    else:
+        token = sum(sp[j].token_s for j in active) + fixed_s
         # pipelined over ubatches: the first goes through every stage, the rest at the slowest stage's pace
-        pre = sum(per_ub) + hop_ub + (k - 1) * max(per_ub + [hop_ub]) + k * fixed_s + fetch
-        comm_pre = hop_ub * k
-    dec = compute_dec + comm_dec + fetch + fixed_s
-    return SpeedEstimate(work.mode, work.devices, 1.0 / dec, prompt_tokens / pre, comm_dec, comm_pre, prompt_tokens)
+        pre = sum(per_ub) + comm_pre_ub + (k - 1) * max(per_ub + [comm_pre_ub]) + k * token + fetch
+        comm_pre = comm_pre_ub * k
+    dec = compute_dec + comm_dec + fetch + token
+    return SpeedEstimate(work.mode, work.devices, 1.0 / dec, prompt_tokens / pre, comm_dec, comm_pre, prompt_tokens,
+                         basis, ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,35 +392,50 @@ def _is_output(t) -> bool:
     return t.block is Block.OUTPUT or t.name == "token_embd.weight"
 
 
-def layer_workload(model, est, names: Sequence[str], *, prompt_tokens: int = 512, kv_fill: float = KV_FILL) -> Workload:
-    """Layer split: each device reads and multiplies the layers ``est`` put on it (``estimate()``)."""
+def layer_workload(
+    model, est, names: Sequence[str], *, prompt_tokens: int = 512, kv_fill: float = KV_FILL, host: bool = False,
+) -> Workload:
+    """Layer split: each device reads and multiplies the layers ``est`` put on it (``estimate()``).
+
+    With ``host``, the layers left on the CPU are a first stage in an extra column (``HOST_NAME``)."""
     from llamasplit.planner.estimate import _tables
 
     hp = model.hparams
     n = len(est.devices)
+    cols = n + (1 if host else 0)
     active = hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
-    flops = [0.0] * n
+    flops = [0.0] * cols
     for item in _tables(model).items:
         if item.slot is None:
             continue
         dev = est.layer_device[item.slot]
         t = item.tensor
-        if dev is None or _is_output(t):
+        if _is_output(t):
             continue  # prefill computes the logits of the last token only
+        if dev is None:
+            if not host:
+                continue
+            dev = n
         share = active if t.role.value == "experts" else 1.0
         flops[dev] += _flops_weight(t) * share
     for il in range(hp.n_layer_kv):
         dev = est.layer_device[il]
+        if dev is None and host:
+            dev = n
         if dev is not None and not hp.is_recurrent[il]:
             flops[dev] += _attention_flops(model, il, hp.n_head[il], prompt_tokens / 2)
-    stages = []
-    for j, e in enumerate(est.devices):
+    stages, layers = [], []
+    parts = [(n, est.host)] if host else []
+    parts += list(enumerate(est.devices))
+    for j, e in parts:
         if not e.read_bytes:
             continue
-        row = [(0.0, 0.0)] * n
+        row = [(0.0, 0.0)] * cols
         row[j] = (e.read_bytes + e.context_bytes * kv_fill, flops[j])
         stages.append(tuple(row))
-    return Workload("layer", tuple(names), tuple(stages), hp.n_embd, hp.n_vocab)
+        layers.append(float(sum(1 for il in e.layers if il < hp.n_layer)))
+    all_names = (*names, HOST_NAME) if host else tuple(names)
+    return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers))
 
 
 def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, prompt_tokens: int = 512, kv_fill: float = KV_FILL) -> Workload:
@@ -344,6 +481,47 @@ def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, 
         for j in range(n):
             g[j][0] += test.layer_kv_bytes[il][j] * kv_fill
             g[j][1] += _attention_flops(model, il, k[j] / head * n_gqa if head else 0.0, prompt_tokens / 2)
-    stages = tuple(tuple((a, b) for a, b in groups[key]) for key in sorted(order))
+    keys = sorted(order)
+    stages = tuple(tuple((a, b) for a, b in groups[key]) for key in keys)
     n_allreduce = ALLREDUCES_PER_LAYER * sum(1 for il in range(hp.n_layer) if test.layer_on_meta[il])
-    return Workload("tensor", tuple(names), stages, hp.n_embd, hp.n_vocab, n_allreduce, algorithm, n_allreduce + 1)
+    layers = tuple(0.5 if key[1] < 2 else 0.0 for key in keys)  # attention and FFN: half a layer each
+    return Workload("tensor", tuple(names), stages, hp.n_embd, hp.n_vocab, n_allreduce, algorithm, n_allreduce + 1,
+                    layers=layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry points: a layer split or a tensor split of a model over a fleet
+
+
+def layer_split_speed(
+    model, fleet: Fleet, devices: Sequence[Device], est, *, prompt_tokens: int = 512, kv_fill: float = KV_FILL,
+    n_ubatch: int = 512, coeffs: dict[str, Any] | None = None,
+) -> SpeedEstimate:
+    """Decode and prefill speed of the layer split ``est`` (``estimate()`` over ``devices``): the
+    CPU layers first at the host's speed, then each device that holds layers, the activation
+    crossing each boundary, the logits coming back to the host."""
+    if len(est.devices) != len(devices):
+        raise ValueError(f"the estimate covers {len(est.devices)} devices, not the {len(devices)} given")
+    work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=prompt_tokens, kv_fill=kv_fill, host=True)
+    speeds = [device_speed(d, coeffs) for d in devices] + [host_speed(fleet.host, coeffs)]
+    n = len(devices)
+    order = [j for st in work.stages for j in range(len(st)) if st[j][0] or st[j][1]]
+    hops: list[LinkCost] = []
+    for a, b in zip(order, order[1:]):
+        if a == n:
+            hops.append(host_link(devices[b], coeffs))
+        else:
+            hops.append(device_link(fleet, devices[a], devices[b], coeffs))
+    fetch = host_link(devices[order[-1]], coeffs) if order and order[-1] != n else None
+    return predict(work, speeds, None, hops=hops, host_link=fetch, prompt_tokens=prompt_tokens, n_ubatch=n_ubatch)
+
+
+def tensor_split_speed(
+    model, fleet: Fleet, devices: Sequence[Device], test, algorithm: Algorithm, link: LinkCost | None, *,
+    prompt_tokens: int = 512, kv_fill: float = KV_FILL, n_ubatch: int = 512, coeffs: dict[str, Any] | None = None,
+) -> SpeedEstimate:
+    """Decode and prefill speed of the tensor split ``test`` (``estimate_tensor()`` over ``devices``)."""
+    work = tensor_workload(model, test, [d.name for d in devices], algorithm, prompt_tokens=prompt_tokens, kv_fill=kv_fill)
+    speeds = [device_speed(d, coeffs) for d in devices]
+    fetch = host_link(devices[0], coeffs) if devices else None
+    return predict(work, speeds, link, host_link=fetch, prompt_tokens=prompt_tokens, n_ubatch=n_ubatch)
