@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# huggingface_hub reads HF_ENDPOINT once, at import, and asks it for a registry on its first request:
+# point it at loopback (the discard port) before anything imports it, so no test reaches the real Hub
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.realmodels import fetch_model

@@ -114,11 +114,17 @@ def _same_host(a: str, b: str) -> bool:
 
 
 def request_headers(url: str, *, token: str | None = None) -> dict[str, str]:
-    """huggingface_hub's headers (user agent), with the token only for the Hub's own host."""
-    from huggingface_hub.utils import build_hf_headers
+    """For the Hub's own host, huggingface_hub's headers with the token (``HF_TOKEN`` or the stored
+    login); for any other host (a CDN, the user's server) only our user agent: no token, and none of
+    huggingface_hub's user-agent probing (which itself asks the Hub for a registry)."""
+    if _same_host(url, hub_endpoint()):
+        from huggingface_hub.utils import build_hf_headers
 
-    send = (token or hub_token()) if _same_host(url, hub_endpoint()) else None
-    headers = build_hf_headers(token=send or False)
+        headers = build_hf_headers(token=(token or hub_token()) or False)
+    else:
+        from llamasplit import __version__
+
+        headers = {"User-Agent": f"llamasplit/{__version__}"}
     headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself, never of a compressed body
     return headers
 
