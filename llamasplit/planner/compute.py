@@ -77,7 +77,6 @@ from llamasplit.devices.device import Device
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
 from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, _override_map, _tables
 from llamasplit.planner import cuda_rules
-from llamasplit.planner import cuda_rules
 from llamasplit.planner.kv import KvLayout, cache_type
 from llamasplit.planner.settings import LlamaSettings
 

@@ -262,53 +262,6 @@ def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_u
     )
 
 
-_POOL_CACHE: dict[tuple[int, int, int], tuple[ModelProfile, list[int]]] = {}
-
-
-def pool_high_water(model: ModelProfile, slots: Sequence[int], n_ubatch: int, n_outputs: int) -> int:
-    """[estimate] The largest temporary a CUDA device's pool holds for the weights of ``slots``: the
-    q8_1 copy of the activations for a quantised mat-mul (MMQ), the f16 copies of a cuBLAS one,
-    at ``n_ubatch`` tokens (the output layer: ``n_outputs`` rows). Kernels run one after the other
-    and free their temporaries, so the pool's high-water mark is about the largest one.
-    """
-    key = (id(model), n_ubatch, n_outputs)
-    cached = _POOL_CACHE.get(key)
-    if cached is None or cached[0] is not model:
-        hp = model.hparams
-        per_slot = [0] * (hp.n_layer + 1)
-        for item in _tables(model).items:
-            t = item.tensor
-            if item.slot is None or len(t.shape) < 2 or t.shape[1] <= 1:
-                continue
-            ne10, ne01 = t.shape[0], t.shape[1]
-            ne11 = min(n_ubatch, n_outputs) if item.slot == hp.n_layer else n_ubatch
-            if len(t.shape) >= 3 and t.role is Role.EXPERTS:
-                ne11 *= max(hp.n_expert_used or 1, 1)  # mmq.cu: ne12 * n_expert_used rows for MUL_MAT_ID
-            if t.is_quantized:
-                need = cuda_rules.mmq_src1_bytes(ne10, ne11)
-            else:
-                need = cuda_rules.cublas_src_f16_bytes(ne10, ne11, ne01)
-            per_slot[item.slot] = max(per_slot[item.slot], need)
-        if len(_POOL_CACHE) > 64:
-            _POOL_CACHE.clear()
-        _POOL_CACHE[key] = cached = (model, per_slot)
-    per_slot = cached[1]
-    return max((per_slot[s] for s in slots), default=0)
-
-
-def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_ubatch: int, n_outputs: int,
-                  *, tensor_peers: int = 0) -> cuda_rules.Overhead:
-    """A CUDA device's memory outside llama.cpp's breakdown (``cuda_rules.overhead``). An RPC worker's
-    free memory was read by a process that already holds its CUDA context, so only the cuBLAS
-    workspace and the pool count there."""
-    return cuda_rules.overhead(
-        cuda_rules.cc_of(device.compute_capability),
-        pool_high_water_bytes=pool_high_water(model, slots, n_ubatch, n_outputs),
-        context_in_free=device.backend.upper() == "RPC",
-        tensor_peers=tensor_peers,
-    )
-
-
 def _qtype(tensor: TensorInfo):
     from llamasplit.gguf_constants import GGMLQuantizationType
 
