@@ -190,6 +190,31 @@ def test_plan_over_a_described_rpc_3090_gives_it_the_local_3090s_model_bytes(smo
     assert (dr.serves, dr.serves_source) == ("CUDA", "described")
     assert "RPC0: NVIDIA GeForce RTX 3090 (via 10.9.9.9:50052), sized as CUDA (described)" in remote.summary()
     assert json.loads(remote.to_json())["devices"][0]["serves_source"] == "described"
+    assert remote.decode_tok_s is not None  # sized with the 3090's bandwidth, not an unknown CPU worker's
+
+
+@pytest.mark.llamacpp
+def test_plan_cli_over_a_real_rpc_server_described_as_a_3090(smollm2_path, capsys):
+    """`plan --rpc HOST:PORT=3090` over a real ggml-rpc-server (CPU-backed, loopback): the RPC device
+    gets the model bytes of a simulated local 3090 holding the same layers; without the description
+    (no device endpoint on a plain server) it is sized as a CPU and said so."""
+    from llamasplit.cli import main
+    from llamasplit.runner.processes import rpc_workers
+
+    args = [str(smollm2_path), "-ngl", "all", "-c", "4096", "--json"]
+    assert main(["plan", *args, "--fleet", "3090"]) == 0
+    local = json.loads(capsys.readouterr().out)["devices"][0]
+    with rpc_workers(1) as (w,):
+        assert main(["plan", *args, "--rpc", f"{w.endpoint}=3090"]) == 0
+        described = json.loads(capsys.readouterr().out)
+        assert main(["plan", *args, "--rpc", w.endpoint]) == 0
+        plain = json.loads(capsys.readouterr().out)
+    rpc = [d for d in described["devices"] if d["device_id"].startswith("rpc:")]
+    assert [(d["serves"], d["serves_source"]) for d in rpc] == [("CUDA", "described")]
+    assert rpc[0]["layers"] == local["layers"] and rpc[0]["model_bytes"] == local["model_bytes"]
+    (cpu_rpc,) = [d for d in plain["devices"] if d["device_id"].startswith("rpc:")]
+    assert (cpu_rpc["serves"], cpu_rpc["serves_source"]) == ("CPU", "assumed-cpu")
+    assert cpu_rpc["model_bytes"] < local["model_bytes"]  # no 128-byte alignment, no row padding
 
 
 @pytest.mark.llamacpp
