@@ -22,11 +22,14 @@ class Log:
     """Every request a server answered: (method, path, Range header, status, body bytes sent)."""
 
     entries: list[tuple[str, str, str | None, int, int]] = field(default_factory=list)
+    authorization: list[str | None] = field(default_factory=list)
+    """The ``Authorization`` header of every request, in order."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, *entry) -> None:
+    def add(self, *entry, authorization: str | None = None) -> None:
         with self.lock:
             self.entries.append(entry)
+            self.authorization.append(authorization)
 
     @property
     def body_bytes(self) -> int:
@@ -38,6 +41,7 @@ class Log:
     def clear(self) -> None:
         with self.lock:
             self.entries.clear()
+            self.authorization.clear()
 
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -153,7 +157,7 @@ class StaticServer:
                         left -= len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     h.close_connection = True
-        self.log.add(h.command, path, rng, status, sent)
+        self.log.add(h.command, path, rng, status, sent, authorization=h.headers.get("Authorization"))
 
     def _empty(self, h, status: int, path: str, rng: str | None, extra: dict[str, str] | None = None) -> None:
         h.send_response(status)
@@ -236,7 +240,8 @@ class HubServer:
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(body)
-        self.log.add(h.command, h.path, h.headers.get("Range"), status, len(body) if h.command != "HEAD" else 0)
+        self.log.add(h.command, h.path, h.headers.get("Range"), status, len(body) if h.command != "HEAD" else 0,
+                     authorization=h.headers.get("Authorization"))
 
     def _answer(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)

@@ -310,3 +310,58 @@ def test_run_hf_downloads_into_the_hf_cache(hub, smollm2_path, tmp_path):
     dry = _cli(["run", str(local), "--fleet", "3090", "--dry-run"], {"HF_ENDPOINT": hub.endpoint}, tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert f"-m {local}" in dry.stdout
+
+
+def test_token_goes_to_the_hub_only(hub, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", "hf_loopback_test_token")
+    open_model(hf="org/Mixed-GGUF:Q4_1", cache=HeaderCache(tmp_path))
+    assert hub.log.authorization and set(hub.log.authorization) == {"Bearer hf_loopback_test_token"}
+    assert hub.cdn.log.entries and set(hub.cdn.log.authorization) == {None}  # the CDN never sees it
+    with StaticServer({"/m.gguf": Path(hub.repos["org/Mixed-GGUF"]["smollm2-135m-Q4_1.gguf"])}) as srv:
+        open_model(srv.url("/m.gguf"), cache=HeaderCache(tmp_path / "2"))
+        assert set(srv.log.authorization) == {None}  # nor does any other server
+
+
+def test_python_api_plans_urls_and_hub_models(hub, smollm2_path, tmp_path):
+    import llamasplit
+
+    with StaticServer({"/m.gguf": smollm2_path}) as srv:
+        remote = llamasplit.plan(srv.url("/m.gguf"), "3090", ctx=4096).to_dict()
+    local = llamasplit.plan(smollm2_path, "3090", ctx=4096).to_dict()
+    from_hub = llamasplit.plan(hf="org/Mixed-GGUF:Q4_1", devices="3090", ctx=4096).to_dict()
+    assert _without_location(remote) == _without_location(local) == _without_location(from_hub)
+    assert from_hub["model"]["path"].endswith("/org/Mixed-GGUF/resolve/main/smollm2-135m-Q4_1.gguf")
+
+
+def test_url_download_resumes_and_is_reused(smollm2_path, tmp_path):
+    from llamasplit.model.download import download_url
+
+    with StaticServer({"/d/m.gguf": smollm2_path}) as srv:
+        url = srv.url("/d/m.gguf")
+        first = download_url(url)
+        assert first.read_bytes() == smollm2_path.read_bytes()
+        srv.log.clear()
+        assert download_url(url) == first and srv.log.gets() == []  # same ETag: reused
+        # an interrupted download resumes where it stopped
+        first.unlink()
+        part = first.with_name(first.name + ".incomplete")
+        part.write_bytes(smollm2_path.read_bytes()[: 1 << 20])
+        srv.log.clear()
+        again = download_url(url)
+        (get,) = srv.log.gets()
+    assert get[2] == f"bytes={1 << 20}-" and get[4] == smollm2_path.stat().st_size - (1 << 20)
+    assert again.read_bytes() == smollm2_path.read_bytes()
+
+
+def test_inspect_and_recommend_take_remote_models(hub, tmp_path):
+    env = {"HF_ENDPOINT": hub.endpoint}
+    done = _cli(["inspect", "-hf", "org/Mixed-GGUF:Q4_1", "--json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["arch"] == "llama"
+    done = _cli(["recommend", "-hf", "org/Mixed-GGUF", "--hf-file", "smollm2-135m-Q4_1.gguf", "--fleet", "2x3090", "--json"],
+                env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["options"]
+    done = _cli(["run", "-hf", "org/Mixed-GGUF:Q4_1", "--fleet", "3090", "--dry-run"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"-mu {hub.endpoint}/org/Mixed-GGUF/resolve/main/smollm2-135m-Q4_1.gguf" in done.stdout

@@ -100,7 +100,7 @@ def binary_kind(binary: str) -> str:
 def build_argv(plan: Plan, launch: LaunchOptions) -> list[str]:
     """The complete command for ``plan`` (pure): binary, model, plan flags, ours, then the extras."""
     binary = launch.binary or default_binary(plan)
-    argv = [binary, "-m", plan.model_path, *plan.to_llama_args(), "-fit", "off", "-lv", str(LOG_VERBOSITY)]
+    argv = [binary, *plan.model_args(), *plan.to_llama_args(), "-fit", "off", "-lv", str(LOG_VERBOSITY)]
     if binary_kind(binary) == SERVER:
         argv += ["--host", launch.host, "--port", str(launch.port)]
     return argv + list(launch.extra_args)
