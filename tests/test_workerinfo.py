@@ -254,3 +254,22 @@ def test_a_real_llamasplit_worker_publishes_its_fake_nvml_snapshot(tmp_path, smo
             proc.kill()
             proc.wait(5)
     assert proc.returncode is not None
+
+
+@pytest.mark.llamacpp
+def test_probing_a_port_where_another_rpc_server_listens_is_harmless():
+    """Two plain workers on consecutive ports: the probe for the first one's endpoint reaches the
+    second's RPC port. ggml-rpc-server drops a client that does not say HELLO; it keeps serving."""
+    from llamasplit.devices.listdevices import list_devices
+    from llamasplit.llamacpp.binaries import find_binary
+    from llamasplit.runner.processes import start_rpc_worker
+
+    w = start_rpc_worker()
+    try:
+        host, port = w.endpoint.rsplit(":", 1)
+        published, why = fetch_published(f"{host}:{int(port) - 1}")
+        assert published is None and "no device endpoint" in why
+        assert w.proc.poll() is None
+        assert [d.host for d in list_devices(find_binary("llama-server"), [w.endpoint]) if d.backend == "RPC"] == [w.endpoint]
+    finally:
+        w.stop()

@@ -21,7 +21,9 @@ PCIe generation/width and NVLink between the worker's GPUs, plus the RPC port. A
 reach it can already reach the RPC port, which is far more powerful (llama.cpp RPC runs any
 graph on the worker's devices). The client treats the reply as untrusted input: bounded read
 with a timeout, schema checked, numbers range-checked, strings stripped of control characters
-and cut to 128 characters.
+and cut to 128 characters. A plain ``ggml-rpc-server`` on the port above another one receives
+the probe on its RPC port: it drops a client that does not open with HELLO and keeps serving
+(tested); describe such workers (``=GPU``) and no probe is sent.
 """
 
 from __future__ import annotations
