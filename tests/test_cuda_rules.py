@@ -115,6 +115,9 @@ def test_rpc_worker_serving_cuda_gets_the_same_model_bytes_as_a_local_cuda_devic
     assert on_rpc.devices[0].compute_bytes >= as_cpu.devices[0].compute_bytes
     # the worker's context is already in the free memory its listing reports: only cuBLAS + pool remain
     assert on_cuda.devices[0].overhead_bytes - on_rpc.devices[0].overhead_bytes == R.context_bytes(860)
+    assert on_cuda.devices[0].overhead_parts["cuda_context"] == R.context_bytes(860)
+    assert "cuda_context" not in on_rpc.devices[0].overhead_parts
+    assert sum(on_cuda.devices[0].overhead_parts.values()) == on_cuda.devices[0].overhead_bytes
     assert as_cpu.devices[0].overhead_bytes == 0
 
 

@@ -339,6 +339,16 @@ class Overhead:
     def total_bytes(self) -> int:
         return self.context_bytes + self.cublas_bytes + self.pool_bytes + self.nccl_bytes
 
+    def parts(self) -> dict[str, int]:
+        """The non-zero parts by name, for the plan's JSON (``context`` and ``nccl`` are estimates).
+
+        >>> Overhead(0, 4, 2).parts()
+        {'cublas_workspace': 4, 'pool': 2}
+        """
+        named = {"cuda_context": self.context_bytes, "cublas_workspace": self.cublas_bytes,
+                 "pool": self.pool_bytes, "nccl": self.nccl_bytes}
+        return {k: v for k, v in named.items() if v}
+
 
 def overhead(cc: int | None, *, pool_high_water_bytes: int, context_in_free: bool = False,
              tensor_peers: int = 0) -> Overhead:

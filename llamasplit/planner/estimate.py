@@ -50,6 +50,8 @@ class DeviceEstimate:
     output_bytes: int = 0
     """Host only: the logits/embeddings output buffer (not in llama.cpp's breakdown)."""
     overhead_bytes: int = 0
+    overhead_parts: dict[str, int] = field(default_factory=dict)
+    """``overhead_bytes`` by part (``cuda_rules.Overhead.parts``)."""
     layers: list[int] = field(default_factory=list)
     """Repeating layers whose weights live here (``n_layer`` = the output layer)."""
     read_bytes: float = 0.0
@@ -67,6 +69,7 @@ class DeviceEstimate:
             "compute_bytes": self.compute_bytes,
             "output_bytes": self.output_bytes,
             "overhead_bytes": self.overhead_bytes,
+            "overhead_parts": dict(self.overhead_parts),
             "total_bytes": self.total_bytes,
             "layers": list(self.layers),
         }
@@ -409,7 +412,8 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     for i, (e, d) in enumerate(zip(ests, devices)):
         if _backend(d) == "CUDA":
             slots = [s for s, x in enumerate(layer_dev) if x == i]
-            e.overhead_bytes = cuda_overhead(model, d, slots, n_ubatch, n_outputs).total_bytes
+            overhead = cuda_overhead(model, d, slots, n_ubatch, n_outputs)
+            e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
     return Estimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx_padded, layer_device=tuple(layer_dev), flash_attn=flash,
         host_mapped_bytes=host_mapped_span,

@@ -71,6 +71,8 @@ class DevicePlan:
     """RPC devices: the backend behind the worker, whose allocation rules sized this share."""
     serves_source: str | None = None
     """Where ``serves`` came from: ``published``, ``described`` or ``assumed-cpu``."""
+    overhead_parts: dict[str, int] | None = None
+    """``overhead_bytes`` by part: ``cuda_context``, ``cublas_workspace``, ``pool``, ``nccl`` (planner/cuda_rules.py)."""
     speed_basis: str | None = None
     """Where this device's speed comes from: ``measured``, ``calibrated``, ``datasheet`` or ``assumed``
     (``None``: it holds no layers, or its speed is unknown)."""
@@ -644,7 +646,8 @@ def _device_plan(d: Device, e, budget: int | None, basis: str | None = None) -> 
         name=d.name, description=d.description, model_bytes=e.model_bytes, context_bytes=e.context_bytes,
         compute_bytes=e.compute_bytes, overhead_bytes=e.overhead_bytes, output_bytes=e.output_bytes,
         total_bytes=e.total_bytes, free_bytes=d.free_bytes, budget_bytes=budget, layers=tuple(e.layers),
-        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id, serves=d.serves, serves_source=d.serves_source, speed_basis=basis if e.read_bytes else None,
+        bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id, serves=d.serves, serves_source=d.serves_source,
+        overhead_parts=dict(e.overhead_parts) or None, speed_basis=basis if e.read_bytes else None,
     )
 
 

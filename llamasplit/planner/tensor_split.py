@@ -628,7 +628,8 @@ def estimate_tensor(model: ModelProfile, devices: Sequence[Device], settings: Ll
     for j, e in enumerate(ests):
         e.compute_bytes = compute
         if backends[j] == "CUDA":
-            e.overhead_bytes = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers).total_bytes
+            overhead = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers)
+            e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
     host = dataclasses.replace(base.host, context_bytes=host_ctx, name=HOST)
     return TensorEstimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx, tensor_split=ts,
