@@ -19,6 +19,7 @@ MODULES = {
     "worker": "run",
     "comm": "tensor",
     "recommend": "tensor",
+    "bench": "bench",
     "top": "top",
 }
 

@@ -34,3 +34,7 @@ NCpuMoe = Annotated[int, typer.Option("--n-cpu-moe", "-ncmoe")]
 Hf = Annotated[Optional[str], typer.Option("--hf-repo", "-hf", "-hfr",
                                            help="A Hugging Face repo as llama.cpp's -hf takes it: user/repo[:quant] (headers read remotely).")]
 HfFile = Annotated[Optional[str], typer.Option("--hf-file", "-hff", help="The exact file in the -hf repo (overrides the quant).")]
+SplitMode = Annotated[str, typer.Option(
+    "--split-mode", "-sm",
+    help="layer (default), none, tensor (that plan, with its speed when predictable), or auto: "
+         "the faster of layer and tensor split by the speed model (plan -sm auto also compares one device and replicas).")]

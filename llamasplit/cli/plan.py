@@ -108,11 +108,10 @@ def plan_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON (stdout)."),
     quant: str = typer.Option(None, "--quant", help="Plan for this model at another quantization (e.g. Q3_K_M), computed from this file."),
     quants: bool = typer.Option(False, "--quants", help="Compare the common quantizations side by side."),
-    split_mode: str = typer.Option("layer", "--split-mode", "-sm",
-                                   help="layer (default), none, or auto/tensor: compare layer and tensor split (and one device, replicas) and pick the faster."),
+    split_mode: O.SplitMode = "layer",
 ) -> None:
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
-    if split_mode in ("auto", "tensor", "row"):
+    if split_mode in ("auto", "row"):
         from llamasplit.cli.tensor import format_recommendation
         from llamasplit.planner.recommend import recommend
         from llamasplit.planner.tensor_split import refuse_row_mode
@@ -125,14 +124,14 @@ def plan_cmd(
         rec = recommend(read_cli_model(model, hf, hf_file, local_reader=read_model), hw, settings)
         print(json.dumps(rec.to_dict(), indent=2) if as_json else format_recommendation(rec))
         return
-    if split_mode not in ("layer", "none"):
+    if split_mode not in ("layer", "none", "tensor"):
         raise UsageError(f"--split-mode {split_mode!r} is not one of layer, none, tensor, row, auto")
     options = build_options(
         ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=binary, margin=margin,
         swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
     )
-    if split_mode == "none":
-        options = dataclasses.replace(options, settings=options.settings.replace(split_mode="none"))
+    if split_mode != "layer":
+        options = dataclasses.replace(options, settings=options.settings.replace(split_mode=split_mode))
     if quants and hf and ":" not in hf and not hf_file and not quant:
         from llamasplit.cli.variants import rank_repo
 

@@ -93,6 +93,19 @@ def _read_plan(plan_file: str, model: str | None) -> Plan:
     return result
 
 
+def _plan_split(profile, hw, options, split_mode: str) -> Plan:
+    """The plan for ``-sm``: layer, none and tensor as asked; auto the faster of layer and tensor."""
+    from llamasplit.planner.plan import auto_plan
+
+    if split_mode not in ("layer", "none", "tensor", "row", "auto"):
+        raise UsageError(f"--split-mode {split_mode!r} is not one of layer, none, tensor, row, auto")
+    if split_mode == "auto":
+        return auto_plan(profile, hw, options)
+    if split_mode != "layer":
+        options = dataclasses.replace(options, settings=options.settings.replace(split_mode=split_mode))
+    return plan(profile, hw, options)
+
+
 def _command_line(argv: list[str], env_changes: dict[str, str]) -> str:
     prefix = [f"{k}={shlex.quote(v)}" for k, v in env_changes.items()]
     return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
@@ -124,6 +137,7 @@ def run_cmd(
     ot: O.Ot = None,
     cpu_moe: O.CpuMoe = False,
     n_cpu_moe: O.NCpuMoe = 0,
+    split_mode: O.SplitMode = "layer",
     binary: str = typer.Option(None, "--binary", help="llama-server (default), llama-completion, llama-cli, or a path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
     check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
@@ -170,7 +184,7 @@ def run_cmd(
             margin=margin, swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
         )
         profile = read_model(model) if model else remote_profile
-        the_plan = plan(profile, _fleet(fleet, inventory, rpc), options)
+        the_plan = _plan_split(profile, _fleet(fleet, inventory, rpc), options, split_mode)
     run_binary = binary or default_binary(the_plan)
     if binary_kind(run_binary) != the_plan.settings.binary and the_plan.settings.binary in BINARIES:
         say(f"llamasplit: warning: the plan was made for {the_plan.settings.binary}, not {binary_kind(run_binary)}: "

@@ -24,7 +24,9 @@ from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import ModelProfile
 from llamasplit.planner import kv
-from llamasplit.planner.estimate import HOST, Estimate, estimate
+from llamasplit.planner.estimate import HOST, Estimate, estimate, with_host_extras
+from llamasplit.planner.compute import replayable
+from llamasplit.planner.repack import CpuFeatures
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.speed.model import HOST_NAME, IDLE, SpeedEstimate, device_speed, layer_split_speed
 from llamasplit.units import GiB, format_size
@@ -351,7 +353,8 @@ def _host_short(est: Estimate, fleet: Fleet) -> int:
     avail = fleet.host.ram_available_bytes
     if avail is None:
         return 0
-    need = est.host.model_bytes + est.host.context_bytes + est.host.compute_bytes + est.host.output_bytes
+    need = (est.host.model_bytes + est.host.extra_bytes + est.host.context_bytes + est.host.compute_bytes
+            + est.host.output_bytes)
     return max(0, need - avail)
 
 
@@ -361,8 +364,12 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     s = options.settings
     hp = model.hparams
     notes: list[str] = []
-    if s.split_mode in ("row", "tensor"):
-        raise UsageError(f"-sm {s.split_mode} planning is not available yet", remedy="use -sm layer (the default)")
+    if s.split_mode == "row":
+        from llamasplit.planner.tensor_split import refuse_row_mode
+
+        refuse_row_mode(fleet.devices)
+    if s.split_mode == "tensor":
+        return _tensor_plan(model, fleet, options)
 
     # device order: llama.cpp lists RPC devices first; among local GPUs we choose the order
     # (CUDA_VISIBLE_DEVICES) fastest LAST: llama.cpp gives the last device the output layer and
@@ -431,6 +438,10 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     est, settings = best.est, best.settings
     devices = [devices[i] for i in best.kept]
     budgets = [budgets[i] for i in best.kept]
+    if fleet.host.cpu_flags is not None:
+        # the host's weights llama.cpp repacks for this CPU (AMX / CPU_REPACK buffers, planner.repack)
+        cpu = CpuFeatures(frozenset(fleet.host.cpu_flags), fleet.host.cpu_machine or "x86_64", amx_built=True)
+        est = with_host_extras(model, devices, settings, est, cpu)
     if settings.tensor_split is not None and len(devices) == 1 and "tensor_split" not in options.fixed:
         settings = settings.replace(tensor_split=None)  # one device: nothing to split
     speed = plan_speed(model, fleet, devices, est, n_ubatch=settings.n_ubatch)
@@ -455,6 +466,9 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         )
     if fleet.simulated:
         notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
+    if not replayable(model):
+        notes.append(f"compute estimated, not replayed: llamasplit does not follow {model.arch}'s graph "
+                     "(compute buffers from a closed-form guide, mostly a little above llama.cpp's)")
     bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
     speed_order = [d.name for d in devices]  # the names the speed model saw, before renaming
     devices = _renamed(devices)
@@ -489,6 +503,91 @@ def _by_speed(devices: Sequence[Device]) -> list[Device]:
         groups.setdefault(key, []).append(d)
     ordered = sorted(groups.values(), key=lambda g: max(_effective_bandwidth(d) for d in g))
     return [d for g in ordered for d in g]
+
+
+def auto_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Plan:
+    """``-sm auto``: the layer plan and, where llama.cpp runs it, the tensor plan; the faster by the
+    speed model, the layer plan when either speed is unknown or tensor split does not apply."""
+    layer = plan(model, fleet, dataclasses.replace(options, settings=options.settings.replace(split_mode="layer")))
+    if len(fleet.devices) < 2:
+        return layer
+    try:
+        tensor = plan(model, fleet, dataclasses.replace(options, settings=options.settings.replace(split_mode="tensor")))
+    except (NoFeasiblePlan, UsageError) as err:
+        return dataclasses.replace(layer, notes=(*layer.notes, f"-sm auto: layer split; no tensor split: {err.message}"))
+    if tensor.decode_tok_s and layer.decode_tok_s and tensor.decode_tok_s > layer.decode_tok_s:
+        why = f"tensor split predicted {tensor.decode_tok_s:.1f} tok/s against layer split's {layer.decode_tok_s:.1f}"
+        return dataclasses.replace(tensor, notes=(*tensor.notes, f"-sm auto: {why}"))
+    if tensor.decode_tok_s and layer.decode_tok_s:
+        why = f"layer split predicted {layer.decode_tok_s:.1f} tok/s against tensor split's {tensor.decode_tok_s:.1f}"
+    else:
+        why = "layer split (the speeds cannot be compared without measured or stated device speeds)"
+    return dataclasses.replace(layer, notes=(*layer.notes, f"-sm auto: {why}"))
+
+
+def _tensor_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Plan:
+    """``-sm tensor``: every tensor split over all the fleet's devices (llama.cpp's Meta device),
+    the longest context that fits (or the one fixed), and its speed when it can be predicted."""
+    from llamasplit.planner.comm import allreduce_algorithm
+    from llamasplit.planner.tensor_split import check_tensor_mode, estimate_tensor
+    from llamasplit.speed.links import group_link
+    from llamasplit.speed.model import tensor_split_speed
+
+    s = options.settings
+    if s.flash_attn == "auto":
+        s = s.replace(flash_attn="on")  # what llama.cpp's auto resolves to under -sm tensor
+    devices = list(fleet.devices)
+    check = check_tensor_mode(model, devices, s)
+    if not check.ok:
+        raise UsageError("-sm tensor: " + "; ".join(check.reasons), remedy="use -sm layer, or -sm auto to compare")
+    budgets = [_budget(d, options) for d in devices]
+    if "n_ctx" in options.fixed and s.n_ctx:
+        ctxs = [s.n_ctx]
+    else:
+        n_ctx_train = model.hparams.n_ctx_train or 4096
+        ctxs, c = [], kv.pad(n_ctx_train, kv.KV_PAD)
+        while c >= MIN_AUTO_CTX:
+            ctxs.append(c)
+            c = kv.pad(c // 2, kv.KV_PAD)
+        ctxs = ctxs or [kv.pad(n_ctx_train, kv.KV_PAD)]
+    test = None
+    for n_ctx in ctxs:
+        trial = s.replace(n_ctx=n_ctx)
+        test = estimate_tensor(model, devices, trial)
+        short = {e.name: max(0, e.total_bytes - b) for e, b in zip(test.devices, budgets) if b is not None}
+        if not any(short.values()):
+            s = trial
+            break
+    else:
+        assert test is not None
+        raise NoFeasiblePlan(
+            f"{model.name or model.arch} does not fit under -sm tensor: short by "
+            + ", ".join(f"{k} {format_size(v)}" for k, v in short.items() if v) + f" at context {test.n_ctx}",
+            shortfall_bytes=short, suggestions=_suggestions(model, s), remedy="try -sm layer, or a shorter context",
+        )
+    algo, _ = allreduce_algorithm(devices)
+    speed = tensor_split_speed(model, fleet, devices, test, algo, group_link(fleet, devices), prompt_tokens=PREFILL_TOKENS,
+                               n_ubatch=s.n_ubatch)
+    notes = list(check.warnings)
+    if speed.unknown:
+        notes.append("speed not predicted: " + ", ".join(speed.unknown) + " has no measured or stated speed "
+                     "(measure it with `llamasplit bench --rpc ... --save inventory.json`, then plan --inventory)")
+    if fleet.simulated:
+        notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
+    if not replayable(model):
+        notes.append(f"compute estimated, not replayed: llamasplit does not follow {model.arch}'s graph "
+                     "(compute buffers from a closed-form guide, mostly a little above llama.cpp's)")
+    bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
+    renamed = _renamed(devices)
+    return Plan(
+        model_path=model.path, model_name=model.name, arch=model.arch, settings=s,
+        devices=tuple(_device_plan(d, e, b, bases.get(o.name)) for d, o, e, b in zip(renamed, devices, test.devices, budgets)),
+        host=_host_plan(Estimate(devices=test.devices, host=test.host, n_ctx=test.n_ctx, layer_device=(), flash_attn=True),
+                        fleet),
+        n_ctx=test.n_ctx, decode_tok_s=speed.decode_tok_s, default_split_decode_tok_s=None,
+        fleet=dataclasses.replace(fleet, devices=tuple(renamed)), notes=tuple(notes),
+        prefill_tok_s=speed.prefill_tok_s, speed_basis=speed.speed_basis if speed.known else None,
+    )
 
 
 def _renamed(devices: Sequence[Device]) -> list[Device]:
@@ -654,7 +753,8 @@ def _device_plan(d: Device, e, budget: int | None, basis: str | None = None) -> 
 def _host_plan(est: Estimate, fleet: Fleet, basis: str | None = None) -> DevicePlan:
     h = est.host
     return DevicePlan(
-        name=HOST, description=fleet.host.name, model_bytes=h.model_bytes, context_bytes=h.context_bytes,
+        # model: the mapped weights plus the repacked ones (AMX / CPU_REPACK), as llama.cpp allocates them
+        name=HOST, description=fleet.host.name, model_bytes=h.model_bytes + h.extra_bytes, context_bytes=h.context_bytes,
         compute_bytes=h.compute_bytes, overhead_bytes=0, output_bytes=h.output_bytes, total_bytes=h.total_bytes,
         free_bytes=fleet.host.ram_available_bytes, budget_bytes=fleet.host.ram_available_bytes, layers=tuple(h.layers),
         bandwidth_gb_s=fleet.host.ram_bandwidth_gb_s, speed_basis=basis if h.read_bytes else None,

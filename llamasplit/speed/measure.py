@@ -1,0 +1,236 @@
+"""``llamasplit bench``: measure the speed model's coefficients on the user's own devices.
+
+For the host CPU (``-ngl 0``) and for each RPC worker alone (``--rpc EP -ngl 99``), llama-bench runs
+the probe models (``speed/probe.py``: the same layer count at ~13 MB and ~215 MB a token, and four
+times the layers at almost no bytes) and the SmolLM2 fixture. Each result is one equation of the
+speed model for that device, ``seconds = bytes / bandwidth + layers x layer cost + token cost``
+(decode) and ``FLOPs / rate + the same fixed costs`` (prefill), where bytes, layers and FLOPs come
+from our own estimator, exactly as the planner computes them; a non-negative least-squares fit on
+relative error gives the device's ``MeasuredSpeed``. With two or more workers, one more run splits
+SmolLM2 over the first two: what it takes beyond the two workers' own shares is the cost of one
+stage boundary between workers, stored as their link's latency.
+
+The host's link to a measured device is inside that device's token cost (llama-bench measured it
+with the host in the loop), so the speed model does not add it again (``speed/links.py``, FOLDED).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from llamasplit.devices.device import Device, Fleet, Link, LinkKind
+from llamasplit.devices.measured import MeasuredSpeed
+from llamasplit.errors import LaunchError
+
+N_PROMPT = 128
+"""Prompt tokens per prefill run (one ubatch; small enough for a 1-thread worker)."""
+N_GEN = 32
+"""Generated tokens per decode run (on average 16 cells of KV cache in use)."""
+REPETITIONS = 2
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One llama-bench run of one model: seconds per generated token and for the prompt."""
+
+    model: str
+    decode_s: float
+    prefill_s: float
+    n_prompt: int
+    n_gen: int
+
+
+def parse_llama_bench(text: str) -> dict[str, tuple[float, int, int]]:
+    """llama-bench ``-o json`` -> ``{"pp"|"tg": (seconds per test, n_prompt, n_gen)}``.
+
+    >>> parse_llama_bench('[{"n_prompt": 128, "n_gen": 0, "avg_ns": 2000000}, {"n_prompt": 0, "n_gen": 32, "avg_ns": 320000000}]')
+    {'pp': (0.002, 128, 0), 'tg': (0.32, 0, 32)}
+    """
+    out = {}
+    for row in json.loads(text):
+        kind = "tg" if row["n_gen"] else "pp"
+        out[kind] = (row["avg_ns"] / 1e9, int(row["n_prompt"]), int(row["n_gen"]))
+    return out
+
+
+def run_llama_bench(
+    binary: str | Path, model: str | Path, *, rpc: Sequence[str] = (), ngl: int, tensor_split: Sequence[float] | None = None,
+    n_prompt: int = N_PROMPT, n_gen: int = N_GEN, repetitions: int = REPETITIONS, timeout_s: float = 600.0,
+) -> BenchResult:
+    """Run llama-bench once (a prefill test and a decode test) and return the averages."""
+    from llamasplit.runner.processes import run_to_end
+
+    argv = [str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
+            "-ngl", str(ngl), "-o", "json"]
+    if rpc:
+        argv += ["--rpc", ",".join(rpc)]
+    if tensor_split:
+        argv += ["-ts", "/".join(f"{x:g}" for x in tensor_split)]
+    done = run_to_end(argv, timeout_s=timeout_s)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LaunchError(f"llama-bench failed (exit {done.returncode}): {last}",
+                          remedy="check that every RPC worker is running and reachable")
+    try:
+        runs = parse_llama_bench(done.stdout)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise LaunchError(f"llama-bench printed no JSON results: {exc}") from exc
+    pp, tg = runs["pp"], runs["tg"]
+    return BenchResult(Path(model).name, tg[0] / n_gen, pp[0], n_prompt, n_gen)
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the speed model says one run asks of the device: bytes per token, prompt FLOPs, layers."""
+
+    bytes_per_token: float
+    prompt_flops: float
+    layers: float
+
+
+def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_GEN) -> Features:
+    """Our estimator's view of a llama-bench run with everything on one device (or the CPU)."""
+    from llamasplit.planner.estimate import estimate
+    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.speed.model import layer_workload
+
+    dev = Device("bench", "BENCH0", "bench", "RPC", 1 << 40, 1 << 40)
+    devices = [] if on_host else [dev]
+    s = LlamaSettings(n_ctx=n_prompt + n_gen, n_gpu_layers=0 if on_host else None, binary="llama-completion")
+    est = estimate(model, devices, s, fast=True)
+    work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=n_prompt,
+                          kv_fill=(n_gen / 2) / est.n_ctx, host=True)
+    col = len(devices) if on_host else 0
+    b = sum(st[col][0] for st in work.stages)
+    f = sum(st[col][1] for st in work.stages)
+    layers = sum(nl for st, nl in zip(work.stages, work.layers) if st[col][0] or st[col][1])
+    return Features(b, f * n_prompt, layers)
+
+
+def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:
+    """Non-negative x minimising sum((a.x / t - 1)^2), by trying every subset of active columns."""
+    import numpy as np
+
+    a = np.array([[v / t for v in r] for r, t in zip(rows, times)])
+    y = np.ones(len(times))
+    best, best_res = None, None
+    k = a.shape[1]
+    for r in range(k, 0, -1):
+        for active in itertools.combinations(range(k), r):
+            sol, *_ = np.linalg.lstsq(a[:, active], y, rcond=None)
+            if np.any(sol < 0):
+                continue
+            x = np.zeros(k)
+            x[list(active)] = sol
+            res = float(np.sum((a @ x - y) ** 2))
+            if best_res is None or res < best_res - 1e-15:
+                best, best_res = x, res
+    if best is None:
+        raise LaunchError("the measured runs admit no non-negative fit")
+    return [float(v) for v in best]
+
+
+def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads: int | None, how: str) -> MeasuredSpeed:
+    """The device's MeasuredSpeed from its runs (decode: bandwidth, layer and token cost; prefill: rate)."""
+    inv_bw, layer_s, token_s = _nnls_relative([(f.bytes_per_token, f.layers, 1.0) for f, _ in observations],
+                                              [r.decode_s for _, r in observations])
+    if inv_bw <= 0:
+        raise LaunchError("the decode runs do not depend on the bytes read: cannot measure a bandwidth")
+    pre = [(f.prompt_flops, r.prefill_s - f.layers * layer_s - token_s) for f, r in observations if f.prompt_flops]
+    (inv_f,) = _nnls_relative([(fl,) for fl, _ in pre], [max(t, 1e-9) for _, t in pre])
+    return MeasuredSpeed(decode_gb_s=round(1 / inv_bw / 1e9, 4), prefill_gflops=round(1 / inv_f / 1e9, 3),
+                         layer_us=round(layer_s * 1e6, 2), token_us=round(token_s * 1e6, 1), threads=threads, how=how)
+
+
+def bench_models(progress: Callable[[str], None]) -> list[tuple[str, Path]]:
+    """The probe models (written into the cache on first use) and the SmolLM2 fixture."""
+    from llamasplit.realmodels import fetch_model
+    from llamasplit.speed.probe import PROBES, probe_path
+
+    out = []
+    for shape in PROBES:
+        progress(f"probe model {shape.name}")
+        out.append((shape.name, probe_path(shape)))
+    out.append(("smollm2", Path(fetch_model("smollm2"))))
+    return out
+
+
+def measure_fleet(
+    fleet: Fleet, *, binary: str | Path, progress: Callable[[str], None] = lambda _: None, host: bool = True,
+    hop: bool = True,
+) -> Fleet:
+    """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
+    worker-to-worker hop on their links."""
+    from llamasplit.model.profile import read_model
+
+    models = [(name, path, read_model(path)) for name, path in bench_models(progress)]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    how = f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS} on {', '.join(n for n, _, _ in models)}, {when}"
+    out_host = fleet.host
+    if host:
+        obs = []
+        for name, path, m in models:
+            progress(f"host CPU: {name}")
+            obs.append((features(m, on_host=True), run_llama_bench(binary, path, ngl=0)))
+        out_host = dataclasses.replace(fleet.host, measured=fit_device(obs, threads=fleet.host.cpu_cores, how=how))
+    devices = list(fleet.devices)
+    endpoints = {}
+    for i, d in enumerate(devices):
+        if d.backend.upper() != "RPC":
+            continue
+        ep = d.id.split(":", 1)[1].split("#")[0]
+        if ep in endpoints:
+            continue  # a worker with several devices: llama-bench offloads to all of them
+        endpoints[ep] = i
+        obs = []
+        for name, path, m in models:
+            progress(f"{d.name} ({ep}): {name}")
+            obs.append((features(m, on_host=False), run_llama_bench(binary, path, rpc=[ep], ngl=99)))
+        devices[i] = dataclasses.replace(d, measured=fit_device(obs, threads=None, how=how))
+    out = dataclasses.replace(fleet, devices=tuple(devices), host=out_host)
+    eps = list(endpoints)
+    if hop and len(eps) >= 2:
+        out = _measure_hop(out, eps[:2], [devices[endpoints[e]] for e in eps[:2]], models[-1], binary, progress)
+    return out
+
+
+def _measure_hop(fleet: Fleet, eps: list[str], pair: list[Device], model, binary, progress) -> Fleet:
+    """SmolLM2 split evenly over two workers: its time beyond the two shares is one boundary's cost."""
+    from llamasplit.planner.estimate import estimate
+    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.speed.model import layer_split_speed
+
+    name, path, m = model
+    progress(f"hop {pair[0].name} -> {pair[1].name}: {name}")
+    run = run_llama_bench(binary, path, rpc=eps, ngl=99, tensor_split=(1.0, 1.0))
+    zero = Link(pair[0].id, pair[1].id, LinkKind.UNKNOWN, latency_us=0.0)
+    trial = Fleet(devices=tuple(pair), host=fleet.host, links=(zero,))
+    s = LlamaSettings(n_ctx=N_PROMPT + N_GEN, tensor_split=(1.0, 1.0), binary="llama-completion")
+    est = estimate(m, list(pair), s, fast=True)
+    sp = layer_split_speed(m, trial, list(pair), est, prompt_tokens=N_PROMPT, kv_fill=(N_GEN / 2) / est.n_ctx)
+    hop_us = max(0.0, (run.decode_s - 1 / sp.decode_tok_s) * 1e6)
+    progress(f"hop: {hop_us:.0f} us per token")
+    rpc_ids = [d.id for d in fleet.devices if d.backend.upper() == "RPC"]
+    links = [link for link in fleet.links if not (link.a in rpc_ids and link.b in rpc_ids)]
+    for i, a in enumerate(rpc_ids):
+        for b in rpc_ids[i + 1:]:
+            old = fleet.link(a, b)
+            kind = old.kind if old is not None else LinkKind.UNKNOWN
+            links.append(Link(a, b, kind, latency_us=round(hop_us, 1)))
+    return dataclasses.replace(fleet, links=tuple(links))
+
+
+def host_fleet() -> Fleet:
+    """This machine with no accelerator: its CPU and RAM."""
+    from llamasplit.devices.nvml import local_host
+
+    return Fleet(devices=(), host=local_host(), source="local")
+
+
+__all__ = ["BenchResult", "Features", "features", "fit_device", "measure_fleet", "parse_llama_bench", "run_llama_bench"]

@@ -1,0 +1,102 @@
+"""Probe models for ``llamasplit bench``: llama-architecture GGUFs of chosen shapes, written with
+gguf's own writer, whose weights are all zero (llama.cpp's speed does not depend on the values).
+
+Two shapes with the same layer count and very different bytes per token separate a device's
+bandwidth from its fixed costs; a shape with few, wide layers separates the per-layer from the
+per-token cost. No tokenizer (``tokenizer.ggml.model = "no_vocab"``): llama-bench feeds random
+token ids and never needs one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ProbeShape:
+    """A llama shape: layers, width, FFN, heads, vocabulary, and the matrices' quantization type."""
+
+    name: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+    qtype: str = "Q4_0"
+
+
+PROBES = (
+    ProbeShape("probe-narrow", n_layer=24, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=8192),
+    ProbeShape("probe-wide", n_layer=24, n_embd=1024, n_ff=4096, n_head=8, n_head_kv=2, n_vocab=8192),
+    ProbeShape("probe-deep", n_layer=96, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=8192),
+)
+"""narrow vs wide: same layers, ~13 MB vs ~215 MB a token (bandwidth); narrow vs deep: 4x the layers
+at almost no bytes (per-layer cost)."""
+
+
+def write_probe(path: str | Path, shape: ProbeShape) -> Path:
+    """Write ``shape`` as a GGUF at ``path`` (atomically: a temporary file renamed into place)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    qtype = GGMLQuantizationType[shape.qtype]
+    hd = shape.n_embd // shape.n_head
+    e, f = shape.n_embd, shape.n_ff
+    tensors: list[tuple[str, tuple[int, ...]]] = [
+        ("token_embd.weight", (e, shape.n_vocab)), ("output_norm.weight", (e,)), ("output.weight", (e, shape.n_vocab)),
+    ]
+    for il in range(shape.n_layer):
+        tensors += [
+            (f"blk.{il}.attn_norm.weight", (e,)), (f"blk.{il}.attn_q.weight", (e, shape.n_head * hd)),
+            (f"blk.{il}.attn_k.weight", (e, shape.n_head_kv * hd)), (f"blk.{il}.attn_v.weight", (e, shape.n_head_kv * hd)),
+            (f"blk.{il}.attn_output.weight", (shape.n_head * hd, e)), (f"blk.{il}.ffn_norm.weight", (e,)),
+            (f"blk.{il}.ffn_gate.weight", (e, f)), (f"blk.{il}.ffn_up.weight", (e, f)), (f"blk.{il}.ffn_down.weight", (f, e)),
+        ]
+    w = GGUFWriter(str(tmp), "llama")
+    w.add_block_count(shape.n_layer)
+    w.add_context_length(4096)
+    w.add_embedding_length(e)
+    w.add_feed_forward_length(f)
+    w.add_head_count(shape.n_head)
+    w.add_head_count_kv(shape.n_head_kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(hd)
+    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1}.get(shape.qtype, 1))
+    w.add_tokenizer_model("no_vocab")
+    w.add_vocab_size(shape.n_vocab)
+    for name, ne in tensors:
+        typ = GGMLQuantizationType.F32 if len(ne) == 1 else qtype
+        block, size = GGML_QUANT_SIZES[typ]
+        byte_shape = (*reversed(ne[1:]), ne[0] // block * size)
+        w.add_tensor(name, np.zeros(byte_shape, dtype=np.uint8) if typ != GGMLQuantizationType.F32
+                     else np.zeros(tuple(reversed(ne)), dtype=np.float32),
+                     raw_shape=byte_shape if typ != GGMLQuantizationType.F32 else None, raw_dtype=typ)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tmp.replace(target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def probe_path(shape: ProbeShape, folder: Path | None = None) -> Path:
+    """Where the probe lives in the cache; written on first use."""
+    from llamasplit.cache import cache_dir
+
+    folder = folder or cache_dir() / "probes"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{shape.name}-{shape.n_layer}x{shape.n_embd}-{shape.qtype}.gguf"
+    if not path.is_file():
+        write_probe(path, shape)
+    return path
