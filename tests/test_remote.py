@@ -365,3 +365,40 @@ def test_inspect_and_recommend_take_remote_models(hub, tmp_path):
     done = _cli(["run", "-hf", "org/Mixed-GGUF:Q4_1", "--fleet", "3090", "--dry-run"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"-mu {hub.endpoint}/org/Mixed-GGUF/resolve/main/smollm2-135m-Q4_1.gguf" in done.stdout
+
+
+def test_header_larger_than_the_cap_is_refused(gemma3_path, tmp_path):
+    small_cap = RemoteOptions(max_header_bytes=2 << 20)  # Gemma-3's header is 6.2 MiB
+    with StaticServer({"/m.gguf": gemma3_path}) as srv:
+        with pytest.raises(ModelReadError, match="header goes on past 2 MiB"):
+            open_model(srv.url("/m.gguf"), options=small_cap, cache=HeaderCache(tmp_path))
+        assert srv.log.body_bytes <= 2 << 20
+
+
+def test_offline_mode_is_one_line(smollm2_path, tmp_path):
+    with StaticServer({"/m.gguf": smollm2_path}) as srv:
+        done = _cli(["plan", srv.url("/m.gguf"), "--fleet", "3090"], {"HF_HUB_OFFLINE": "1"}, tmp_path)
+        assert srv.log.entries == []
+    assert done.returncode == 1 and "offline mode (HF_HUB_OFFLINE is set)" in done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    done = _cli(["plan", "-hf", "org/x-GGUF", "--fleet", "3090"], {"HF_HUB_OFFLINE": "1"}, tmp_path)
+    assert done.returncode == 1 and "offline mode" in done.stderr, done.stderr
+
+
+@pytest.mark.llamacpp
+def test_run_hf_downloads_then_runs_the_plan(hub, tmp_path):
+    """`llamasplit run -hf repo:TAG`: huggingface_hub downloads the file into the HF cache, then
+    llama-server runs the plan (over a real RPC worker here) and the allocation matches it."""
+    from llamasplit.runner.processes import free_port, start_rpc_worker
+
+    worker = start_rpc_worker(threads=1)
+    try:
+        done = _cli(["run", "-hf", "org/Mixed-GGUF:Q4_1", "--rpc", worker.endpoint, "-c", "1024",
+                     "--port", str(free_port()), "--check", "--", "-t", "1"],
+                    {"HF_ENDPOINT": hub.endpoint, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}, tmp_path)
+    finally:
+        worker.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "downloading org/Mixed-GGUF/smollm2-135m-Q4_1.gguf" in done.stderr
+    (local,) = (tmp_path / "hf-home").rglob("smollm2-135m-Q4_1.gguf")
+    assert f"-m {local}" in done.stderr or f"-m {local.resolve()}" in done.stderr
