@@ -88,3 +88,14 @@ def test_fit_device_recovers_known_coefficients():
     assert m.decode_gb_s == pytest.approx(5.0, rel=1e-3) and m.layer_us == pytest.approx(40.0, rel=1e-3)
     assert m.token_us == pytest.approx(700.0, rel=1e-3) and m.prefill_gflops == pytest.approx(30.0, rel=1e-3)
     assert dataclasses.asdict(m)["threads"] == 2
+
+
+def test_rpc_workers_listed_again_keep_their_measured_speeds():
+    from llamasplit.devices.sources import with_rpc_devices
+
+    saved = workers(2, [SLOW, FAST])
+    saved = dataclasses.replace(saved, links=(Link(saved.devices[0].id, saved.devices[1].id, LinkKind.UNKNOWN, latency_us=800.0),))
+    fresh = [dataclasses.replace(d, measured=None) for d in saved.devices]  # as --list-devices reports them
+    merged = with_rpc_devices(saved, fresh)
+    assert [d.measured for d in merged.devices] == [SLOW, FAST]
+    assert merged.link(merged.devices[0].id, merged.devices[1].id).latency_us == 800.0

@@ -76,11 +76,17 @@ def network_links(devices: Sequence[Device], existing: Sequence[Link] = ()) -> t
 
 
 def with_rpc_devices(fleet: Fleet, rpc_devices: Sequence[Device]) -> Fleet:
-    """``fleet`` with ``rpc_devices`` put first (llama.cpp's order); stale copies of them are dropped."""
+    """``fleet`` with ``rpc_devices`` put first (llama.cpp's order); stale copies of them are dropped,
+    but what ``llamasplit bench`` measured on them (speeds, the links between them) is kept."""
     hosts = {d.host for d in rpc_devices}
-    kept = tuple(d for d in fleet.devices if not (d.backend == "RPC" and d.host in hosts))
+    stale = {d.id: d for d in fleet.devices if d.backend == "RPC" and d.host in hosts}
+    rpc_devices = [dataclasses.replace(d, measured=stale[d.id].measured)
+                   if d.id in stale and d.measured is None and stale[d.id].measured is not None else d for d in rpc_devices]
+    kept = tuple(d for d in fleet.devices if d.id not in stale)
     local_ids = {d.id for d in kept if d.backend != "RPC"}
     local_links = [link for link in fleet.links if link.a in local_ids and link.b in local_ids]
+    new_ids = {d.id for d in rpc_devices}
+    local_links += [link for link in fleet.links if link.a in new_ids and link.b in new_ids and link.latency_us is not None]
     devices = tuple(rpc_devices) + kept
     source = fleet.source if fleet.source.endswith("+rpc") else f"{fleet.source}+rpc"
     return dataclasses.replace(fleet, devices=devices, links=network_links(devices, local_links), source=source)
