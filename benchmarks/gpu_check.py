@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from llamasplit.devices.device import Device  # noqa: E402
 from llamasplit.errors import LlamasplitError  # noqa: E402
 from llamasplit.llamacpp.binaries import find_binary  # noqa: E402
-from llamasplit.llamacpp.oracle import fit_print  # noqa: E402
+from llamasplit.llamacpp.oracle import parse_fit_print  # noqa: E402
 from llamasplit.model.profile import ModelProfile, read_model  # noqa: E402
 from llamasplit.planner.estimate import HOST, estimate  # noqa: E402
 from llamasplit.planner.settings import LlamaSettings  # noqa: E402
-from llamasplit.runner.processes import free_port, spawn  # noqa: E402
+from llamasplit.runner.processes import free_port, run_to_end, spawn  # noqa: E402
 from llamasplit.runner.verify import parse_buffers  # noqa: E402
 
 MiB = 1024 * 1024
@@ -214,7 +214,7 @@ def compare_case(case: Case, devices: Sequence[Device], *, rpc: Sequence[str] = 
     if fitp and not tensor:
         s = case.settings.replace(binary="llama-fit-params")
         est = estimate(profile, devices, s)
-        oracle = {r.name: r for r in fit_print(case.model, [*s.to_args(), *rpc_args])}
+        oracle = {r.name: r for r in _fit_print(case.model, [*s.to_args(), *rpc_args], env, timeout_s)}
         for d, e in zip(devices, est.devices):
             o = oracle.get(d.name)
             for kind in ("model", "context", "compute"):
@@ -225,6 +225,29 @@ def compare_case(case: Case, devices: Sequence[Device], *, rpc: Sequence[str] = 
     if server:
         rows += _server_rows(case, profile, devices, rpc_args, env=env, timeout_s=timeout_s)
     return rows
+
+
+def _fit_print(model: Path, args: Sequence[str], env: Mapping[str, str] | None, timeout_s: float) -> list:
+    """``llama-fit-params -fitp on`` under ``env`` (CUDA_VISIBLE_DEVICES picks the GPUs of the case)."""
+    argv = [str(find_binary("llama-fit-params")), "-m", str(model), "-fitp", "on", *args]
+    result = run_to_end(argv, timeout_s=timeout_s, env=env)
+    rows = parse_fit_print(result.stdout)
+    if result.returncode != 0 or not rows:
+        raise LlamasplitError(f"llama-fit-params failed (exit {result.returncode}): "
+                              f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return rows
+
+
+def cuda_case_devices(devices: Sequence[Device], env: Mapping[str, str]) -> tuple[list[Device], dict[str, str]]:
+    """The GPUs of one case as llama.cpp will number them, and the environment that shows it only those:
+    ``CUDA_VISIBLE_DEVICES`` by UUID in order, so they are ``CUDA0..k`` whatever else the box holds.
+
+    >>> ds, e = cuda_case_devices([Device("GPU-b", "CUDA1", "x", "CUDA", 1, 1)], {})
+    >>> [d.name for d in ds], e["CUDA_VISIBLE_DEVICES"]
+    (['CUDA0'], 'GPU-b')
+    """
+    renamed = [dataclasses.replace(d, name=f"CUDA{k}", cuda_index=k) for k, d in enumerate(devices)]
+    return renamed, {**env, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(d.id for d in devices)}
 
 
 @contextlib.contextmanager
@@ -363,9 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mname, path in models(Path(tmp), args.quick).items():
             for label, kw in sets:
                 case = Case(f"{mname}: {label}", path, LlamaSettings(**kw))
-                use = devices if kw.get("split_mode") == "tensor" or kw.get("tensor_split") else devices[:1]
+                use, case_env = cuda_case_devices(
+                    devices if kw.get("split_mode") == "tensor" or kw.get("tensor_split") else devices[:1], env)
                 try:
-                    rows += compare_case(case, use, server=not args.no_server, env=env)
+                    rows += compare_case(case, use, server=not args.no_server, env=case_env)
                 except LlamasplitError as err:
                     rows.append(Row(case.name, "-", "error", None, None, None, None, note=err.message))
     print(table(rows))

@@ -4,7 +4,6 @@ workers sized with CUDA's rules."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import subprocess
