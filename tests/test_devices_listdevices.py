@@ -169,6 +169,11 @@ def test_resolve_without_any_gpu():
         "install the NVIDIA driver, or plan for other hardware with --fleet 2x3090 or --inventory FILE")
 
 
+def NO_NETWORK(endpoint: str):
+    """The request for what a worker publishes, answered here: tests contact no other host."""
+    return None, "tests contact no other host"
+
+
 def test_resolve_with_rpc_workers_and_no_local_gpu(tmp_path, monkeypatch):
     binary = fake_binary(tmp_path, textwrap.dedent("""\
         echo "Available devices:"
@@ -176,8 +181,9 @@ def test_resolve_with_rpc_workers_and_no_local_gpu(tmp_path, monkeypatch):
         echo "  RPC1: 10.0.0.3:50052 (8000 MiB, 7000 MiB free)"
     """))
     monkeypatch.setattr(sources, "local_host", lambda: HOST)
-    fleet = resolve_fleet(rpc=["10.0.0.2:50052,10.0.0.3:50052"], nvml=NO_DRIVER, binary=binary, env={})
+    fleet = resolve_fleet(rpc=["10.0.0.2:50052,10.0.0.3:50052"], nvml=NO_DRIVER, binary=binary, env={}, fetch=NO_NETWORK)
     assert [d.name for d in fleet.devices] == ["RPC0", "RPC1"]
+    assert [(d.serves, d.serves_source) for d in fleet.devices] == [("CPU", "assumed-cpu")] * 2
     assert fleet.source == "local+rpc" and fleet.host == HOST
     (link,) = fleet.links
     assert (link.kind, link.bandwidth_gb_s) == (LinkKind.NETWORK, None)
@@ -191,7 +197,7 @@ def test_resolve_nvml_plus_rpc_puts_rpc_first(tmp_path):
     """))
     gpus = FakeNvml([rtx3090("00000000:01:00.0", "GPU-aaaa0000-0000-0000-0000-000000000000"),
                      rtx3090("00000000:02:00.0", "GPU-bbbb0000-0000-0000-0000-000000000000")])
-    fleet = resolve_fleet(rpc="10.0.0.2:50052", nvml=gpus, binary=binary, env={})
+    fleet = resolve_fleet(rpc="10.0.0.2:50052=3090", nvml=gpus, binary=binary, env={})  # described: no probe
     assert [d.name for d in fleet.devices] == ["RPC0", "CUDA0", "CUDA1"]  # llama.cpp lists RPC first
     assert fleet.source == "nvml+rpc"
     ids = [d.id for d in fleet.devices]
