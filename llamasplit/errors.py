@@ -11,10 +11,16 @@
      +-- FetchError                 a real model or llama.cpp source could not be fetched or verified
 
 Foreign errors (OSError, pynvml's NVMLError, subprocess failures) are converted where they enter
-with ``raise ... from exc`` so the cause survives for ``--debug``.
+with ``raise ... from exc`` so the cause survives for ``--debug``. Messages often quote a file or
+another host (a key, a tensor name, a device description): every message and remedy goes through
+``untrusted.printable`` here, once, so no error can put a terminal escape or a megabyte on screen.
 """
 
 from __future__ import annotations
+
+from llamasplit.untrusted import printable
+
+MAX_MESSAGE_CHARS = 2000
 
 
 class LlamasplitError(Exception):
@@ -26,8 +32,8 @@ class LlamasplitError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, remedy: str | None = None) -> None:
-        self.message = " ".join(message.split())
-        self.remedy = " ".join(remedy.split()) if remedy else None
+        self.message = printable(" ".join(message.split()), limit=MAX_MESSAGE_CHARS)
+        self.remedy = printable(" ".join(remedy.split()), limit=MAX_MESSAGE_CHARS) if remedy else None
         super().__init__(self.one_line())
 
     def one_line(self) -> str:

@@ -10,6 +10,7 @@ type and count are kept, which is what makes this reader hundreds of times faste
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -30,6 +31,15 @@ MAX_KEY_BYTES = 1 << 16
 
 MAX_STRING_BYTES = 1 << 26
 """Longest string value we decode (chat templates are tens of KiB; 64 MiB is absurd already)."""
+
+MAX_TENSORS = 1 << 16
+"""Most tensor entries we read. llama.cpp loads at most 512 blocks (src/llama-hparams.h
+LLAMA_MAX_LAYERS) and refuses a file holding tensors its architecture does not create
+(llama_model_loader::done_getting_tensors, "wrong number of tensors"); no architecture creates
+128 tensors per block, so a longer table is damage, and reading it would cost seconds and
+hundreds of MB."""
+
+_INT64_MAX = (1 << 63) - 1
 
 MAX_DECODED_ARRAY = 1 << 16
 """Numeric arrays up to this many elements are decoded (per-layer head counts, SWA patterns);
@@ -278,10 +288,19 @@ def parse_header(buf: mmap.mmap | bytes | bytearray, path: Path | str, file_byte
         raise cur.fail(f"metadata count {n_kv} is more than the file can hold", at=16)
     if n_tensors > (file_bytes - cur.pos) // 33:
         raise cur.fail(f"tensor count {n_tensors} is more than the file can hold", at=8)
+    if n_tensors > MAX_TENSORS:
+        raise cur.fail(f"tensor count {n_tensors} is more than any llama.cpp model has (at most {MAX_TENSORS})", at=8)
 
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
+        at = cur.pos
         key = cur.string("metadata key", limit=MAX_KEY_BYTES)
+        # llama.cpp refuses empty and repeated keys (ggml/src/gguf.cpp gguf_init_from_file_impl:
+        # "key %d is empty", "duplicate key '%s' for KV pair %d")
+        if not key:
+            raise cur.fail("a metadata key is empty", at=at)
+        if key in metadata:
+            raise cur.fail(f"metadata key {key!r} appears twice", at=at)
         vtype = cur.u32(f"type of {key}")
         metadata[key] = cur.value(vtype, key)
 
@@ -308,6 +327,8 @@ def parse_header(buf: mmap.mmap | bytes | bytearray, path: Path | str, file_byte
         block_size, _ = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
         if any(d == 0 for d in shape) or any(d >= 1 << 62 for d in shape):
             raise cur.fail(f"tensor {name!r} has an impossible shape {list(shape)}", at=at)
+        if math.prod(shape) > _INT64_MAX:  # gguf.cpp: "incorrect shape ... may cause overflow errors"
+            raise cur.fail(f"tensor {name!r} has {math.prod(shape)} elements, more than int64 can count", at=at)
         if shape[0] % block_size:
             raise cur.fail(
                 f"tensor {name!r}: row of {shape[0]} elements is not a multiple of the "

@@ -17,6 +17,16 @@ from llamasplit.gguf_constants import GGMLQuantizationType, Keys, LlamaFileType
 
 from llamasplit.errors import ModelReadError
 from llamasplit.model.gguf_reader import ArraySummary, RawHeader, RawTensor, read_header
+from llamasplit.untrusted import printable
+
+LLAMA_MAX_LAYERS = 512
+"""llama.cpp refuses ``block_count`` outside 1..512 (src/llama-hparams.h LLAMA_MAX_LAYERS;
+llama_model::load_hparams asserts ``n_layer_all > 0 && n_layer_all <= LLAMA_MAX_LAYERS``)."""
+LLAMA_MAX_EXPERTS = 1024
+"""src/llama-hparams.h LLAMA_MAX_EXPERTS; load_hparams asserts ``n_expert <= LLAMA_MAX_EXPERTS``."""
+_UINT32_MAX = (1 << 32) - 1
+_ARCH_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+"""Every architecture name llama.cpp knows (src/llama-arch.cpp LLM_ARCH_NAMES) has this shape."""
 
 
 class Block(str, Enum):
@@ -348,9 +358,19 @@ def _meta(md: dict[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _per_layer(value: Any, n_layer: int, what: str, path: str) -> tuple[int, ...]:
+    """A count or one count per layer, as llama.cpp's ``get_key_or_arr`` reads them into uint32
+    (src/llama-model-loader.cpp: an array must have ``n_layer`` integer elements, a scalar must be
+    an integer); anything else is a ``ModelReadError``."""
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and len(value) != n_layer:
+        raise ModelReadError(f"{path}: {what} has {len(value)} entries for {n_layer} layers",
+                             remedy="the file is damaged or was converted wrongly")
+    for v in values:
+        if not isinstance(v, int) or not 0 <= v <= _UINT32_MAX:
+            shown = printable(value if not isinstance(value, list) else v, limit=60)
+            raise ModelReadError(f"{path}: metadata key {what} holds {shown}, not a count from 0 to {_UINT32_MAX}",
+                                 remedy="the file is damaged or was converted wrongly")
     if isinstance(value, list):
-        if len(value) != n_layer:
-            raise ModelReadError(f"{path}: {what} has {len(value)} entries for {n_layer} layers")
         return tuple(int(v) for v in value)
     return (int(value),) * n_layer
 
@@ -360,24 +380,27 @@ def _int_key(md: dict[str, Any], key: str, path: str, default: int | None = None
     if isinstance(value, bool) or not isinstance(value, int):
         if value is None:
             raise ModelReadError(f"{path}: metadata key {key} is missing", remedy="the file is not a complete llama.cpp model")
-        raise ModelReadError(f"{path}: metadata key {key} is {value!r}, expected an integer")
+        raise ModelReadError(f"{path}: metadata key {key} is {printable(value, limit=60)}, expected an integer",
+                             remedy="the file is damaged or was converted wrongly")
     if value < 0 or value > 1 << 40:
-        raise ModelReadError(f"{path}: metadata key {key} = {value} is out of range")
+        raise ModelReadError(f"{path}: metadata key {key} = {value} is out of range",
+                             remedy="the file is damaged or was converted wrongly")
     return value
 
 
 def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path: str) -> HParams:
     k = Keys
     n_layer = _int_key(md, k.LLM.BLOCK_COUNT.format(arch=arch), path)
-    if n_layer > 100_000:
-        raise ModelReadError(f"{path}: block_count {n_layer} is absurd")
+    if not 1 <= n_layer <= LLAMA_MAX_LAYERS:
+        raise ModelReadError(f"{path}: {arch}.block_count is {n_layer}; llama.cpp loads 1 to {LLAMA_MAX_LAYERS} blocks",
+                             remedy="the file is damaged or was converted wrongly")
     n_embd = _int_key(md, k.LLM.EMBEDDING_LENGTH.format(arch=arch), path)
     n_ctx_train = _int_key(md, k.LLM.CONTEXT_LENGTH.format(arch=arch), path, 0)
 
     tokens = md.get(k.Tokenizer.LIST)
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    if isinstance(_meta(md, k.LLM.VOCAB_SIZE.format(arch=arch)), int):
-        n_vocab = _meta(md, k.LLM.VOCAB_SIZE.format(arch=arch))
+    if _meta(md, k.LLM.VOCAB_SIZE.format(arch=arch)) is not None:
+        n_vocab = _int_key(md, k.LLM.VOCAB_SIZE.format(arch=arch), path)
     elif isinstance(tokens, ArraySummary):
         n_vocab = tokens.count
     elif isinstance(tokens, list):
@@ -428,7 +451,7 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
     else:
         is_recurrent = (False,) * n_layer
 
-    return HParams(
+    hp = HParams(
         n_layer=n_layer,
         n_embd=n_embd,
         n_vocab=int(n_vocab),
@@ -459,6 +482,28 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
         ssm_dt_rank=_int_key(md, k.SSM.TIME_STEP_RANK.format(arch=arch), path, 0),
         is_recurrent=is_recurrent,
     )
+    _check_experts(hp, arch, path, _int_key(md, f"{arch}.expert_group_count", path, 0),
+                   _int_key(md, f"{arch}.expert_group_used_count", path, 0))
+    return hp
+
+
+def _check_experts(hp: HParams, arch: str, path: str, n_groups: int, n_group_used: int) -> None:
+    """The expert, expert-group and NextN counts llama.cpp asserts on in llama_model::load_hparams."""
+    problem = None
+    if n_groups and (n_groups >= max(hp.n_expert, 1) or (n_groups > 1 and (
+            hp.n_expert % n_groups or not 0 < n_group_used < n_groups))):
+        problem = (f"{arch}.expert_group_count {n_groups} (with {n_group_used} used) does not divide "
+                   f"the {hp.n_expert} experts into groups")
+    elif hp.n_expert > LLAMA_MAX_EXPERTS:
+        problem = f"{arch}.expert_count is {hp.n_expert}; llama.cpp allows at most {LLAMA_MAX_EXPERTS}"
+    elif hp.n_expert_used > hp.n_expert:
+        problem = f"{arch}.expert_used_count is {hp.n_expert_used} but {arch}.expert_count is {hp.n_expert}"
+    elif hp.n_expert and not hp.n_expert_used:
+        problem = f"{arch}.expert_count is {hp.n_expert} but {arch}.expert_used_count is missing or 0"
+    elif hp.n_layer_nextn > hp.n_layer:
+        problem = f"{arch}.nextn_predict_layers is {hp.n_layer_nextn}, more than the {hp.n_layer} blocks"
+    if problem:
+        raise ModelReadError(f"{path}: {problem}", remedy="the file is damaged or was converted wrongly; llama.cpp refuses it too")
 
 
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -522,6 +567,10 @@ def profile_from_headers(path: str, headers: list[RawHeader]) -> ModelProfile:
     arch = md.get(Keys.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise ModelReadError(f"{path}: metadata key general.architecture is missing", remedy="the file is not a llama.cpp model")
+    if not _ARCH_NAME_RE.fullmatch(arch):
+        # llama.cpp refuses it too ("unknown model architecture", src/llama-model.cpp)
+        raise ModelReadError(f"{path}: general.architecture {printable(arch, limit=60)!r} is not a llama.cpp architecture name",
+                             remedy="the file is damaged or not a llama.cpp model")
     raw_all: list[RawTensor] = []
     tensors: list[TensorInfo] = []
     for file_index, h in enumerate(headers):
@@ -530,6 +579,13 @@ def profile_from_headers(path: str, headers: list[RawHeader]) -> ModelProfile:
             tensors.append(TensorInfo(t.name, t.ggml_type, t.shape, t.n_bytes, block, layer, role, file_index, t.offset))
             raw_all.append(t)
     hparams = build_hparams(arch, md, raw_all, path)
+    for t in tensors:
+        if t.layer is not None and t.layer >= hparams.n_layer:
+            # llama.cpp creates blk.0 .. blk.{block_count-1} only and refuses a file with tensors it
+            # did not create (llama_model_loader::done_getting_tensors: "wrong number of tensors")
+            raise ModelReadError(f"{path}: tensor {printable(t.name, limit=80)} belongs to block {t.layer} "
+                                 f"but {arch}.block_count is {hparams.n_layer}",
+                                 remedy="the file is damaged or was converted wrongly; llama.cpp refuses it too")
     names = {t.name for t in tensors}
     ft = md.get(Keys.General.FILE_TYPE)
     return ModelProfile(
@@ -546,11 +602,8 @@ def profile_from_headers(path: str, headers: list[RawHeader]) -> ModelProfile:
     )
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def _clean(value: Any) -> str | None:
     """Strings from a GGUF are untrusted: no control characters, bounded length."""
     if not isinstance(value, str):
         return None
-    return _CONTROL.sub("?", value)[:200]
+    return printable(value, limit=200)

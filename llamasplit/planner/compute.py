@@ -1443,7 +1443,8 @@ def replayable(model: ModelProfile) -> bool:
             attn = has("attn_kv_a_mqa") and has("attn_k_b") and has("attn_v_b") and (has("attn_q") or has("attn_q_b"))
         else:
             attn = has("attn_qkv") or (has("attn_q") and has("attn_k") and has("attn_v"))
-        ffn = has("ffn_down") or (has("ffn_down_exps") and has("ffn_gate_inp"))
+        experts = has("ffn_down_exps") and has("ffn_gate_inp") and (has("ffn_gate_up_exps") or has("ffn_up_exps"))
+        ffn = has("ffn_down") or experts  # a layer missing one of them is planned by heuristic_bytes
         if not (attn and has("attn_output") and ffn):
             return False
     return True
