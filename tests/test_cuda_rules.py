@@ -135,3 +135,23 @@ def test_weight_bytes_on_cuda_follow_the_rules(smollm2_path):
             continue
         want += R.tensor_alloc_bytes(t.ggml_type, t.shape[0], t.n_bytes)
     assert got == want
+
+
+def test_estimator_adds_fa_f16_copies_only_when_the_chosen_kernel_needs_them(smollm2_path):
+    """One token on an RTX 3090 (cc 8.6): the vector kernel reads a q8_0 cache as it is (q8_0-q8_0 is
+    compiled by default), so the compute buffer is the f16 cache's; a q8_0 K with an f16 V has no
+    compiled vector instance, so K and V are converted and the FLASH_ATTN_EXT node grows by their
+    f16 copies. A 512-token prompt runs the MMA kernel: copies of the q8_0 cache either way."""
+    model = read_model(smollm2_path)
+    dev = fleet_from_spec("3090").devices[0]
+
+    def compute(ub: int, tk: str, tv: str) -> int:
+        s = LlamaSettings(n_ctx=4096, flash_attn="on", type_k=tk, type_v=tv, n_ubatch=ub, binary="llama-completion")
+        return estimate(model, [dev], s).devices[0].compute_bytes
+
+    assert compute(1, "q8_0", "q8_0") == compute(1, "f16", "f16")
+    assert compute(1, "q8_0", "f16") > compute(1, "f16", "f16")
+    # the same copies on a CPU-backed RPC worker would not exist: its get_alloc_size is ggml_nbytes
+    rpc_cpu = dataclasses.replace(_rpc_serving(dev), serves="CPU")
+    s = LlamaSettings(n_ctx=4096, flash_attn="on", type_k="q8_0", type_v="f16", n_ubatch=1, binary="llama-completion")
+    assert estimate(model, [rpc_cpu], s).devices[0].compute_bytes < compute(1, "q8_0", "f16")
