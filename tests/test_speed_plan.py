@@ -99,3 +99,8 @@ def test_rpc_workers_listed_again_keep_their_measured_speeds():
     merged = with_rpc_devices(saved, fresh)
     assert [d.measured for d in merged.devices] == [SLOW, FAST]
     assert merged.link(merged.devices[0].id, merged.devices[1].id).latency_us == 800.0
+
+
+def rpc_like(endpoints: list[str]) -> list[Device]:
+    """Devices as --list-devices reports CPU-backed workers on these endpoints (24 GiB each)."""
+    return [Device(f"rpc:{ep}#0", f"RPC{i}", ep, "RPC", 24 * GiB, 24 * GiB, host=ep) for i, ep in enumerate(endpoints)]

@@ -162,7 +162,7 @@ def compare_quants(profile, hw, options, types=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_
     """One line per quantization: size, whether it fits, the context it allows, predicted speed."""
     from llamasplit.units import format_size
 
-    lines = [f"{'type':<8} {'weights':>11} {'fits':>5} {'context':>8} {'tok/s':>8}"]
+    lines = [f"{'type':<8} {'weights':>11} {'fits':>5} {'context':>8} {'tok/s':>8} {'prefill':>8}  basis"]
     for q in types:
         try:
             m = profile.requantized(q)
@@ -170,9 +170,11 @@ def compare_quants(profile, hw, options, types=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_
             continue
         try:
             p = plan(m, hw, options)
-            lines.append(f"{q:<8} {format_size(m.tensor_bytes):>11} {'yes':>5} {p.n_ctx:>8} {p.decode_tok_s or 0:>8.1f}")
+            dec = f"{p.decode_tok_s:.1f}" if p.decode_tok_s else "?"
+            pre = f"{p.prefill_tok_s:.0f}" if p.prefill_tok_s else "?"
+            lines.append(f"{q:<8} {format_size(m.tensor_bytes):>11} {'yes':>5} {p.n_ctx:>8} {dec:>8} {pre:>8}  {p.speed_basis or 'unknown'}")
         except NoFeasiblePlan:
-            lines.append(f"{q:<8} {format_size(m.tensor_bytes):>11} {'no':>5} {'-':>8} {'-':>8}")
+            lines.append(f"{q:<8} {format_size(m.tensor_bytes):>11} {'no':>5} {'-':>8} {'-':>8} {'-':>8}")
     return "\n".join(lines)
 
 

@@ -149,15 +149,20 @@ def comm_cmd(
 
 
 def format_recommendation(rec: R.Recommendation) -> str:
-    lines = [f"{'option':<14} {'devices':<24} {'decode tok/s':>13} {'prefill tok/s':>14} {'comm':>6}  note"]
+    lines = [f"{'option':<14} {'devices':<24} {'decode tok/s':>13} {'prefill tok/s':>14} {'comm':>6}  basis, note"]
     for o in rec.options:
         devs = ",".join(o.devices) or "-"
         if o.speed is None:
             lines.append(f"{o.kind:<14} {devs:<24} {'-':>13} {'-':>14} {'-':>6}  {o.why_not}")
             continue
+        if not o.known:
+            unknown = ", ".join(o.speed.unknown) or "a device"
+            lines.append(f"{o.kind:<14} {devs:<24} {'?':>13} {'?':>14} {'?':>6}  fits; speed unknown: {unknown} not measured")
+            continue
         dec = f"{o.decode_tok_s:.1f}" + (f" x{o.replicas}" if o.replicas > 1 else "")
         lines.append(
-            f"{o.kind:<14} {devs:<24} {dec:>13} {o.speed.prefill_tok_s:>14.0f} {o.speed.decode_comm_share:>6.0%}  {o.detail}"
+            f"{o.kind:<14} {devs:<24} {dec:>13} {o.speed.prefill_tok_s:>14.0f} {o.speed.decode_comm_share:>6.0%}  "
+            f"{o.speed.speed_basis}{', ' + o.detail if o.detail else ''}"
         )
     lines.append(f"(prefill of a {rec.prompt_tokens}-token prompt; comm = share of a decoded token spent communicating)")
     if rec.best is not None and rec.best.argv:

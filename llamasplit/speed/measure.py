@@ -163,13 +163,14 @@ def bench_models(progress: Callable[[str], None]) -> list[tuple[str, Path]]:
 
 def measure_fleet(
     fleet: Fleet, *, binary: str | Path, progress: Callable[[str], None] = lambda _: None, host: bool = True,
-    hop: bool = True,
+    hop: bool = True, models: Sequence[tuple[str, Path]] | None = None,
 ) -> Fleet:
     """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
-    worker-to-worker hop on their links."""
+    worker-to-worker hop on their links. ``models``: (name, path) to run instead of
+    ``bench_models()``; the last one also measures the hop."""
     from llamasplit.model.profile import read_model
 
-    models = [(name, path, read_model(path)) for name, path in bench_models(progress)]
+    models = [(name, path, read_model(path)) for name, path in (models or bench_models(progress))]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
     how = f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS} on {', '.join(n for n, _, _ in models)}, {when}"
     out_host = fleet.host

@@ -1,0 +1,170 @@
+"""Predicted against measured decode and prefill speed on this machine: the CPU, 1-3 loopback RPC
+workers, and a heterogeneous fleet (workers with -t 1 next to -t 2).
+
+1. ``llamasplit bench`` (``measure_fleet``) measures the host CPU and every worker with the probe
+   models and SmolLM2 (the bench's own runs: ``-p 128 -n 32``).
+2. Every configuration below is then run with llama-bench at other lengths (``-p 256 -n 64``) on
+   the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic llama of ~300 MB that the
+   bench never saw (16 layers of 1536, Q4_0), and compared with the speed model's prediction from
+   the bench figures, through the planner's own path (``estimate`` -> ``layer_split_speed``).
+   Target: median |predicted / measured - 1| within 15 %, every row within 30 %.
+3. Heterogeneous fleet (workers with -t 1 and -t 2): llamasplit's plan from the bench figures
+   against llama.cpp's default split (layers in proportion to free memory), same model and
+   context, both measured; ours should be faster.
+
+    .venv/bin/python benchmarks/speed_vs_real.py [--reps 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from llamasplit.devices.device import Device, Fleet
+from llamasplit.devices.nvml import local_host
+from llamasplit.devices.sources import network_links
+from llamasplit.llamacpp.binaries import find_binary
+from llamasplit.model.profile import read_model
+from llamasplit.planner.estimate import estimate
+from llamasplit.planner.plan import PlanOptions, plan
+from llamasplit.planner.settings import LlamaSettings
+from llamasplit.realmodels import fetch_model
+from llamasplit.runner.processes import start_rpc_worker
+from llamasplit.speed.measure import measure_fleet, run_llama_bench
+from llamasplit.speed.model import layer_split_speed
+from llamasplit.speed.probe import ProbeShape, probe_path
+
+N_PROMPT, N_GEN = 256, 64
+CHECK = ProbeShape("check-300mb", n_layer=16, n_embd=1536, n_ff=4096, n_head=12, n_head_kv=4, n_vocab=16000)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rpc_device(ep: str, i: int, ram_bytes: int) -> Device:
+    return Device(f"rpc:{ep}#0", f"RPC{i}", ep, "RPC", ram_bytes, ram_bytes, host=ep)
+
+
+def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | None, on_host: bool) -> tuple[float, float]:
+    s = LlamaSettings(n_ctx=N_PROMPT + N_GEN, n_gpu_layers=0 if on_host else None, tensor_split=ts, binary="llama-completion")
+    devs = [] if on_host else devices
+    est = estimate(model, devs, s, fast=True)
+    sp = layer_split_speed(model, fleet, devs, est, prompt_tokens=N_PROMPT, kv_fill=(N_GEN / 2) / est.n_ctx)
+    return sp.decode_tok_s, sp.prefill_tok_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="predicted vs measured speed on the CPU and loopback RPC workers")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args()
+    binary = find_binary("llama-bench")
+    t0 = time.time()
+    models = {
+        "smollm2": Path(fetch_model("smollm2")),
+        "gemma3": Path(fetch_model("gemma3")),
+        "synthetic-300MB": probe_path(CHECK),
+    }
+    profiles = {k: read_model(p) for k, p in models.items()}
+    host = local_host()
+    workers = []
+    try:
+        for threads in (1, 2, 1):
+            workers.append(start_rpc_worker(threads=threads))
+        eps = [w.endpoint for w in workers]
+        say(f"workers: {', '.join(f'{ep} (-t {t})' for ep, t in zip(eps, (1, 2, 1)))}")
+        ram = host.ram_total_bytes or (16 << 30)
+        devices = [rpc_device(ep, i, ram) for i, ep in enumerate(eps)]
+        fleet = Fleet(devices=tuple(devices), host=host, links=network_links(devices), source="loopback")
+        measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"bench: {m}"))
+        mdev = list(measured.devices)
+        for name, m in [("CPU", measured.host.measured), *((d.name, d.measured) for d in mdev)]:
+            say(f"measured {name}: decode {m.decode_gb_s:.2f} GB/s, prefill {m.prefill_gflops:.1f} GFLOP/s, "
+                f"layer {m.layer_us:.1f} us, token {m.token_us:.0f} us")
+        hop = [link.latency_us for link in measured.links if link.latency_us is not None]
+        say(f"measured hop between workers: {hop[0]:.0f} us" if hop else "no hop measured")
+
+        configs = [("CPU", [], None, True)]
+        configs.append(("1 worker (-t 2)", [1], None, False))
+        configs.append(("1 worker (-t 1)", [0], None, False))
+        configs.append(("2 workers (-t 1, -t 2) even", [0, 1], (1.0, 1.0), False))
+        configs.append(("3 workers (-t 1, -t 2, -t 1) even", [0, 1, 2], (1.0, 1.0, 1.0), False))
+        rows = []
+        for label, idx, ts, on_host in configs:
+            sub = [mdev[i] for i in idx]
+            sub_fleet = dataclasses.replace(measured, devices=tuple(sub))
+            for mname, path in models.items():
+                if len(idx) == 3 and mname != "smollm2":
+                    continue  # keep the run short: the 3-worker split on one model
+                say(f"run: {label}, {mname}")
+                run = run_llama_bench(binary, path, rpc=[eps[i] for i in idx], ngl=0 if on_host else 99, tensor_split=ts,
+                                      n_prompt=N_PROMPT, n_gen=N_GEN, repetitions=args.reps)
+                dec, pre = predict(profiles[mname], sub_fleet, sub, ts, on_host)
+                rows.append({"config": label, "model": mname, "decode_measured": 1 / run.decode_s, "decode_predicted": dec,
+                             "prefill_measured": N_PROMPT / run.prefill_s, "prefill_predicted": pre})
+
+        # heterogeneous fleet: the plan from the bench figures against llama.cpp's default split
+        hetero = []
+        pair = [mdev[0], mdev[1]]  # -t 1, -t 2, in --rpc order
+        pair_fleet = dataclasses.replace(measured, devices=tuple(pair))
+        for mname in ("smollm2", "synthetic-300MB"):
+            p = plan(profiles[mname], pair_fleet, PlanOptions(settings=LlamaSettings(n_ctx=N_PROMPT + N_GEN), fixed=frozenset({"n_ctx"})))
+            ours_eps = [d.device_id.split(":", 1)[1].split("#")[0] for d in p.devices]
+            ts = p.settings.tensor_split if p.settings.tensor_split and len(p.devices) > 1 else None
+            ngl = p.settings.n_gpu_layers if p.settings.n_gpu_layers is not None else 99
+            say(f"run: heterogeneous, {mname}: ours --rpc {','.join(ours_eps)} -ngl {ngl} -ts {ts}")
+            ours = run_llama_bench(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=N_PROMPT,
+                                   n_gen=N_GEN, repetitions=args.reps)
+            say(f"run: heterogeneous, {mname}: llama.cpp default --rpc {eps[0]},{eps[1]} -ngl 99")
+            default = run_llama_bench(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=N_PROMPT, n_gen=N_GEN,
+                                      repetitions=args.reps)
+            hetero.append({
+                "model": mname, "ours_args": " ".join(p.to_llama_args()),
+                "ours_decode_measured": 1 / ours.decode_s, "ours_decode_predicted": p.decode_tok_s,
+                "default_decode_measured": 1 / default.decode_s, "default_decode_predicted": p.default_split_decode_tok_s,
+                "ours_prefill_measured": N_PROMPT / ours.prefill_s, "default_prefill_measured": N_PROMPT / default.prefill_s,
+            })
+    finally:
+        for w in workers:
+            w.stop()
+
+    print(f"\npredicted vs measured tok/s (llama-bench -p {N_PROMPT} -n {N_GEN}, bench figures from -p 128 -n 32)")
+    print(f"{'config':<36} {'model':<16} {'decode meas':>11} {'pred':>8} {'err':>6}   {'prefill meas':>12} {'pred':>8} {'err':>6}")
+    errs = {"decode": [], "prefill": []}
+    for r in rows:
+        de = r["decode_predicted"] / r["decode_measured"] - 1
+        pe = r["prefill_predicted"] / r["prefill_measured"] - 1
+        errs["decode"].append(abs(de))
+        errs["prefill"].append(abs(pe))
+        print(f"{r['config']:<36} {r['model']:<16} {r['decode_measured']:>11.1f} {r['decode_predicted']:>8.1f} {de:>+6.0%}   "
+              f"{r['prefill_measured']:>12.1f} {r['prefill_predicted']:>8.1f} {pe:>+6.0%}")
+    ok = True
+    for phase, e in errs.items():
+        med, worst = statistics.median(e), max(e)
+        good = med <= 0.15 and worst <= 0.30
+        ok &= good
+        print(f"{phase}: median |pred/meas - 1| {med:.1%}, worst {worst:.1%} (target 15 % / 30 %: {'met' if good else 'NOT met'})")
+    print("\nheterogeneous fleet (workers -t 1 and -t 2): llamasplit's plan vs llama.cpp's default split, measured")
+    for h in hetero:
+        faster = h["ours_decode_measured"] > h["default_decode_measured"]
+        print(f"  {h['model']:<16} ours ({h['ours_args'].split(' --rpc')[0] or 'defaults'}, --rpc as planned): decode "
+              f"{h['ours_decode_measured']:.1f} tok/s (predicted {h['ours_decode_predicted']:.1f}), prefill "
+              f"{h['ours_prefill_measured']:.1f}; default: decode {h['default_decode_measured']:.1f} "
+              f"(predicted {h['default_decode_predicted']:.1f}), prefill {h['default_prefill_measured']:.1f}: "
+              f"ours {'faster' if faster else 'NOT faster'} ({h['ours_decode_measured'] / h['default_decode_measured']:.2f}x)")
+        ok &= faster
+    print(f"\n{time.time() - t0:.0f} s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "heterogeneous": hetero,
+                                               "bench": json.loads(json.dumps(measured.to_dict()))}, indent=2))
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""``llamasplit bench`` on real loopback RPC workers: measured speeds into the inventory, and plan
+--inventory predicting from them (small models only; the full comparison is benchmarks/speed_vs_real.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from procs import rpc_workers
+
+from llamasplit.cli import main
+from llamasplit.devices.device import Fleet
+from llamasplit.devices.inventory import load_inventory, save_inventory
+from llamasplit.devices.nvml import local_host
+from llamasplit.devices.sources import network_links
+from llamasplit.llamacpp.binaries import find_binary
+from llamasplit.model.profile import read_model
+from llamasplit.planner.estimate import estimate
+from llamasplit.planner.settings import LlamaSettings
+from llamasplit.speed.measure import N_GEN, N_PROMPT, measure_fleet, run_llama_bench
+from llamasplit.speed.model import layer_split_speed
+from llamasplit.speed.probe import PROBES, probe_path
+
+pytestmark = pytest.mark.llamacpp
+
+
+def test_bench_measures_workers_and_plan_uses_it(smollm2_path, tmp_path, capsys):
+    from test_speed_plan import rpc_like
+
+    small = [(s.name, probe_path(s)) for s in PROBES if s.name != "probe-wide"] + [("smollm2", smollm2_path)]
+    binary = find_binary("llama-bench")
+    with rpc_workers(2, threads=1) as workers:
+        devices = rpc_like([w.endpoint for w in workers])
+        fleet = Fleet(devices=tuple(devices), host=local_host(), links=network_links(devices), source="test")
+        measured = measure_fleet(fleet, binary=binary, host=False, models=small)
+        for d in measured.devices:
+            m = d.measured
+            assert m is not None and m.decode_gb_s > 0.1 and m.prefill_gflops > 1 and math.isfinite(m.token_us)
+        hop = measured.link(measured.devices[0].id, measured.devices[1].id)
+        assert hop is not None and hop.latency_us is not None and hop.latency_us >= 0
+        # the fitted model reproduces a fresh run of SmolLM2 on one worker
+        run = run_llama_bench(binary, smollm2_path, rpc=[workers[0].endpoint], ngl=99)
+        model = read_model(smollm2_path)
+        dev = [measured.devices[0]]
+        est = estimate(model, dev, LlamaSettings(n_ctx=N_PROMPT + N_GEN, binary="llama-completion"), fast=True)
+        sp = layer_split_speed(model, measured, dev, est, prompt_tokens=N_PROMPT, kv_fill=(N_GEN / 2) / est.n_ctx)
+        assert 0.65 < sp.decode_tok_s * run.decode_s < 1.5, (sp.decode_tok_s, 1 / run.decode_s)
+    path = save_inventory(measured, tmp_path / "bench.json")
+    assert load_inventory(path).devices[0].measured == measured.devices[0].measured
+    assert main(["plan", str(smollm2_path), "--inventory", str(path), "-c", "4096", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["speed_basis"] == "measured" and data["decode_tok_s"] > 0 and data["prefill_tok_s"] > 0
