@@ -246,6 +246,10 @@ class HubServer:
     def _answer(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)
         path = unquote(parts.path)
+        m = re.match(r"^/api/models/([^/]+/[^/]+)/refs$", path)  # llama.cpp asks for the branches first
+        if m and m.group(1) in self.repos:
+            body = {"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": self.COMMIT}], "tags": []}
+            return self._send(h, 200, json.dumps(body).encode(), {"Content-Type": "application/json"})
         m = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)$", path)
         if m:
             repo = m.group(1)

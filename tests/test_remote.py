@@ -33,6 +33,9 @@ def _loopback_only(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing answers
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    from llamasplit.llamacpp.binaries import ENV_BIN, bin_dir
+
+    monkeypatch.setenv(ENV_BIN, os.environ.get(ENV_BIN) or str(bin_dir()))  # the built llama.cpp stays found
     monkeypatch.setenv("LLAMASPLIT_CACHE", str(tmp_path / "ls-cache"))
 
 
@@ -402,3 +405,35 @@ def test_run_hf_downloads_then_runs_the_plan(hub, tmp_path):
     assert "downloading org/Mixed-GGUF/smollm2-135m-Q4_1.gguf" in done.stderr
     (local,) = (tmp_path / "hf-home").rglob("smollm2-135m-Q4_1.gguf")
     assert f"-m {local}" in done.stderr or f"-m {local.resolve()}" in done.stderr
+
+
+TRICKY = ["README.md", "mmproj-model-f16.gguf", "sub/model-Q8_0.gguf", "model-IQ4_XS.gguf", "model-q4_1.gguf",
+          "model-Q4_K_M-00002-of-00002.gguf", "model-Q4_K_M-00001-of-00002.gguf", "model.Q8_0.gguf",
+          "model-Q5_K_M-imatrix.gguf", "model-Q5_K_M.gguf"]
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("tag", ["", "Q4_K_M", "q8_0", "Q4_1", "Q5_K_M", "IQ4_XS"])
+def test_tag_matching_agrees_with_llama_cpp(tag, tmp_path, llama_bin, monkeypatch):
+    """Differential: llama.cpp's own -hf against the same Hub-shaped server; it downloads the files
+    it picked (then fails to load them: each is a few bytes), and they must be the ones we pick."""
+    from llamasplit.model import hub as H
+
+    with HubServer() as server:
+        for name in TRICKY:
+            blob = tmp_path / "blobs" / name.replace("/", "_")
+            blob.parent.mkdir(exist_ok=True)
+            blob.write_bytes(f"not a model: {name}".encode())
+            server.add("org/Tricky-GGUF", name, blob)
+        spec = "org/Tricky-GGUF" + (f":{tag}" if tag else "")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "LLAMA_", "MODEL_"))}
+        env.update({"HF_ENDPOINT": server.endpoint, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0"})
+        subprocess.run([str(llama_bin("llama-completion")), "-hf", spec, "-n", "1", "-p", "x", "-no-cnv"],
+                       capture_output=True, text=True, env=env, timeout=120)
+        got = sorted(str(p.relative_to(snap)) for snap in (tmp_path / "hub").glob("models--*/snapshots/*")
+                     for p in snap.rglob("*.gguf"))
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        ref = H.parse_hf(spec)
+        ours = sorted(f.path for f in H.choose(ref, H.list_files(ref)))
+    assert got and got == ours, (got, ours)
+    assert tag or got == ["model-Q4_K_M-00001-of-00002.gguf", "model-Q4_K_M-00002-of-00002.gguf"]  # no tag: Q4_K_M, both shards
