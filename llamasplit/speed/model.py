@@ -41,7 +41,7 @@ MEASURED, CALIBRATED, DATASHEET, ASSUMED = "measured", "calibrated", "datasheet"
 IDLE = "idle"
 """The basis of a device that does no work in a configuration (its speed does not matter)."""
 
-KV_FILL = 0.5
+KV_FILL: float = coefficients()["decode_kv_fill"]["value"]
 """Decode reads the KV cache at this share of the context (the planner's convention: half full)."""
 
 HOST_NAME = "CPU"
@@ -89,7 +89,7 @@ def device_speed(d: Device, coeffs: dict[str, Any] | None = None) -> DeviceSpeed
     family = gpu_family(d.compute_capability, coeffs) if d.backend.upper() in ("CUDA", "RPC") else None
     fitted = coeffs["families"].get(family) if family else None
     c = fitted or coeffs["datasheet"]
-    tflops = d.fp16_tflops if d.fp16_tflops else d.bandwidth_gb_s / 10.0
+    tflops = d.fp16_tflops if d.fp16_tflops else d.bandwidth_gb_s * coeffs["datasheet"]["tflops_per_gb_s_when_unknown"]
     return DeviceSpeed(
         d.bandwidth_gb_s * 1e9 * c["decode_bandwidth_efficiency"], tflops * 1e12 * c["prefill_compute_efficiency"],
         c["layer_us"] * 1e-6, c["token_us"] * 1e-6, CALIBRATED if fitted else DATASHEET,
