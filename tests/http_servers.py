@@ -68,6 +68,8 @@ class StaticServer:
         self.accept_ranges: str | None = "bytes"
         """The ``Accept-Ranges`` header sent (``None``: none, as servers without range support do)."""
         self.fail_next: list[int] = []
+        self.stall_s = 0.0
+        """Wait this long before answering (a server that does not answer in time)."""
         self.log = Log()
         server = self
 
@@ -110,6 +112,10 @@ class StaticServer:
     def _answer(self, h: BaseHTTPRequestHandler, *, head: bool) -> None:
         path = unquote(urlsplit(h.path).path)
         rng = h.headers.get("Range")
+        if self.stall_s:
+            import time
+
+            time.sleep(self.stall_s)
         if self.fail_next:
             status = self.fail_next.pop(0)
             self._empty(h, status, path, rng)

@@ -155,3 +155,21 @@ def test_estimator_adds_fa_f16_copies_only_when_the_chosen_kernel_needs_them(smo
     rpc_cpu = dataclasses.replace(_rpc_serving(dev), serves="CPU")
     s = LlamaSettings(n_ctx=4096, flash_attn="on", type_k="q8_0", type_v="f16", n_ubatch=1, binary="llama-completion")
     assert estimate(model, [rpc_cpu], s).devices[0].compute_bytes < compute(1, "q8_0", "f16")
+
+
+def test_flash_attention_pool_bound_and_its_place_in_the_overhead(smollm2_path):
+    # MMA: 2 blocks x 132 SMs x 64 columns x (2 + 128/2) floats for the stream-k fixup
+    assert R.fattn_pool_bytes(R.FattnKernel.MMA_F16, head_v=128, n_head=32, n_tokens=512, n_kv=4096) == 264 * 64 * 66 * 4
+    # vector kernel, one token, 32 heads: ceil(4 x 132 / 32) = 17 parallel blocks, each a copy of the
+    # output (128 x 32 floats) plus one float2 per row
+    assert R.fattn_pool_bytes(R.FattnKernel.VEC, head_v=128, n_head=32, n_tokens=1, n_kv=4096) == 17 * (128 * 32 * 4 + 32 * 8)
+    # 256 cells are two 128-cell KV tiles: at most 2 parallel blocks; one tile: none, no dst_tmp
+    assert R.fattn_pool_bytes(R.FattnKernel.VEC, head_v=128, n_head=32, n_tokens=1, n_kv=256) == 2 * (128 * 32 * 4 + 32 * 8)
+    assert R.fattn_pool_bytes(R.FattnKernel.VEC, head_v=128, n_head=32, n_tokens=1, n_kv=128) == 0
+    model = read_model(smollm2_path)
+    dev = fleet_from_spec("3090").devices[0]
+    on = estimate(model, [dev], LlamaSettings(n_ctx=4096, flash_attn="on")).devices[0].overhead_parts["pool"]
+    off = estimate(model, [dev], LlamaSettings(n_ctx=4096, flash_attn="off")).devices[0].overhead_parts["pool"]
+    # SmolLM2 (576 wide, 1536 FFN): MMQ's q8_1 copy at 512 tokens is 512 x 1536 x 144/128 + 128 x 144 bytes
+    # = 903168 -> one 2 MiB granule; flash attention's MMA bound (head 64: 2 x 132 x 64 x 34 x 4 = 2297856) -> two
+    assert off == 2 * MiB and on == 4 * MiB

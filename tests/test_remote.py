@@ -437,3 +437,29 @@ def test_tag_matching_agrees_with_llama_cpp(tag, tmp_path, llama_bin, monkeypatc
         ours = sorted(f.path for f in H.choose(ref, H.list_files(ref)))
     assert got and got == ours, (got, ours)
     assert tag or got == ["model-Q4_K_M-00001-of-00002.gguf", "model-Q4_K_M-00002-of-00002.gguf"]  # no tag: Q4_K_M, both shards
+
+
+def test_a_server_that_does_not_answer_times_out(smollm2_path, tmp_path):
+    with StaticServer({"/m.gguf": smollm2_path}) as srv:
+        srv.stall_s = 1.0
+        t0 = time.perf_counter()
+        with pytest.raises(ModelReadError, match="did not answer in time"):
+            open_model(srv.url("/m.gguf"), options=RemoteOptions(timeout_s=0.2, retries=1, backoff_s=0.01),
+                       cache=HeaderCache(tmp_path))
+        assert time.perf_counter() - t0 < 5
+        srv.stall_s = 0.0
+
+
+def test_split_model_on_the_hub(hub, tmp_path):
+    a = write_model(tmp_path / "a.gguf", split=(0, 2, 3), tensors=[("token_embd.weight", (256, 64)), ("output_norm.weight", (64,))])
+    b = write_model(tmp_path / "b.gguf", split=(1, 2, 3), tensors=[("blk.0.attn_norm.weight", (64,))])
+    hub.add("org/Split-GGUF", "Q8_0/m-Q8_0-00002-of-00002.gguf", b)
+    hub.add("org/Split-GGUF", "Q8_0/m-Q8_0-00001-of-00002.gguf", a)
+    hub.cdn.log.clear()
+    remote = open_model(hf="org/Split-GGUF:Q8_0", cache=HeaderCache(tmp_path / "c"))
+    local_a = tmp_path / "m-00001-of-00002.gguf"
+    local_a.write_bytes(a.read_bytes())
+    (tmp_path / "m-00002-of-00002.gguf").write_bytes(b.read_bytes())
+    _same_profile(remote, read_model(local_a))
+    assert [f.rsplit("/", 1)[-1] for f in remote.files] == ["m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf"]
+    assert len({p for _m, p, *_ in hub.cdn.log.gets()}) == 2  # both shards' headers, from the CDN

@@ -244,6 +244,38 @@ def cublas_src_f16_bytes(ne10: int, ne11: int, ne01: int) -> int:
     return ne10 * ne11 * 2 + ne01 * ne11 * 2
 
 
+FATTN_NSM_BOUND = 132
+"""[estimate] SMs assumed when bounding flash attention's pool temporaries (H100 SXM's count; NVML
+gives no SM count): more SMs, more parallel blocks, larger temporaries."""
+
+
+def fattn_pool_bytes(kernel: FattnKernel, *, head_v: int, n_head: int, n_tokens: int, n_kv: int,
+                     nsm: int = FATTN_NSM_BOUND) -> int:
+    """[estimate, an upper bound] flash attention's pool temporaries, fattn-common.cuh ``launch_fattn``:
+
+    - MMA (stream-k): ``dst_tmp_meta`` of ``blocks x ncols x (2 + DV/2)`` floats when the SMs share
+      output tiles, ``blocks <= max_blocks_per_sm x nsm`` (2 per SM assumed), ``ncols <= 64``;
+    - vector/tile: ``dst_tmp`` of ``parallel_blocks x nelements(KQV)`` floats and ``dst_tmp_meta`` of
+      ``parallel_blocks x nrows(KQV)`` float2, ``parallel_blocks <= ntiles_KV = n_kv / 128``, chosen to
+      fill the SMs: bounded here by two waves of ``2 x nsm`` blocks over ``n_head x n_tokens`` tiles.
+
+    >>> fattn_pool_bytes(FattnKernel.MMA_F16, head_v=128, n_head=32, n_tokens=512, n_kv=4096)  # 264 x 64 x 66 x 4
+    4460544
+    >>> fattn_pool_bytes(FattnKernel.VEC, head_v=128, n_head=32, n_tokens=1, n_kv=4096)  # ceil(4 x 132 / 32) = 17 blocks x 16640
+    282880
+    """
+    if kernel is FattnKernel.NONE:
+        return 0
+    if kernel is FattnKernel.MMA_F16:
+        return 2 * nsm * 64 * (2 + head_v // 2) * 4
+    ntiles_kv = max(1, n_kv // 128)
+    ntiles_dst = max(1, n_head * n_tokens)
+    parallel = max(1, min(ntiles_kv, -(-2 * 2 * nsm // ntiles_dst)))
+    if parallel == 1:
+        return 0  # launch_fattn allocates dst_tmp only for parallel_blocks > 1
+    return parallel * (head_v * n_head * n_tokens * 4 + n_head * n_tokens * 8)
+
+
 VMM_GRANULARITY_BYTES = 2 * MiB
 """ggml-cuda.cu ``ggml_cuda_pool_vmm::alloc`` grows the pool's physical memory in multiples of
 ``cuMemGetAllocationGranularity(..., CU_MEM_ALLOC_GRANULARITY_RECOMMENDED)``: a runtime value,

@@ -252,14 +252,35 @@ def pool_high_water(model: ModelProfile, slots: Sequence[int], n_ubatch: int, n_
     return max((per_slot[s] for s in slots), default=0)
 
 
+def fattn_pool_high_water(model: ModelProfile, device: Device, settings: LlamaSettings, n_kv: int,
+                          token_counts: Sequence[int]) -> int:
+    """[estimate] Flash attention's pool temporaries on a CUDA device at the graphs llama.cpp reserves
+    (``token_counts``: the prompt ubatch and the decode step), for the kernel ``cuda_rules`` picks."""
+    hp = model.hparams
+    if not hp.n_head or not hp.n_head_kv or not hp.n_head_kv[0]:
+        return 0
+    cc = cuda_rules.cc_of(device.compute_capability)
+    n_head, n_head_kv = max(hp.n_head), max(hp.n_head_kv)
+    out = 0
+    for n_tokens in token_counts:
+        kernel = cuda_rules.best_fattn_kernel(
+            cc if cc is not None else cuda_rules.CC_TURING, head_k=hp.n_embd_head_k, head_v=hp.n_embd_head_v,
+            n_tokens=n_tokens, gqa_ratio=max(n_head // n_head_kv, 1), n_kv=n_kv,
+            type_k=int(kv.cache_type(settings.type_k)), type_v=int(kv.cache_type(settings.type_v)))
+        out = max(out, cuda_rules.fattn_pool_bytes(kernel, head_v=hp.n_embd_head_v, n_head=n_head,
+                                                   n_tokens=n_tokens, n_kv=n_kv))
+    return out
+
+
 def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_ubatch: int, n_outputs: int,
-                  *, tensor_peers: int = 0) -> cuda_rules.Overhead:
+                  *, tensor_peers: int = 0, fattn_bytes: int = 0) -> cuda_rules.Overhead:
     """A CUDA device's memory outside llama.cpp's breakdown (``cuda_rules.overhead``). An RPC worker's
     free memory was read by a process that already holds its CUDA context, so only the cuBLAS
-    workspace and the pool count there."""
+    workspace and the pool count there. The pool holds the largest temporary: a mat-mul's, or
+    flash attention's (``fattn_bytes``); kernels run one at a time and free theirs."""
     return cuda_rules.overhead(
         cuda_rules.cc_of(device.compute_capability),
-        pool_high_water_bytes=pool_high_water(model, slots, n_ubatch, n_outputs),
+        pool_high_water_bytes=max(pool_high_water(model, slots, n_ubatch, n_outputs), fattn_bytes),
         context_in_free=device.backend.upper() == "RPC",
         tensor_peers=tensor_peers,
     )
@@ -412,7 +433,8 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     for i, (e, d) in enumerate(zip(ests, devices)):
         if _backend(d) == "CUDA":
             slots = [s for s, x in enumerate(layer_dev) if x == i]
-            overhead = cuda_overhead(model, d, slots, n_ubatch, n_outputs)
+            fa = fattn_pool_high_water(model, d, settings, layout.kv_size, (n_ubatch, n_seq)) if flash and slots else 0
+            overhead = cuda_overhead(model, d, slots, n_ubatch, n_outputs, fattn_bytes=fa)
             e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
     return Estimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx_padded, layer_device=tuple(layer_dev), flash_attn=flash,

@@ -48,7 +48,7 @@ from llamasplit.model.profile import ModelProfile, TensorInfo
 from llamasplit.planner import kv
 from llamasplit.planner.f32 import f32, prefix_sums
 from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, HOST
-from llamasplit.planner.estimate import DeviceEstimate, cuda_overhead, estimate, _tables
+from llamasplit.planner.estimate import DeviceEstimate, cuda_overhead, estimate, fattn_pool_high_water, _tables
 from llamasplit.planner.settings import LlamaSettings
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +628,8 @@ def estimate_tensor(model: ModelProfile, devices: Sequence[Device], settings: Ll
     for j, e in enumerate(ests):
         e.compute_bytes = compute
         if backends[j] == "CUDA":
-            overhead = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers)
+            fa = fattn_pool_high_water(model, devs[j], settings, layout.kv_size, (n_ubatch, settings.seq_count))
+            overhead = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers, fattn_bytes=fa)
             e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
     host = dataclasses.replace(base.host, context_bytes=host_ctx, name=HOST)
     return TensorEstimate(
