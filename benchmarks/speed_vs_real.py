@@ -3,9 +3,9 @@ workers, and a heterogeneous fleet (workers with -t 1 next to -t 2).
 
 1. ``llamasplit bench`` (``measure_fleet``) measures the host CPU and every worker with the probe
    models and SmolLM2 (the bench's own runs: ``-p 128 -n 32``).
-2. Every configuration below is then run with llama-bench at other lengths (``-p 256 -n 64``) on
-   the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic llama of ~300 MB that the
-   bench never saw (16 layers of 1536, Q4_0), and compared with the speed model's prediction from
+2. Every configuration below is then run with llama-bench at other lengths (``-p 64 -n 32``; the
+   synthetic model ``-p 16``) on the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic
+   llama of ~250 MB that the bench never saw (16 layers of 1536, Q4_0), and compared with the speed model's prediction from
    the bench figures, through the planner's own path (``estimate`` -> ``layer_split_speed``).
    Target: median |predicted / measured - 1| within 15 %, every row within 30 %.
 3. Heterogeneous fleet (workers with -t 1 and -t 2): llamasplit's plan from the bench figures
@@ -39,8 +39,10 @@ from llamasplit.speed.measure import measure_fleet, run_llama_bench
 from llamasplit.speed.model import layer_split_speed
 from llamasplit.speed.probe import ProbeShape, probe_path
 
-N_PROMPT, N_GEN = 256, 64
-CHECK = ProbeShape("check-300mb", n_layer=16, n_embd=1536, n_ff=4096, n_head=12, n_head_kv=4, n_vocab=16000)
+N_PROMPT, N_GEN = 64, 32
+SYNTH_PROMPT = 16
+"""The ~250 MB synthetic model's prefill test is shorter: a one-thread worker computes ~3 GFLOP/s here."""
+CHECK = ProbeShape("check-250mb", n_layer=16, n_embd=1536, n_ff=4096, n_head=12, n_head_kv=4, n_vocab=16000)
 
 
 def say(msg: str) -> None:
@@ -51,11 +53,12 @@ def rpc_device(ep: str, i: int, ram_bytes: int) -> Device:
     return Device(f"rpc:{ep}#0", f"RPC{i}", ep, "RPC", ram_bytes, ram_bytes, host=ep)
 
 
-def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | None, on_host: bool) -> tuple[float, float]:
-    s = LlamaSettings(n_ctx=N_PROMPT + N_GEN, n_gpu_layers=0 if on_host else None, tensor_split=ts, binary="llama-completion")
+def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | None, on_host: bool,
+            n_prompt: int) -> tuple[float, float]:
+    s = LlamaSettings(n_ctx=n_prompt + N_GEN, n_gpu_layers=0 if on_host else None, tensor_split=ts, binary="llama-completion")
     devs = [] if on_host else devices
     est = estimate(model, devs, s, fast=True)
-    sp = layer_split_speed(model, fleet, devs, est, prompt_tokens=N_PROMPT, kv_fill=(N_GEN / 2) / est.n_ctx)
+    sp = layer_split_speed(model, fleet, devs, est, prompt_tokens=n_prompt, kv_fill=(N_GEN / 2) / est.n_ctx)
     return sp.decode_tok_s, sp.prefill_tok_s
 
 
@@ -69,7 +72,7 @@ def main() -> None:
     models = {
         "smollm2": Path(fetch_model("smollm2")),
         "gemma3": Path(fetch_model("gemma3")),
-        "synthetic-300MB": probe_path(CHECK),
+        "synthetic-250MB": probe_path(CHECK),
     }
     profiles = {k: read_model(p) for k, p in models.items()}
     host = local_host()
@@ -102,39 +105,45 @@ def main() -> None:
             for mname, path in models.items():
                 if len(idx) == 3 and mname != "smollm2":
                     continue  # keep the run short: the 3-worker split on one model
+                if mname == "gemma3" and label not in ("CPU", "1 worker (-t 2)"):
+                    continue
+                n_prompt = SYNTH_PROMPT if mname.startswith("synthetic") else N_PROMPT
                 say(f"run: {label}, {mname}")
                 run = run_llama_bench(binary, path, rpc=[eps[i] for i in idx], ngl=0 if on_host else 99, tensor_split=ts,
-                                      n_prompt=N_PROMPT, n_gen=N_GEN, repetitions=args.reps)
-                dec, pre = predict(profiles[mname], sub_fleet, sub, ts, on_host)
+                                      n_prompt=n_prompt, n_gen=N_GEN, repetitions=args.reps)
+                dec, pre = predict(profiles[mname], sub_fleet, sub, ts, on_host, n_prompt)
                 rows.append({"config": label, "model": mname, "decode_measured": 1 / run.decode_s, "decode_predicted": dec,
-                             "prefill_measured": N_PROMPT / run.prefill_s, "prefill_predicted": pre})
+                             "prefill_measured": n_prompt / run.prefill_s, "prefill_predicted": pre, "prompt": n_prompt})
+                say(f"  decode {rows[-1]['decode_measured']:.1f} (predicted {dec:.1f}), prefill "
+                    f"{rows[-1]['prefill_measured']:.1f} (predicted {pre:.1f})")
 
         # heterogeneous fleet: the plan from the bench figures against llama.cpp's default split
         hetero = []
         pair = [mdev[0], mdev[1]]  # -t 1, -t 2, in --rpc order
         pair_fleet = dataclasses.replace(measured, devices=tuple(pair))
-        for mname in ("smollm2", "synthetic-300MB"):
-            p = plan(profiles[mname], pair_fleet, PlanOptions(settings=LlamaSettings(n_ctx=N_PROMPT + N_GEN), fixed=frozenset({"n_ctx"})))
+        for mname in ("smollm2", "synthetic-250MB"):
+            n_prompt = SYNTH_PROMPT if mname.startswith("synthetic") else N_PROMPT
+            p = plan(profiles[mname], pair_fleet, PlanOptions(settings=LlamaSettings(n_ctx=n_prompt + N_GEN), fixed=frozenset({"n_ctx"})))
             ours_eps = [d.device_id.split(":", 1)[1].split("#")[0] for d in p.devices]
             ts = p.settings.tensor_split if p.settings.tensor_split and len(p.devices) > 1 else None
             ngl = p.settings.n_gpu_layers if p.settings.n_gpu_layers is not None else 99
             say(f"run: heterogeneous, {mname}: ours --rpc {','.join(ours_eps)} -ngl {ngl} -ts {ts}")
-            ours = run_llama_bench(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=N_PROMPT,
+            ours = run_llama_bench(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=n_prompt,
                                    n_gen=N_GEN, repetitions=args.reps)
             say(f"run: heterogeneous, {mname}: llama.cpp default --rpc {eps[0]},{eps[1]} -ngl 99")
-            default = run_llama_bench(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=N_PROMPT, n_gen=N_GEN,
+            default = run_llama_bench(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=n_prompt, n_gen=N_GEN,
                                       repetitions=args.reps)
             hetero.append({
                 "model": mname, "ours_args": " ".join(p.to_llama_args()),
                 "ours_decode_measured": 1 / ours.decode_s, "ours_decode_predicted": p.decode_tok_s,
                 "default_decode_measured": 1 / default.decode_s, "default_decode_predicted": p.default_split_decode_tok_s,
-                "ours_prefill_measured": N_PROMPT / ours.prefill_s, "default_prefill_measured": N_PROMPT / default.prefill_s,
+                "ours_prefill_measured": n_prompt / ours.prefill_s, "default_prefill_measured": n_prompt / default.prefill_s,
             })
     finally:
         for w in workers:
             w.stop()
 
-    print(f"\npredicted vs measured tok/s (llama-bench -p {N_PROMPT} -n {N_GEN}, bench figures from -p 128 -n 32)")
+    print(f"\npredicted vs measured tok/s (llama-bench -p {N_PROMPT} -n {N_GEN}, synthetic -p {SYNTH_PROMPT}; bench figures from -p 128 -n 32)")
     print(f"{'config':<36} {'model':<16} {'decode meas':>11} {'pred':>8} {'err':>6}   {'prefill meas':>12} {'pred':>8} {'err':>6}")
     errs = {"decode": [], "prefill": []}
     for r in rows:

@@ -41,7 +41,8 @@ class BenchResult:
 
     model: str
     decode_s: float
-    prefill_s: float
+    prefill_s: float | None
+    """Seconds for the whole prompt; ``None`` when no prefill test was run (``n_prompt`` 0)."""
     n_prompt: int
     n_gen: int
 
@@ -81,8 +82,8 @@ def run_llama_bench(
         runs = parse_llama_bench(done.stdout)
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise LaunchError(f"llama-bench printed no JSON results: {exc}") from exc
-    pp, tg = runs["pp"], runs["tg"]
-    return BenchResult(Path(model).name, tg[0] / n_gen, pp[0], n_prompt, n_gen)
+    pp, tg = runs.get("pp"), runs["tg"]
+    return BenchResult(Path(model).name, tg[0] / n_gen, pp[0] if pp else None, n_prompt, n_gen)
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,17 @@ def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads:
                                               [r.decode_s for _, r in observations])
     if inv_bw <= 0:
         raise LaunchError("the decode runs do not depend on the bytes read: cannot measure a bandwidth")
-    pre = [(f.prompt_flops, r.prefill_s - f.layers * layer_s - token_s) for f, r in observations if f.prompt_flops]
+    pre = [(f.prompt_flops, r.prefill_s - f.layers * layer_s - token_s) for f, r in observations
+           if f.prompt_flops and r.prefill_s is not None]
     (inv_f,) = _nnls_relative([(fl,) for fl, _ in pre], [max(t, 1e-9) for _, t in pre])
     return MeasuredSpeed(decode_gb_s=round(1 / inv_bw / 1e9, 4), prefill_gflops=round(1 / inv_f / 1e9, 3),
                          layer_us=round(layer_s * 1e6, 2), token_us=round(token_s * 1e6, 1), threads=threads, how=how)
+
+
+def prompt_tokens(model_name: str) -> int:
+    """The wide probe only decodes (it is there for the bandwidth; its prefill would take a
+    one-thread CPU worker half a minute)."""
+    return 0 if model_name == "probe-wide" else N_PROMPT
 
 
 def bench_models(progress: Callable[[str], None]) -> list[tuple[str, Path]]:
@@ -178,7 +186,9 @@ def measure_fleet(
         obs = []
         for name, path, m in models:
             progress(f"host CPU: {name}")
-            obs.append((features(m, on_host=True), run_llama_bench(binary, path, ngl=0)))
+            n_prompt = prompt_tokens(name)
+            obs.append((features(m, on_host=True, n_prompt=n_prompt or N_PROMPT),
+                        run_llama_bench(binary, path, ngl=0, n_prompt=n_prompt)))
         out_host = dataclasses.replace(fleet.host, measured=fit_device(obs, threads=fleet.host.cpu_cores, how=how))
     devices = list(fleet.devices)
     endpoints = {}
@@ -192,7 +202,9 @@ def measure_fleet(
         obs = []
         for name, path, m in models:
             progress(f"{d.name} ({ep}): {name}")
-            obs.append((features(m, on_host=False), run_llama_bench(binary, path, rpc=[ep], ngl=99)))
+            n_prompt = prompt_tokens(name)
+            obs.append((features(m, on_host=False, n_prompt=n_prompt or N_PROMPT),
+                        run_llama_bench(binary, path, rpc=[ep], ngl=99, n_prompt=n_prompt)))
         devices[i] = dataclasses.replace(d, measured=fit_device(obs, threads=None, how=how))
     out = dataclasses.replace(fleet, devices=tuple(devices), host=out_host)
     eps = list(endpoints)
@@ -234,4 +246,4 @@ def host_fleet() -> Fleet:
     return Fleet(devices=(), host=local_host(), source="local")
 
 
-__all__ = ["BenchResult", "Features", "features", "fit_device", "measure_fleet", "parse_llama_bench", "run_llama_bench"]
+__all__ = ["BenchResult", "Features", "features", "fit_device", "host_fleet", "measure_fleet", "parse_llama_bench", "run_llama_bench"]
