@@ -32,6 +32,7 @@ DEFAULT_TAGS = ("Q4_K_M", "Q8_0")
 _SIDECARS = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")
 _SPLIT = re.compile(r"^(.+)-([0-9]{5})-of-([0-9]{5})$", re.IGNORECASE)
 _TAG = re.compile(r"[-.]([A-Z0-9_]+)$", re.IGNORECASE)
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f-\x9f\\]|^/")
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ def list_files(ref: HubRef) -> list[HubFile]:
     for e in entries:
         if not hasattr(e, "blob_id"):  # a folder
             continue
+        if not isinstance(e.path, str) or _UNSAFE_PATH.search(e.path) or ".." in e.path.split("/"):
+            continue  # a listing is untrusted: like llama.cpp's is_valid_subpath, skip what is no plain path
         lfs = getattr(e, "lfs", None)
         oid = getattr(lfs, "sha256", None) if lfs is not None else e.blob_id
         out.append(HubFile(path=e.path, size=e.size, oid=oid))

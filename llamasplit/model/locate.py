@@ -98,8 +98,9 @@ def read_url_model(url: str, *, options, transfer, cache, require_data: bool = T
     if len(names) == 1:
         return profile_from_headers(url, [first])
     urls = [_with_name(url, n) for n in names]
-    headers = [first if n == _url_name(url) else _url_header(u, options, transfer, cache, require_data)
-               for n, u in zip(names, urls)]
+    given = _url_name(url)
+    headers = _each(lambda nu, mine: first if nu[0] == given else _url_header(nu[1], options, mine, cache, require_data),
+                    list(zip(names, urls)), transfer)
     return profile_from_headers(urls[0], headers)
 
 
@@ -126,21 +127,39 @@ def read_hub_model(ref, files, *, options, transfer, cache, require_data: bool =
     from llamasplit.model.header_cache import HeaderKey
     from llamasplit.model.profile import profile_from_headers
 
-    headers = []
-    for f in files:
+    def one(f, mine):
         url = hub.file_url(ref, f.path)
         key = HeaderKey("hf", f"{hub.hub_endpoint()}/{ref.repo}/{f.path}", f"{f.oid}:{f.size}") if f.oid else None
         cached = cache.get(key) if key is not None else None
         if cached is not None:
-            transfer.cached.append(url)
-            headers.append(cached)
-            continue
-        rf = _hub_file(url, options, transfer)
-        header = remote.read_header(rf, options, transfer=transfer, require_data=require_data)
+            mine.cached.append(url)
+            return cached
+        rf = _hub_file(url, options, mine)
+        header = remote.read_header(rf, options, transfer=mine, require_data=require_data)
         if key is not None:
             cache.put(key, header)
-        headers.append(header)
+        return header
+
+    headers = _each(one, files, transfer)
     return profile_from_headers(hub.file_url(ref, files[0].path), headers)
+
+
+def _each(read, items, transfer, workers: int = 4):
+    """``read(item, transfer)`` for every item, the shards of a split model 4 at a time; counts summed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llamasplit.model.remote import Transfer
+
+    if len(items) == 1:
+        return [read(items[0], transfer)]
+    counts = [Transfer() for _ in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        out = list(pool.map(read, items, counts))
+    for c in counts:
+        transfer.requests += c.requests
+        transfer.body_bytes += c.body_bytes
+        transfer.cached.extend(c.cached)
+    return out
 
 
 def _hub_file(url: str, options, transfer):
