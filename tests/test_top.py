@@ -71,6 +71,18 @@ def test_render_puts_the_plan_next_to_what_nvml_sees(smollm2_path):
     assert not any(ch in row["1"] for ch in "+")
 
 
+def test_render_lists_every_compute_process_with_a_sanitised_name():
+    fake = _fake()
+    fake.nvmlInit()
+    s = sample(fake, [4242])
+    fake.nvmlShutdown()
+    names = {4242: "llama-server", 77: "evil\x1b[2Jname"}
+    text = render(s, None, [4242], names=names.get)
+    assert "*    gpu 0 pid 4242 llama-server: 3.00 GiB" in text
+    assert "     gpu 0 pid 77 evil[2Jname: 512.00 MiB" in text and "\x1b" not in text
+    assert "*    gpu 1 pid 4242 llama-server: not reported" in text
+
+
 def test_watch_is_bounded_plain_text_when_not_a_terminal_and_redraws_on_one():
     out = io.StringIO()
     sleeps: list[float] = []

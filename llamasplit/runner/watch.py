@@ -13,6 +13,7 @@ timestamp otherwise (logs, pipes); ``count`` bounds the loop (tests, scripts).
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,9 @@ from typing import Any, TextIO
 
 from llamasplit.devices.nvml import _text, check_official, init_error, query_error
 from llamasplit.units import format_size
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,20 @@ def predictions(plan: Any | None) -> dict[str, tuple[str, int]]:
     return out
 
 
-def render(samples: Sequence[GpuSample], plan: Any | None = None, pids: Sequence[int] = (), *, when: str = "") -> str:
-    """One sample as a table: GPU, used, free, what the watched process holds, the plan's prediction."""
+def process_name(pid: int) -> str | None:
+    """A process's name (psutil), or None when it is gone, hidden (another pid namespace) or psutil is absent."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).name()
+    except Exception:  # noqa: BLE001 - psutil.Error, ImportError: the name is only a label
+        return None
+
+
+def render(samples: Sequence[GpuSample], plan: Any | None = None, pids: Sequence[int] = (), *, when: str = "",
+           names: Callable[[int], str | None] = process_name) -> str:
+    """One sample as a table: GPU, used, free, what the watched process holds, the plan's prediction;
+    then every compute process NVML lists, with its name (untrusted: control characters dropped)."""
     pred = predictions(plan)
     head = f"{'gpu':<4} {'name':<26} {'used':>11} {'free':>11} {'process':>11} {'planned':>11} {'diff':>11}"
     lines = [f"llamasplit top{' ' + when if when else ''}" + (f" (pid {', '.join(map(str, pids))})" if pids else ""), head]
@@ -96,6 +112,11 @@ def render(samples: Sequence[GpuSample], plan: Any | None = None, pids: Sequence
             f"{format_size(got) if got is not None else '-':>11} "
             f"{(planned[0] + ' ' + format_size(planned[1])) if planned else '-':>11} {diff:>11}"
         )
+    for s in samples:
+        for pid, used in s.processes:
+            name = _CONTROL_RE.sub("", names(pid) or "?")[:32]
+            mark = "*" if pid in pids else " "
+            lines.append(f"{mark}    gpu {s.index} pid {pid} {name}: {format_size(used) if used is not None else 'not reported'}")
     if pids and all(s.process_bytes is None for s in samples):
         lines.append("note: NVML does not report this process's memory (another pid namespace, or not available)")
     return "\n".join(lines)
