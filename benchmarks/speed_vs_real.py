@@ -35,7 +35,7 @@ from llamasplit.planner.plan import PlanOptions, plan
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.realmodels import fetch_model
 from llamasplit.runner.processes import start_rpc_worker
-from llamasplit.speed.measure import measure_fleet, run_llama_bench
+from llamasplit.speed.measure import in_sample, measure_fleet, run_llama_bench
 from llamasplit.speed.model import layer_split_speed
 from llamasplit.speed.probe import ProbeShape, probe_path
 
@@ -85,8 +85,14 @@ def main() -> None:
         ram = host.ram_total_bytes or (16 << 30)
         devices = [rpc_device(ep, i, ram) for i, ep in enumerate(eps)]
         fleet = Fleet(devices=tuple(devices), host=host, links=network_links(devices), source="loopback")
-        measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"bench: {m}"))
+        log: list = []
+        measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"bench: {m}"), log=log)
         mdev = list(measured.devices)
+        speeds = {"CPU": measured.host.measured, **{d.name: d.measured for d in mdev}}
+        for dev, mname, f, r in log:  # how well the fit reproduces the bench's own runs
+            dec, pre = in_sample(speeds[dev], f, r)
+            say(f"fit {dev:<5} {mname:<13} decode {1 / r.decode_s:7.1f} measured, {1 / dec:7.1f} fitted"
+                + (f"; prefill {r.n_prompt / r.prefill_s:7.1f} measured, {r.n_prompt / pre:7.1f} fitted" if pre else ""))
         for name, m in [("CPU", measured.host.measured), *((d.name, d.measured) for d in mdev)]:
             say(f"measured {name}: decode {m.decode_gb_s:.2f} GB/s, prefill {m.prefill_gflops:.1f} GFLOP/s, "
                 f"layer {m.layer_us:.1f} us, token {m.token_us:.0f} us")

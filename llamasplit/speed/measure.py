@@ -171,11 +171,12 @@ def bench_models(progress: Callable[[str], None]) -> list[tuple[str, Path]]:
 
 def measure_fleet(
     fleet: Fleet, *, binary: str | Path, progress: Callable[[str], None] = lambda _: None, host: bool = True,
-    hop: bool = True, models: Sequence[tuple[str, Path]] | None = None,
+    hop: bool = True, models: Sequence[tuple[str, Path]] | None = None, log: list | None = None,
 ) -> Fleet:
     """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
     worker-to-worker hop on their links. ``models``: (name, path) to run instead of
-    ``bench_models()``; the last one also measures the hop."""
+    ``bench_models()``; the last one also measures the hop. ``log`` collects (device, model,
+    Features, BenchResult) of every run."""
     from llamasplit.model.profile import read_model
 
     models = [(name, path, read_model(path)) for name, path in (models or bench_models(progress))]
@@ -190,6 +191,8 @@ def measure_fleet(
             obs.append((features(m, on_host=True, n_prompt=n_prompt or N_PROMPT),
                         run_llama_bench(binary, path, ngl=0, n_prompt=n_prompt)))
         out_host = dataclasses.replace(fleet.host, measured=fit_device(obs, threads=fleet.host.cpu_cores, how=how))
+        if log is not None:
+            log.extend(("CPU", n, f, r) for (n, _, _), (f, r) in zip(models, obs))
     devices = list(fleet.devices)
     endpoints = {}
     for i, d in enumerate(devices):
@@ -206,6 +209,8 @@ def measure_fleet(
             obs.append((features(m, on_host=False, n_prompt=n_prompt or N_PROMPT),
                         run_llama_bench(binary, path, rpc=[ep], ngl=99, n_prompt=n_prompt)))
         devices[i] = dataclasses.replace(d, measured=fit_device(obs, threads=None, how=how))
+        if log is not None:
+            log.extend((d.name, n, f, r) for (n, _, _), (f, r) in zip(models, obs))
     out = dataclasses.replace(fleet, devices=tuple(devices), host=out_host)
     eps = list(endpoints)
     if hop and len(eps) >= 2:
@@ -247,3 +252,11 @@ def host_fleet() -> Fleet:
 
 
 __all__ = ["BenchResult", "Features", "features", "fit_device", "host_fleet", "measure_fleet", "parse_llama_bench", "run_llama_bench"]
+
+
+def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult) -> tuple[float, float | None]:
+    """The fitted model's decode and prefill seconds for one of the bench's own runs."""
+    fixed = f.layers * m.layer_us * 1e-6 + m.token_us * 1e-6
+    dec = f.bytes_per_token / (m.decode_gb_s * 1e9) + fixed
+    pre = f.prompt_flops / (m.prefill_gflops * 1e9) + fixed if r.prefill_s is not None else None
+    return dec, pre
