@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from llamasplit.devices.device import Device  # noqa: E402
+from llamasplit.devices.device import Device, Fleet  # noqa: E402
 from llamasplit.errors import LlamasplitError  # noqa: E402
 from llamasplit.llamacpp.binaries import find_binary  # noqa: E402
 from llamasplit.llamacpp.oracle import parse_fit_print  # noqa: E402
@@ -378,7 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if smi:
         q = subprocess.run([smi, f"--query-gpu={','.join(SMI_GPU_FIELDS)}", "--format=csv,noheader,nounits"],
                            capture_output=True, text=True, timeout=30)
-        rows += compare_gpus(fleet.devices, parse_smi_gpus(q.stdout))
+        # `llamasplit gpus --json` itself (the command users run), against nvidia-smi
+        cli = subprocess.run([str(Path(sys.executable).with_name("llamasplit")), "gpus", "--json"],
+                             capture_output=True, text=True, timeout=60, env=env)
+        shown = Fleet.from_dict(json.loads(cli.stdout)).devices if cli.returncode == 0 else fleet.devices
+        rows += compare_gpus(shown, parse_smi_gpus(q.stdout))
     sets = FLAG_SETS + (TWO_GPU_SETS if len(fleet.devices) >= 2 else ())
     devices = list(fleet.devices[:2])
     started = time.monotonic()
