@@ -272,6 +272,37 @@ def test_a_bad_model_file_fails_with_llama_cpp_s_reason(smollm2_path, workers, t
     assert "check the model file" in line
 
 
+def test_run_without_a_gpu_serves_on_the_cpu(smollm2_path, tmp_path):
+    """`llamasplit run MODEL` on a machine with no usable GPU (all hidden): a CPU plan, said in one
+    line, and a llama-server that answers; the allocation matches the plan on the host."""
+    port = free_port()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out, err = tmp_path / "run.out", tmp_path / "run.err"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen([*CLI, "run", str(smollm2_path), "-c", "1024", "--port", str(port),
+                                 "--", *THREADS], stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env)
+    try:
+        url = _wait_for(out, r"http://\S+", proc).group(0)
+        _wait_for(err, r"llama-server \(pid \d+\) is serving", proc)
+        assert _complete(url)["tokens_predicted"] == 4
+        text = err.read_text()
+        assert text.count("planning for the CPU") == 1, text
+        assert "the allocation matches the plan on every device" in text, text
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=15)
+
+
+def test_load_without_devices_plans_for_the_cpu(smollm2_path, monkeypatch):
+    """`llamasplit.load(MODEL)` with no GPU and no devices= argument: the CPU plan, then text."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    llm = llamasplit.load(smollm2_path, ctx=512, n_threads=2, verbose=False)
+    assert llm.n_ctx() == 512
+    out = llm("The capital of France is", max_tokens=4, temperature=0.0)
+    assert out["usage"]["completion_tokens"] > 0
+
+
 def test_load_generates_text_on_the_cpu(smollm2_path):
     llm = llamasplit.load(smollm2_path, devices=[], ctx=512, n_threads=2, verbose=False)
     assert llm.n_ctx() == 512

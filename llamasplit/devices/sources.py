@@ -19,6 +19,7 @@ from llamasplit.devices.inventory import load_inventory
 from llamasplit.devices.listdevices import list_devices, parse_endpoints
 from llamasplit.devices.nvml import NoGpuFound, NvmlSource, local_host
 from llamasplit.errors import UsageError
+from llamasplit.units import format_size
 
 
 @runtime_checkable
@@ -100,6 +101,20 @@ def _rpc_devices(endpoints: list[str], binary: str | Path | None, timeout_s: flo
     return [d for d in list_devices(binary, endpoints, timeout_s=timeout_s) if d.backend == "RPC"]
 
 
+def cpu_fleet(reason: str | None = None) -> Fleet:
+    """This machine with no GPU: llama.cpp runs every layer on the CPU, in RAM.
+
+    ``reason`` (why no GPU was found) becomes the fleet's note, which the CLI prints as one line.
+    """
+    host = local_host()
+    notes: tuple[str, ...] = ()
+    if reason is not None:
+        ram = format_size(host.ram_total_bytes) if host.ram_total_bytes is not None else "unknown"
+        cores = host.cpu_cores if host.cpu_cores is not None else "?"
+        notes = (f"{reason}; planning for the CPU ({host.cpu_name or 'CPU'}, {cores} cores, {ram} RAM)",)
+    return Fleet(devices=(), host=host, source="cpu", notes=notes)
+
+
 def resolve_fleet(
     fleet_spec: str | None = None,
     inventory: str | Path | None = None,
@@ -115,7 +130,7 @@ def resolve_fleet(
 
     ``env`` is the environment the plan will run under (``CUDA_VISIBLE_DEVICES``); default a copy of
     ``os.environ`` taken here. ``nvml`` and ``binary`` replace pynvml and the llama.cpp binary
-    (tests); ``fetch`` the request for what a worker publishes (``workerinfo.serving``). With no local GPU and no RPC worker: ``DeviceQueryError`` naming --fleet and --inventory.
+    (tests); ``fetch`` the request for what a worker publishes (``workerinfo.serving``). With no local GPU: the CPU alone (``cpu_fleet``), plus the RPC workers if any.
     """
     if fleet_spec is not None and inventory is not None:
         raise UsageError("give --fleet or --inventory, not both", remedy="--fleet simulates, --inventory reads a saved fleet")
@@ -128,10 +143,8 @@ def resolve_fleet(
         snapshot_env = dict(os.environ if env is None else env)
         try:
             fleet = NvmlSource(nvml, env=snapshot_env).read()
-        except NoGpuFound:
-            if not endpoints:
-                raise
-            fleet = Fleet(devices=(), host=local_host(), source="local")
+        except NoGpuFound as err:
+            fleet = cpu_fleet(None if endpoints else err.message)
     if endpoints:
         from llamasplit.devices.workerinfo import serving
 
