@@ -309,6 +309,10 @@ def test_run_hf_downloads_into_the_hf_cache(hub, smollm2_path, tmp_path):
     assert local.is_relative_to(tmp_path / "hf-home") and local.name == "smollm2-135m-Q4_1.gguf"
     assert local.stat().st_size == smollm2_path.stat().st_size
     assert local.read_bytes()[:1 << 20] == smollm2_path.read_bytes()[:1 << 20]
+    # offline, -hf answers from the HF cache, as llama.cpp does
+    offline = _cli(["plan", "-hf", "org/Mixed-GGUF:Q4_1", "--fleet", "3090", "--json"], {"HF_HUB_OFFLINE": "1"}, tmp_path)
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["model"]["path"] == str(local)
     # then run plans the downloaded file (dry run: the command with -m and the local path)
     dry = _cli(["run", str(local), "--fleet", "3090", "--dry-run"], {"HF_ENDPOINT": hub.endpoint}, tmp_path)
     assert dry.returncode == 0, dry.stderr

@@ -23,7 +23,13 @@ def local_copy(src, *, say=None) -> Path:
         from llamasplit.model import hub
 
         ref = src.hf_ref()
-        files = hub.choose(ref, hub.list_files(ref))
+        try:
+            files = hub.choose(ref, hub.list_files(ref))
+        except hub.HubUnreachable:
+            local = hub.cached_files(ref)  # downloaded before: the HF cache answers, as in llama.cpp
+            if not local:
+                raise
+            return local[hub.choose(ref, [hub.HubFile(p, None, None) for p in local])[0].path]
         if say:
             total = sum(f.size or 0 for f in files)
             say(f"llamasplit: downloading {ref.repo}/{files[0].path}" + (f" and {len(files) - 1} more shards" if len(files) > 1 else "")

@@ -157,9 +157,15 @@ def variants(files: list[HubFile]) -> list[list[HubFile]]:
     return [split_files(files, f) for f in files if is_model_file(f.path) and _first_shard_or_single(f.path)]
 
 
+class HubUnreachable(ModelReadError):
+    """The Hub cannot be asked (offline mode, no network, a timeout): the local HF cache may still answer."""
+
+
 def list_files(ref: HubRef) -> list[HubFile]:
     """The repo's files (recursive), in the Hub's order, through huggingface_hub."""
+    import httpx2
     from huggingface_hub import HfApi
+    from huggingface_hub import errors as hf_errors
 
     api = HfApi(endpoint=hub_endpoint(), token=hub_token() or False)
     where = f"{ref.repo}@{ref.revision}" if ref.revision != "main" else ref.repo
@@ -167,9 +173,9 @@ def list_files(ref: HubRef) -> list[HubFile]:
         entries = list(api.list_repo_tree(ref.repo, revision=ref.revision, recursive=True))
     except Exception as exc:
         err = convert_error(f"{hub_endpoint()}/{ref.repo}", exc)
-        from huggingface_hub import errors as hf_errors
-
-        if isinstance(exc, hf_errors.RevisionNotFoundError):
+        if isinstance(exc, (hf_errors.OfflineModeIsEnabled, httpx2.ConnectError, httpx2.TimeoutException)):
+            err = HubUnreachable(err.message, remedy=err.remedy)
+        elif isinstance(exc, hf_errors.RevisionNotFoundError):
             err = ModelReadError(f"{clean(where)}: no revision {clean(ref.revision)!r}", remedy="check --hf-revision")
         elif isinstance(exc, hf_errors.RepositoryNotFoundError) and not isinstance(exc, hf_errors.GatedRepoError):
             err = ModelReadError(f"{clean(ref.repo)}: no such repository on {clean(hub_endpoint())} (or it is private)",
@@ -185,6 +191,24 @@ def list_files(ref: HubRef) -> list[HubFile]:
         oid = getattr(lfs, "sha256", None) if lfs is not None else e.blob_id
         out.append(HubFile(path=e.path, size=e.size, oid=oid))
     return out
+
+
+def cached_files(ref: HubRef) -> dict[str, Path]:
+    """The repo's files already in the local Hugging Face cache (``refs/REVISION`` -> its snapshot),
+    path in repo -> local path, in path order; what llama.cpp's ``get_cached_files`` falls back on
+    when the Hub cannot be listed."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.repo, repo_type="model")
+    try:
+        commit = (root / "refs" / ref.revision).read_text().strip()
+    except OSError:
+        commit = ref.revision
+    snapshot = root / "snapshots" / commit
+    if not re.fullmatch(r"[0-9a-f]{40}", commit) or not snapshot.is_dir():
+        return {}
+    return {p.relative_to(snapshot).as_posix(): p for p in sorted(snapshot.rglob("*")) if p.is_file()}
 
 
 def choose(ref: HubRef, files: list[HubFile]) -> list[HubFile]:

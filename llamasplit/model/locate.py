@@ -72,7 +72,18 @@ def open_model(model: str | os.PathLike[str] | ModelSource | None = None, *, hf:
     from llamasplit.model import hub
 
     ref = src.hf_ref()
-    files = hub.choose(ref, hub.list_files(ref))
+    try:
+        listing = hub.list_files(ref)
+    except hub.HubUnreachable:
+        # as llama.cpp does: without the Hub, a model already in the local HF cache still answers
+        local = hub.cached_files(ref)
+        if not local:
+            raise
+        chosen = hub.choose(ref, [hub.HubFile(p, None, None) for p in local])
+        from llamasplit.model.profile import read_model
+
+        return read_model(local[chosen[0].path], require_data=require_data)
+    files = hub.choose(ref, listing)
     return read_hub_model(ref, files, options=options, transfer=transfer, cache=cache, require_data=require_data)
 
 
