@@ -176,7 +176,7 @@ def list_files(ref: HubRef) -> list[HubFile]:
         if isinstance(exc, (hf_errors.OfflineModeIsEnabled, httpx2.ConnectError, httpx2.TimeoutException)):
             err = HubUnreachable(err.message, remedy=err.remedy)
         elif isinstance(exc, hf_errors.RevisionNotFoundError):
-            err = ModelReadError(f"{clean(where)}: no revision {clean(ref.revision)!r}", remedy="check --hf-revision")
+            err = ModelReadError(f"{clean(where)}: no revision {clean(ref.revision)!r}", remedy="check the revision")
         elif isinstance(exc, hf_errors.RepositoryNotFoundError) and not isinstance(exc, hf_errors.GatedRepoError):
             err = ModelReadError(f"{clean(ref.repo)}: no such repository on {clean(hub_endpoint())} (or it is private)",
                                  remedy="check the name; for a private repo log in (`hf auth login`) or set HF_TOKEN")

@@ -348,7 +348,9 @@ class ModelProfile:
         return replace(
             self, tensors=tuple(tensors), quantized_from=self.file_type_name, file_type=int(file_type),
             file_bytes=offset, files=(), metadata=metadata,
-            path=str(Path(self.path).with_name(f"{stem}.{name}.gguf")), source_path=self.source_path or self.path,
+            # a remote model's what-if file is written here, next to nothing: its bare name
+            path=f"{stem}.{name}.gguf" if "://" in self.path else str(Path(self.path).with_name(f"{stem}.{name}.gguf")),
+            source_path=self.source_path or self.path,
         )
 
 
