@@ -82,11 +82,15 @@ def test_pool_cublas_context_nccl_arithmetic():
     assert R.pool_reserved_bytes(10000, vmm=False) == 10752
     assert R.cublas_workspace_bytes(890) == 4 * MiB and R.cublas_workspace_bytes(900) == 32 * MiB
     assert R.cublas_workspace_bytes(None) == 4 * MiB
-    assert R.context_bytes(750) == 320 * MiB and R.context_bytes(1200) == 512 * MiB
+    # the context: 8 MiB + 2.91 MiB per SM (fitted to 555 MiB at 188 SMs and 107 MiB at 34 SMs)
+    assert R.context_bytes(1200, 188) == int(8 * MiB + 2.91 * MiB * 188)  # 555.08 MiB
+    assert R.context_bytes(890, 34) == int(8 * MiB + 2.91 * MiB * 34)  # 106.94 MiB
+    assert R.context_bytes(750) == int(8 * MiB + 2.91 * MiB * 68)  # no SM count: a 2080 Ti's 68
     # two ranks, 2 channels x (send + receive) x (Simple + LL128 at 4 MiB) + 32 MiB of state
     assert R.nccl_bytes(2) == 2 * 2 * 8 * MiB + 32 * MiB
-    o = R.overhead(860, pool_high_water_bytes=8275968)
-    assert (o.context_bytes, o.cublas_bytes, o.pool_bytes, o.total_bytes) == (384 * MiB, 4 * MiB, 8 * MiB, 396 * MiB)
+    o = R.overhead(860, pool_high_water_bytes=8275968, sm_count=82)
+    ctx = int(8 * MiB + 2.91 * MiB * 82)
+    assert (o.context_bytes, o.cublas_bytes, o.pool_bytes, o.total_bytes) == (ctx, 4 * MiB, 8 * MiB, ctx + 12 * MiB)
     assert R.overhead(860, pool_high_water_bytes=1, context_in_free=True).total_bytes == 4 * MiB + 2 * MiB
 
 
@@ -114,8 +118,9 @@ def test_rpc_worker_serving_cuda_gets_the_same_model_bytes_as_a_local_cuda_devic
     # the compute buffer has the same FA f16 copies (the RPC worker answers GET_ALLOC_SIZE with CUDA's)
     assert on_rpc.devices[0].compute_bytes >= as_cpu.devices[0].compute_bytes
     # the worker's context is already in the free memory its listing reports: only cuBLAS + pool remain
-    assert on_cuda.devices[0].overhead_bytes - on_rpc.devices[0].overhead_bytes == R.context_bytes(860)
-    assert on_cuda.devices[0].overhead_parts["cuda_context"] == R.context_bytes(860)
+    assert local.sm_count == 82  # the catalog's RTX 3090
+    assert on_cuda.devices[0].overhead_bytes - on_rpc.devices[0].overhead_bytes == R.context_bytes(860, 82)
+    assert on_cuda.devices[0].overhead_parts["cuda_context"] == R.context_bytes(860, 82)
     assert "cuda_context" not in on_rpc.devices[0].overhead_parts
     assert sum(on_cuda.devices[0].overhead_parts.values()) == on_cuda.devices[0].overhead_bytes
     assert as_cpu.devices[0].overhead_bytes == 0

@@ -77,7 +77,7 @@ def test_described_worker_is_sized_as_its_gpu():
     got = serving(listed, "boxb:50052=3090", fetch=lambda ep: pytest.fail("a described worker is not asked"))
     d = got[0]
     assert (d.serves, d.serves_source, d.alloc_backend) == ("CUDA", DESCRIBED, "CUDA")
-    assert d.compute_capability == (8, 6) and d.bandwidth_gb_s == 936.0
+    assert d.compute_capability == (8, 6) and d.bandwidth_gb_s == 936.0 and d.sm_count == 82
     assert d.free_bytes == listed[0].free_bytes  # what llama.cpp splits by stays the listing's
     with pytest.raises(UsageError, match="describes 2 device"):
         serving(listed, "boxb:50052=2x3090")
@@ -93,7 +93,7 @@ def test_published_snapshot_over_a_real_http_endpoint_on_loopback():
         assert [p.name for p in published] == ["NVIDIA GeForce RTX 3090", "NVIDIA GeForce RTX 4060 Ti"]
         assert published[0].uuid == "GPU-aaaaaaaa-0000-0000-0000-000000000001"
         assert published[0].compute_capability == (8, 6) and published[0].bandwidth_gb_s == pytest.approx(936.096)
-        assert published[1].pcie_width == 8
+        assert published[1].pcie_width == 8 and published[1].sm_count == 34  # the catalog's, via NVML's name
         got = serving([_rpc_device(endpoint, 0), _rpc_device(endpoint, 1)], endpoint)
         assert [(d.serves, d.serves_source) for d in got] == [("CUDA", PUBLISHED)] * 2
         assert got[1].description == f"NVIDIA GeForce RTX 4060 Ti (via {endpoint})"

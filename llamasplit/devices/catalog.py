@@ -57,6 +57,8 @@ class GpuSpec:
     architecture: str
     aliases: tuple[str, ...]
     source: str
+    sm_count: int | None = None
+    """Streaming multiprocessors (the CUDA context grows with them); ``None``: not in the catalog."""
 
     @property
     def nvlink_gb_s(self) -> float | None:
@@ -195,6 +197,7 @@ def _spec(key: str, raw: dict[str, Any]) -> GpuSpec:
         compute_capability=(int(raw["compute_capability"][0]), int(raw["compute_capability"][1])),
         architecture=str(raw["architecture"]),
         aliases=tuple(raw.get("aliases", ())),
+        sm_count=None if raw.get("sm_count") is None else int(raw["sm_count"]),
         source=str(raw["source"]),
     )
 

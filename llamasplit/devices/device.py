@@ -67,6 +67,8 @@ class Device:
     """Peak memory bandwidth, GB/s (2 x max memory clock x bus width)."""
     fp16_tflops: float | None = None
     """Dense FP16 tensor throughput, TFLOPS."""
+    sm_count: int | None = None
+    """Streaming multiprocessors (catalog); the CUDA context a process creates grows with them."""
     compute_capability: tuple[int, int] | None = None
     nvml_index: int | None = None
     cuda_index: int | None = None

@@ -135,6 +135,7 @@ def simulated_device(index: int, gpu: GpuSpec) -> Device:
         free_bytes=gpu.vram_bytes - IDLE_USED_BYTES,
         bandwidth_gb_s=gpu.bandwidth_gb_s,
         fp16_tflops=gpu.fp16_tflops,
+        sm_count=gpu.sm_count,
         compute_capability=gpu.compute_capability,
         nvml_index=index,
         cuda_index=index,

@@ -109,6 +109,7 @@ class _Gpu:
     reserved_bytes: int | None = None
     bandwidth_gb_s: float | None = None
     fp16_tflops: float | None = None
+    sm_count: int | None = None
     compute_capability: tuple[int, int] | None = None
     architecture: str | None = None
     pcie_gen: int | None = None
@@ -332,6 +333,7 @@ class _Reader:
             spec = self.catalog.by_nvml_name(name, gpu.total_bytes)
             if spec is not None:
                 gpu.fp16_tflops = spec.fp16_tflops
+                gpu.sm_count = spec.sm_count
                 if gpu.bandwidth_gb_s is None:
                     gpu.bandwidth_gb_s = spec.bandwidth_gb_s
                     notes.append(f"bandwidth from catalog entry {spec.key}")
@@ -486,6 +488,7 @@ class _Reader:
             reserved_bytes=gpu.reserved_bytes,
             bandwidth_gb_s=gpu.bandwidth_gb_s,
             fp16_tflops=gpu.fp16_tflops,
+            sm_count=gpu.sm_count,
             compute_capability=gpu.compute_capability,
             nvml_index=gpu.nvml_index,
             cuda_index=cuda_index,
@@ -516,6 +519,7 @@ class _Reader:
             reserved_bytes=mig.reserved_bytes,
             bandwidth_gb_s=bandwidth,
             fp16_tflops=fp16,
+            sm_count=gpu.sm_count * int(slices.group(1)) // _MIG_COMPUTE_SLICES if gpu.sm_count and slices else None,
             mig=True,
             notes=tuple(notes),
         )

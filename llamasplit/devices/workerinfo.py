@@ -162,7 +162,7 @@ def worker_document(fleet: Fleet, rpc_endpoint: str) -> dict[str, Any]:
             "backend": d.backend, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes,
             "bandwidth_gb_s": d.bandwidth_gb_s, "fp16_tflops": d.fp16_tflops,
             "compute_capability": list(d.compute_capability) if d.compute_capability else None,
-            "pcie_gen": d.pcie_gen, "pcie_width": d.pcie_width,
+            "pcie_gen": d.pcie_gen, "pcie_width": d.pcie_width, "sm_count": d.sm_count,
         })
     if not devices:
         h = fleet.host
@@ -193,6 +193,7 @@ class PublishedDevice:
     compute_capability: tuple[int, int] | None
     pcie_gen: int | None
     pcie_width: int | None
+    sm_count: int | None = None
 
 
 class BadReply(ValueError):
@@ -252,6 +253,7 @@ def parse_worker_document(body: bytes) -> list[PublishedDevice]:
             compute_capability=cc,
             pcie_gen=_int(item.get("pcie_gen"), f"devices[{n}].pcie_gen", 16),
             pcie_width=_int(item.get("pcie_width"), f"devices[{n}].pcie_width", 64),
+            sm_count=_int(item.get("sm_count"), f"devices[{n}].sm_count", 4096),
         ))
     return out
 
@@ -295,7 +297,7 @@ def _from_catalog(d: Device, gpu: GpuSpec | None, text: str) -> Device:
     return dataclasses.replace(
         d, serves="CUDA", serves_source=DESCRIBED, description=f"{gpu.name} (via {d.host})",
         bandwidth_gb_s=gpu.bandwidth_gb_s, fp16_tflops=gpu.fp16_tflops, compute_capability=gpu.compute_capability,
-        notes=(*d.notes, f"described as {gpu.key} on --rpc {text}: catalog {gpu.source}"),
+        sm_count=gpu.sm_count, notes=(*d.notes, f"described as {gpu.key} on --rpc {text}: catalog {gpu.source}"),
     )
 
 
@@ -303,7 +305,7 @@ def _from_published(d: Device, p: PublishedDevice) -> Device:
     return dataclasses.replace(
         d, serves=p.backend, serves_source=PUBLISHED, description=f"{p.name} (via {d.host})",
         bandwidth_gb_s=p.bandwidth_gb_s, fp16_tflops=p.fp16_tflops, compute_capability=p.compute_capability,
-        pcie_gen=p.pcie_gen, pcie_width=p.pcie_width,
+        pcie_gen=p.pcie_gen, pcie_width=p.pcie_width, sm_count=p.sm_count,
         notes=(*d.notes, f"published by the worker: {p.name}" + (f" {p.uuid}" if p.uuid else "")),
     )
 

@@ -303,29 +303,36 @@ def pool_reserved_bytes(high_water_bytes: int, *, vmm: bool = True) -> int:
 
 # -- estimates: the context, NCCL -----------------------------------------------------------------
 
-CONTEXT_BYTES_BY_CC: tuple[tuple[int, int], ...] = (
-    (1000, 512 * MiB),  # Blackwell datacenter (B200)
-    (900, 512 * MiB),   # Hopper (H100/H200): 132 SMs
-    (800, 384 * MiB),   # Ampere and Ada (A100, 30xx, 40xx, L4/L40S)
-    (700, 320 * MiB),   # Volta/Turing
-    (0, 256 * MiB),     # older
-)
-"""[estimate] The CUDA primary context a llama.cpp process creates on each device it uses: the
-driver's per-context state, the local-memory reservation (per-thread stack x resident threads x
-SMs) and the loaded kernel modules (lazy loading, ``CUDA_MODULE_LOADING=LAZY``, the default since
-CUDA 12.2). Not in llama.cpp's source nor its breakdown; NVIDIA documents no figure. These are
-the ranges users report from ``nvidia-smi`` for an idle llama.cpp process (250-550 MiB);
-``scripts/gpu-check.sh`` measures the real one. Consumer 12.x (RTX 50xx) falls under the first row."""
+CONTEXT_BASE_BYTES = 8 * MiB
+CONTEXT_PER_SM_BYTES = 2.91 * MiB
+"""[estimate] The CUDA primary context a process creates on a device (the driver's state and the
+local-memory reservation for every resident thread: it grows with the SMs). Not in llama.cpp's
+breakdown; NVIDIA documents no figure. Fitted to the two measurements in llama.cpp PR #23604
+("cuda: read memory through NVML if available", 2026-05), where ``cudaMemGetInfo`` alone
+permanently took 555 MiB on an RTX PRO 6000 Blackwell (188 SMs) and 107 MiB on an RTX 4060 Ti
+(34 SMs): (555 - 107) / (188 - 34) = 2.91 MiB per SM, 8 MiB at none. Ollama's notes put a primary
+context at about 300 MB (ollama llama/patches/0024), this rule's figure for 100 SMs. The kernel
+modules llama.cpp then loads (lazily, ``CUDA_MODULE_LOADING=LAZY``, the default since CUDA 12.2)
+come on top and are not counted; ``scripts/gpu-check.sh`` measures the whole."""
+
+CONTEXT_SMS_BY_CC: tuple[tuple[int, int], ...] = ((1000, 170), (900, 132), (800, 84), (700, 68), (0, 30))
+"""[estimate] SMs assumed when the catalog does not know the GPU: a large part of its generation
+(RTX 5090, H100, RTX 3090/A6000, RTX 2080 Ti, P40), so the context is rather over- than under-counted."""
 
 
-def context_bytes(cc: int | None) -> int:
-    """[estimate] The CUDA context of one process on a device of compute capability ``cc`` (None: Ampere's).
+def context_bytes(cc: int | None, sm_count: int | None = None) -> int:
+    """[estimate] One process's CUDA context on a device: ``8 MiB + 2.91 MiB x SMs`` (``CONTEXT_PER_SM_BYTES``),
+    with the SM count from the catalog, else assumed from the compute capability (None: Ampere's).
 
-    >>> context_bytes(860) // MiB, context_bytes(900) // MiB, context_bytes(None) // MiB
-    (384, 512, 384)
+    >>> context_bytes(860, 82) // MiB, context_bytes(890, 34) // MiB, context_bytes(1200, 188) // MiB
+    (246, 106, 555)
+    >>> context_bytes(900) // MiB, context_bytes(None) // MiB
+    (392, 252)
     """
-    cc = 800 if cc is None else cc
-    return next(size for floor, size in CONTEXT_BYTES_BY_CC if cc >= floor)
+    if sm_count is None:
+        cc = 800 if cc is None else cc
+        sm_count = next(sms for floor, sms in CONTEXT_SMS_BY_CC if cc >= floor)
+    return int(CONTEXT_BASE_BYTES + CONTEXT_PER_SM_BYTES * sm_count)
 
 
 NCCL_BUFFSIZE_BYTES = 4 * MiB
@@ -383,16 +390,16 @@ class Overhead:
 
 
 def overhead(cc: int | None, *, pool_high_water_bytes: int, context_in_free: bool = False,
-             tensor_peers: int = 0) -> Overhead:
+             tensor_peers: int = 0, sm_count: int | None = None) -> Overhead:
     """The CUDA overhead of one device: context (unless the free memory the plan splits by was read
     in a process that already holds it: an RPC worker's listing), cuBLAS workspace, the pool, and
     NCCL's buffers under ``-sm tensor`` with ``tensor_peers`` GPUs.
 
-    >>> overhead(860, pool_high_water_bytes=8275968).total_bytes // MiB  # 384 + 4 + 8
-    396
+    >>> overhead(860, pool_high_water_bytes=8275968, sm_count=82).total_bytes // MiB  # 246.6 + 4 + 8
+    258
     """
     return Overhead(
-        context_bytes=0 if context_in_free else context_bytes(cc),
+        context_bytes=0 if context_in_free else context_bytes(cc, sm_count),
         cublas_bytes=cublas_workspace_bytes(cc),
         pool_bytes=pool_reserved_bytes(pool_high_water_bytes),
         nccl_bytes=nccl_bytes(tensor_peers),

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Sequence
@@ -28,7 +29,8 @@ import numpy as np
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
-from llamasplit.planner import cuda_rules, kv
+from llamasplit.planner import cuda_rules, kv, repack
+from llamasplit.planner.repack import CpuFeatures
 from llamasplit.planner.settings import LlamaSettings
 
 HOST = "Host"
@@ -56,10 +58,19 @@ class DeviceEstimate:
     """Repeating layers whose weights live here (``n_layer`` = the output layer)."""
     read_bytes: float = 0.0
     """Weight bytes one decoded token reads here (MoE: routed experts times n_expert_used / n_expert)."""
+    extra_buffers: dict[str, int] = field(default_factory=dict)
+    """Host only: weights in the CPU's extra buffer types (``AMX``, ``CPU_REPACK``; ``planner.repack``),
+    bytes by buffer type. Not in ``model_bytes`` (llama-fit-params' Host row leaves them out), in
+    ``total_bytes`` (the real allocation has them)."""
+
+    @property
+    def extra_bytes(self) -> int:
+        return sum(self.extra_buffers.values())
 
     @property
     def total_bytes(self) -> int:
-        return self.model_bytes + self.context_bytes + self.compute_bytes + self.output_bytes + self.overhead_bytes
+        return (self.model_bytes + self.extra_bytes + self.context_bytes + self.compute_bytes + self.output_bytes
+                + self.overhead_bytes)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +81,7 @@ class DeviceEstimate:
             "output_bytes": self.output_bytes,
             "overhead_bytes": self.overhead_bytes,
             "overhead_parts": dict(self.overhead_parts),
+            "extra_buffers": dict(self.extra_buffers),
             "total_bytes": self.total_bytes,
             "layers": list(self.layers),
         }
@@ -152,7 +164,7 @@ def _tables(model: ModelProfile) -> _Tables:
     hp = model.hparams
     active = hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
     items: list[_Item] = []
-    for t in model.tensors:
+    for t in model.loaded_tensors:  # NextN/MTP blocks: TENSOR_SKIP, no buffer
         # bytes a decoded token reads: routed experts only in the share the router picks
         read = float(t.n_bytes) * (active if t.role is Role.EXPERTS else 1.0)
         if t.block is Block.INPUT:
@@ -177,7 +189,7 @@ def _tables(model: ModelProfile) -> _Tables:
             t = item.tensor
             lo, hi = spans.get(t.file_index, (t.offset, t.offset + t.n_bytes))
             spans[t.file_index] = (min(lo, t.offset), max(hi, t.offset + t.n_bytes))
-    tables = _Tables(tuple(t.name for t in model.tensors), items, inp, inp_spans, slots, slot_spans)
+    tables = _Tables(tuple(t.name for t in model.loaded_tensors), items, inp, inp_spans, slots, slot_spans)
     if len(_TABLE_CACHE) > 16:
         _TABLE_CACHE.clear()
     _TABLE_CACHE[id(model)] = (model, tables)
@@ -336,12 +348,69 @@ def _split_weights(devices: Sequence[Device], settings: LlamaSettings) -> list[f
     return [float(f) for f in free]  # type: ignore[arg-type]
 
 
-def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings, *, fast: bool = False) -> Estimate:
+_EXTRA_CACHE: dict[tuple[int, CpuFeatures], tuple[ModelProfile, list[str | None]]] = {}
+
+
+def _host_extras(model: ModelProfile, tables: _Tables, layer_dev: Sequence[int | None], override_of: dict[str, str],
+                 cpu: CpuFeatures, settings: LlamaSettings, host: DeviceEstimate) -> int | None:
+    """Move the host's weights that llama.cpp repacks out of ``host.model_bytes`` into
+    ``host.extra_buffers``; return the mapped file span of what stays (``None``: nothing moved)."""
+    key = (id(model), cpu)
+    cached = _EXTRA_CACHE.get(key)
+    if cached is None or cached[0] is not model:
+        if len(_EXTRA_CACHE) > 16:
+            _EXTRA_CACHE.clear()
+        n_out = model.hparams.n_layer
+        cached = (model, [repack.extra_buffer(item.tensor, cpu, tied_output=item.dup and item.slot == n_out
+                                              and item.tensor.role is Role.TOKEN_EMBD) for item in tables.items])
+        _EXTRA_CACHE[key] = cached
+    extras = cached[1]
+    if not any(extras):
+        return None
+    spans: dict[int, list[int]] = {}
+    for item, buft in zip(tables.items, extras):
+        t = item.tensor
+        target = override_of.get(t.name)
+        if target is not None:
+            on_host = target.upper() == "CPU"  # -ot ...=CPU still considers the extra types
+        else:
+            on_host = item.slot is None or layer_dev[item.slot] is None
+        if not on_host:
+            continue
+        if buft is not None:
+            host.extra_buffers[buft] = host.extra_buffers.get(buft, 0) + repack.extra_alloc_bytes(t, buft)
+            if settings.use_mmap:
+                host.model_bytes -= 0 if item.dup else t.n_bytes
+            else:
+                host.model_bytes -= alloc_bytes(t, "CPU")
+        elif not item.dup:
+            span = spans.setdefault(t.file_index, [t.offset, t.offset + t.n_bytes])
+            span[0] = min(span[0], t.offset)
+            span[1] = max(span[1], t.offset + t.n_bytes)
+    return sum(hi - lo for lo, hi in spans.values()) if settings.use_mmap else None
+
+
+def with_host_extras(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings, est: Estimate,
+                     cpu: CpuFeatures) -> Estimate:
+    """``est`` (made without ``cpu``) with the host's repacked weights moved into its extra buffers:
+    the same as ``estimate(..., cpu=cpu)``, without replaying the graph again."""
+    if est.host.extra_buffers or not settings.repack or any(_backend(d) == "CUDA" for d in devices):
+        return est
+    host = dataclasses.replace(est.host, layers=list(est.host.layers), extra_buffers={})
+    tables = _tables(model)
+    override_of = _override_map(tables.names, settings.effective_overrides)
+    span = _host_extras(model, tables, est.layer_device, override_of, cpu, settings, host)
+    return dataclasses.replace(est, host=host, host_mapped_bytes=est.host_mapped_bytes if span is None else span)
+
+
+def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings, *, fast: bool = False,
+             cpu: CpuFeatures | None = None) -> Estimate:
     """What llama.cpp would allocate for ``model`` on ``devices`` (llama.cpp order) with ``settings``.
 
     ``fast=True`` sizes compute buffers with the closed-form heuristic (mostly a little above
     llama.cpp) instead of replaying llama.cpp's graph reservation; the planner searches with it
-    and checks its answer exactly.
+    and checks its answer exactly. ``cpu``: the host CPU's features, which decide the weights
+    llama.cpp repacks into the CPU's extra buffer types (``planner.repack``); ``None`` models none.
     """
     hp = model.hparams
     if settings.split_mode == "none":
@@ -408,6 +477,11 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
         single.add(item)
         put(single, dev_index, {item.tensor.file_index: (item.tensor.offset, item.tensor.offset + item.tensor.n_bytes)})
     host_mapped_span = sum(end - start for start, end in mapped_spans.values())
+    if cpu is not None and settings.repack and not any(_backend(d) == "CUDA" for d in devices):
+        # make_cpu_buft_list: CUDA_Host comes before the extra types and, under mmap, becomes CPU
+        span = _host_extras(model, tables, layer_dev, override_of, cpu, settings, host)
+        if span is not None:
+            host_mapped_span = span
 
     # context: KV cache and recurrent state, on each layer's device unless -nkvo
     n_ctx = settings.n_ctx or hp.n_ctx_train or 4096
