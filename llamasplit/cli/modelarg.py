@@ -24,11 +24,13 @@ def read_cli_model(model: str | None, hf: str | None = None, hf_file: str | None
 
     transfer = Transfer()
     profile = open_model(src, transfer=transfer)
+    from llamasplit.untrusted import printable
+
     n = len(profile.files)
     what = f"{n} headers" if n > 1 else "the header"
     if transfer.cached and len(transfer.cached) == n:
-        say(f"llamasplit: {what} of {profile.path} from the header cache (file unchanged)")
+        say(f"llamasplit: {what} of {printable(profile.path, 300)} from the header cache (file unchanged)")
     else:
-        say(f"llamasplit: read {what} of {profile.path} remotely: {format_size(transfer.body_bytes)} "
+        say(f"llamasplit: read {what} of {printable(profile.path, 300)} remotely: {format_size(transfer.body_bytes)} "
             f"in {transfer.requests} requests, no weights")
     return profile

@@ -32,7 +32,9 @@ def local_copy(src, *, say=None) -> Path:
             return local[hub.choose(ref, [hub.HubFile(p, None, None) for p in local])[0].path]
         if say:
             total = sum(f.size or 0 for f in files)
-            say(f"llamasplit: downloading {ref.repo}/{files[0].path}" + (f" and {len(files) - 1} more shards" if len(files) > 1 else "")
+            from llamasplit.untrusted import printable
+
+            say(f"llamasplit: downloading {printable(ref.repo)}/{printable(files[0].path)}" + (f" and {len(files) - 1} more shards" if len(files) > 1 else "")
                 + (f" ({total / 1e9:.2f} GB) into the Hugging Face cache" if total else ""))
         return hub.download(ref, files)
     from llamasplit.model.locate import open_model

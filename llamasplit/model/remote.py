@@ -80,12 +80,11 @@ def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+def clean(text: object, limit: int = 300) -> str:
+    """Strings from a server (or a URL) are untrusted: ``untrusted.printable``."""
+    from llamasplit.untrusted import printable
 
-
-def clean(text: str, limit: int = 300) -> str:
-    """Strings from a server are untrusted: no control characters, bounded length."""
-    return _CONTROL.sub("?", str(text))[:limit]
+    return printable(str(text), limit=limit)
 
 
 def hub_endpoint() -> str:
