@@ -35,6 +35,9 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "LLAMASPLIT_CACHE": cache}  # an empty header cache
+        # as installed: bytecode cached (a shell with PYTHONDONTWRITEBYTECODE=1 recompiles every module)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([exe, "--version"], check=True, stdout=subprocess.DEVNULL, env=env)
         baseline = statistics.median(timed([sys.executable, "-c", "pass"], env) for _ in range(args.runs))
         print(f"python -c pass: median {baseline:.3f} s")
         for name in ("smollm2", "gemma3"):

@@ -7,6 +7,8 @@ import textwrap
 
 import pynvml
 import pytest
+
+from llamasplit.units import format_size
 from fake_nvml import FakeNvml, rtx3090
 from test_devices_nvml import HOST
 
@@ -161,12 +163,15 @@ def test_resolve_prefers_fleet_then_inventory_then_nvml(tmp_path):
         resolve_fleet(fleet_spec="3090", inventory=path)
 
 
-def test_resolve_without_any_gpu():
-    with pytest.raises(NoGpuFound) as err:
-        resolve_fleet(nvml=NO_DRIVER, env={})
-    assert str(err.value) == (
+def test_resolve_without_any_gpu_is_the_cpu(monkeypatch):
+    """No driver: the fleet is the host alone, and its one note says why and what is planned."""
+    monkeypatch.setattr(sources, "local_host", lambda: HOST)
+    fleet = resolve_fleet(nvml=NO_DRIVER, env={})
+    assert (fleet.devices, fleet.source, fleet.host) == ((), "cpu", HOST)
+    cores, ram = HOST.cpu_cores, format_size(HOST.ram_total_bytes)
+    assert fleet.notes == (
         "no NVIDIA GPU found (no NVIDIA driver found: libnvidia-ml.so.1 cannot be loaded); "
-        "install the NVIDIA driver, or plan for other hardware with --fleet 2x3090 or --inventory FILE")
+        f"planning for the CPU (CPU, {cores} cores, {ram} RAM)",)
 
 
 def NO_NETWORK(endpoint: str):
@@ -184,7 +189,7 @@ def test_resolve_with_rpc_workers_and_no_local_gpu(tmp_path, monkeypatch):
     fleet = resolve_fleet(rpc=["10.0.0.2:50052,10.0.0.3:50052"], nvml=NO_DRIVER, binary=binary, env={}, fetch=NO_NETWORK)
     assert [d.name for d in fleet.devices] == ["RPC0", "RPC1"]
     assert [(d.serves, d.serves_source) for d in fleet.devices] == [("CPU", "assumed-cpu")] * 2
-    assert fleet.source == "local+rpc" and fleet.host == HOST
+    assert fleet.source == "cpu+rpc" and fleet.host == HOST and fleet.notes == ()
     (link,) = fleet.links
     assert (link.kind, link.bandwidth_gb_s) == (LinkKind.NETWORK, None)
 

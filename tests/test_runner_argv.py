@@ -215,8 +215,10 @@ def test_api_errors_are_ours(tiny, monkeypatch):
     from llamasplit.errors import DeviceQueryError, LaunchError, UsageError
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, whatever this machine has
+    cpu_plan = llamasplit.plan(tiny.path, ctx=2048)  # a CPU machine is a machine: every layer on the host
+    assert cpu_plan.devices == () and cpu_plan.host.layers == tuple(range(tiny.hparams.n_layer + 1))
     with pytest.raises(DeviceQueryError):
-        llamasplit.plan(tiny.path, ctx=2048)
+        llamasplit.plan(tiny.path, "no-such-inventory.json", ctx=2048)
     with pytest.raises(UsageError, match="unknown plan option 'contxt'"):
         llamasplit.plan(tiny.path, [], contxt=2048)
     with pytest.raises(UsageError, match="simulated hardware"):

@@ -7,6 +7,9 @@ import sys
 import typer
 
 from llamasplit import __version__
+from llamasplit.cli import coercion
+
+coercion.install()  # plain values without pydantic: most of start-up otherwise
 
 app = typer.Typer(
     name="llamasplit",
@@ -41,3 +44,21 @@ def _root(
 
 class _State:
     debug = False
+
+
+def _flags_without_metavar() -> None:
+    """Typer's rich help writes ``<bool>`` after every on/off flag (``--json <bool>``), as if it took
+    a value; a flag's help shows no type, as click's own help does."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        if self.is_flag and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_metavar()
