@@ -17,7 +17,17 @@ exact (same floored MiB) model, context and compute figures. ``--completion`` ad
 runs ``llama-completion`` on every config and compares the compute buffers it really
 allocates (0.01 MiB) with the estimate for that binary. Always exits 0.
 
+``--families [NAME ...]`` runs the per-arch-family grid instead: one synthetic model per family
+(tests/synth.py ``FAMILIES``) plus SmolLM2 and Gemma-3, on the CPU and on two RPC workers, every
+layer and ``-ngl 3`` offloaded, contexts 4096 and 16384, flash attention on and off; it prints
+each device row and a table of rows within target per family (model and KV the same MiB,
+compute within max(3 %, 8 MiB)). ``--record FILE`` also writes llama.cpp's figures, with the
+command that produced each, as the golden file the fast tier checks (tests/test_golden.py).
+The host's repacked weights follow this machine's CPU (``planner.repack``); the golden file
+keeps its flags.
+
     .venv/bin/python benchmarks/accuracy.py [--completion] [--quick]
+    .venv/bin/python benchmarks/accuracy.py --families [--record tests/golden/fit_params.json]
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +48,11 @@ from synth import write_deepseek2, write_llama_dense, write_qwen3moe  # noqa: E4
 
 from llamasplit.devices.device import Device  # noqa: E402
 from llamasplit.errors import LlamasplitError  # noqa: E402
-from llamasplit.llamacpp.binaries import find_binary  # noqa: E402
+from llamasplit.llamacpp.binaries import find_binary, want_amx  # noqa: E402
 from llamasplit.llamacpp.oracle import fit_print  # noqa: E402
 from llamasplit.model.profile import ModelProfile, read_model  # noqa: E402
 from llamasplit.planner.estimate import estimate  # noqa: E402
+from llamasplit.planner.repack import CpuFeatures  # noqa: E402
 from llamasplit.planner.settings import LlamaSettings  # noqa: E402
 from llamasplit.realmodels import fetch_model  # noqa: E402
 from llamasplit.runner.processes import rpc_workers, run_to_end  # noqa: E402
@@ -130,11 +142,144 @@ def completion_buffers(path: Path, args: list[str], eps: list[str]) -> dict[str,
     return found
 
 
+# --------------------------------------------------------------------------------------------
+# arch families: one synthetic model each (tests/synth.py FAMILIES) plus the two real models
+# --------------------------------------------------------------------------------------------
+
+FAMILY_DEVICES: tuple[tuple[int, tuple[float, ...] | None], ...] = ((0, None), (2, (1, 1)))
+FAMILY_CONTEXTS = (4096, 16384)
+FAMILY_PARTIAL_NGL = 3
+"""-ngl 3: the output layer and the last two blocks on the workers, the rest on the CPU."""
+
+
+def family_grid(families: Sequence[str]):
+    """(family, n rpc, tensor split, settings kwargs): CPU and 2 RPC workers, every layer and
+    ``-ngl 3`` offloaded, two contexts, flash attention on and off."""
+    for family in families:
+        for (n_rpc, ts), n_ctx, fa in itertools.product(FAMILY_DEVICES, FAMILY_CONTEXTS, ("on", "off")):
+            for ngl in ([None] if n_rpc == 0 else [None, FAMILY_PARTIAL_NGL]):
+                yield family, n_rpc, ts, dict(n_ctx=n_ctx, flash_attn=fa, n_gpu_layers=ngl)
+
+
+def family_paths(tmp: Path, families: Sequence[str], *, header_only: bool = False) -> dict[str, Path]:
+    from synth import FAMILIES
+
+    out = {}
+    for family in families:
+        if family in REAL_FAMILIES:
+            out[family] = fetch_model(REAL_FAMILIES[family])
+        else:
+            out[family] = FAMILIES[family](tmp / f"{family}.gguf", header_only=header_only)
+    return out
+
+
+REAL_FAMILIES = {"smollm2": "smollm2", "gemma3": "gemma3"}
+"""Families measured on a real model (realmodels.py) rather than a synthetic one."""
+
+CPU = CpuFeatures.local(amx_built=want_amx())
+RELEVANT_CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "avx512_vnni", "asimd", "asimddp", "i8mm", "sve"})
+"""The flags planner.repack looks at: the golden file keeps the recording machine's, so the fast
+tier replays the same repacking on any machine."""
+
+
+def run_families(families: Sequence[str], record: Path | None) -> int:
+    """Every family over ``family_grid``: one row per device, a per-family summary, and with
+    ``record`` the oracle's figures written as the fast tier's golden file."""
+    import json
+
+    from llamasplit.planner.compute import replayable
+
+    t0 = time.perf_counter()
+    per_family: dict[str, list[tuple[bool, bool]]] = {f: [] for f in families}
+    records = []
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="llamasplit-families-") as tmp, rpc_workers(2) as workers:
+        eps_all = [w.endpoint for w in workers]
+        paths = family_paths(Path(tmp), families)
+        profiles = {f: read_model(p) for f, p in paths.items()}
+        print(f"{'config':52} {'device':6} {'model':>13} {'context':>13} {'compute':>17} {'err MiB':>8}")
+        for family, n_rpc, ts, kw in family_grid(families):
+            profile = profiles[family]
+            eps = eps_all[:n_rpc]
+            devices = [Device(id=f"rpc:{ep}", name=f"RPC{i}", description=ep, backend="RPC", total_bytes=None,
+                              free_bytes=None, host=ep) for i, ep in enumerate(eps)]
+            settings = LlamaSettings(tensor_split=ts, binary="llama-fit-params", **kw)
+            flags = settings.to_args()
+            args = flags + (["--rpc", ",".join(eps)] if eps else [])
+            config = describe(family, n_rpc, ts, kw)
+            try:
+                oracle = {r.name: r for r in fit_print(paths[family], args)}
+            except LlamasplitError as exc:
+                failures.append(f"{config}: {exc}")
+                continue
+            est = estimate(profile, devices, settings, cpu=CPU)
+            rows = {}
+            for dev in (*est.devices, est.host):
+                o = oracle.get(dev.name)
+                if o is None:
+                    failures.append(f"{config}: llama.cpp printed no row for {dev.name}")
+                    continue
+                rows[dev.name] = [o.model_mib, o.context_mib, o.compute_mib]
+                ours = (dev.model_bytes / MiB, dev.context_bytes / MiB, dev.compute_bytes / MiB)
+                same = int(ours[0]) == o.model_mib and int(ours[1]) == o.context_mib
+                ok = within_target(ours[2], o.compute_mib)
+                per_family[family].append((same, ok))
+                mark = "" if same and ok else "  <-- outside target"
+                print(f"{config:52} {dev.name:6} {o.model_mib:5d}/{ours[0]:7.1f} {o.context_mib:5d}/{ours[1]:7.1f} "
+                      f"{o.compute_mib:7d}/{ours[2]:9.2f} {error_mib(ours[2], o.compute_mib):8.2f}{mark}")
+            command = ["llama-fit-params", "-m", f"{{{family}}}", "-fitp", "on", *flags]
+            if eps:
+                command += ["--rpc", ",".join(f"{{rpc{i}}}" for i in range(len(eps)))]
+            records.append({"family": family, "n_rpc": n_rpc, "settings": settings.to_dict(),
+                            "command": " ".join(command), "oracle": rows})
+    print()
+    print(f"{'family':10} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} {'all within':>11}")
+    n_all = ok_all = 0
+    for family in families:
+        rows = per_family[family]
+        n = len(rows)
+        same = sum(s for s, _ in rows)
+        ok = sum(o for _, o in rows)
+        both = sum(s and o for s, o in rows)
+        n_all += n
+        ok_all += both
+        replay = "yes" if replayable(profiles[family]) else "no"
+        print(f"{family:10} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {both:>5}/{n:<5}")
+    print(f"{'all':10} {'':8} {'':>18} {'':>18} {ok_all:>5}/{n_all:<5}  ({time.perf_counter() - t0:.0f} s)")
+    for f in failures:
+        print(f"skipped: {f}")
+    if record is not None:
+        from llamasplit.llamacpp.binaries import find_binary as _fb
+
+        doc = {
+            "about": "llama-fit-params -fitp on figures (model, context, compute MiB, floored) per device, "
+                     "recorded by benchmarks/accuracy.py --families --record; {family} is the model "
+                     "(tests/synth.py FAMILIES, or the real model of that name), {rpcN} a ggml-rpc-server "
+                     "on loopback.",
+            "llama_cpp": str(_fb("llama-fit-params")),
+            "cpu_flags": sorted(f for f in (CPU.flags if CPU else ()) if f in RELEVANT_CPU_FLAGS),
+            "cpu_machine": CPU.machine if CPU else None,
+            "amx_built": bool(CPU and CPU.amx_built),
+            "records": records,
+        }
+        record.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {len(records)} records to {record}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--completion", action="store_true", help="also compare llama-completion's real buffers")
     parser.add_argument("--quick", action="store_true", help="a quarter of the grid")
+    parser.add_argument("--families", nargs="*", default=None,
+                        help="the per-arch-family grid instead (all families when none are named)")
+    parser.add_argument("--record", type=Path, default=None, help="with --families: write the golden file")
     opts = parser.parse_args()
+    if opts.families is not None:
+        from synth import FAMILIES
+
+        names = opts.families or [*FAMILIES, *REAL_FAMILIES]
+        return run_families(names, opts.record)
     t0 = time.perf_counter()
     rows: list[Row] = []
     failures: list[str] = []
@@ -161,7 +306,7 @@ def main() -> int:
             args = settings.to_args() + (["--rpc", ",".join(eps)] if eps else [])
             try:
                 oracle = {r.name: r for r in fit_print(path, args)}
-                est = estimate(profile, devices, settings)
+                est = estimate(profile, devices, settings, cpu=CPU)
             except LlamasplitError as exc:
                 failures.append(f"{config}: {exc}")
                 continue
@@ -169,16 +314,14 @@ def main() -> int:
             real_est = None
             if opts.completion:
                 real = completion_buffers(path, args, eps)
-                real_est = estimate(profile, devices, settings.replace(binary="llama-completion"))
+                real_est = estimate(profile, devices, settings.replace(binary="llama-completion"), cpu=CPU)
             for i, dev in enumerate((*est.devices, est.host)):
                 o = oracle.get(dev.name)
                 if o is None:
                     failures.append(f"{config}: llama.cpp printed no row for {dev.name}")
                     continue
                 row = Row(config, dev.name, (o.model_mib, o.context_mib, o.compute_mib),
-                          (dev.model_bytes / MiB, dev.context_bytes / MiB, dev.compute_bytes / MiB),
-                          # Gemma-3's repacked Q4_K weights (CPU_REPACK) are not in fit-params' Host row
-                          model_checked=not (dev is est.host and name == "gemma3"))
+                          (dev.model_bytes / MiB, dev.context_bytes / MiB, dev.compute_bytes / MiB))
                 if real_est is not None:
                     row.real_mib = real.get(dev.name)
                     row.real_est_mib = (*real_est.devices, real_est.host)[i].compute_bytes / MiB
@@ -206,7 +349,7 @@ def main() -> int:
     print(f"{n} device rows in {len({r.config for r in rows})} configurations, {time.perf_counter() - t0:.0f} s")
     if n:
         print(f"compute within max(3 %, 8 MiB): {ok}/{n} = {100 * ok / n:.1f} %")
-        print(f"same MiB as llama.cpp: model {exact_model}/{n_model} (Gemma-3 host not modelled: CPU_REPACK), "
+        print(f"same MiB as llama.cpp: model {exact_model}/{n_model}, "
               f"context {exact_ctx}/{n}, compute {exact_compute}/{n}")
     if worst is not None:
         print(f"largest compute error: {error_mib(worst.ours[2], worst.oracle[2]):+.2f} MiB ({worst.config}, "

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.constants import Keys
 
 
@@ -139,9 +139,17 @@ def write_model(
 
 
 def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
-                    n_ff: int, n_vocab: int, keys: dict, tensors: list[tuple[str, tuple[int, ...]]]) -> Path:
+                    n_ff: int, n_vocab: int, keys: dict, tensors: list[tuple[str, tuple[int, ...]]],
+                    matrix_type: str = "F16", header_only: bool = False, file_type: int | None = None,
+                    vocab: str = "none") -> Path:
     """Header with the common keys plus ``keys``; ``tensors`` in ggml ne order: norms and biases
-    (1-d) F32, matrices F16, all zeros (llama.cpp never looks at the values to size memory)."""
+    (1-d) F32, matrices ``matrix_type`` (F16, or a quantised type such as Q4_0 / Q8_0 where the
+    row length allows it; others stay F16), all zeros (llama.cpp never looks at the values to
+    size memory). ``header_only`` writes the header alone (for ``read_model(require_data=False)``:
+    the fast tests need the shapes, not 85 MB of zeros). ``vocab="spm"``: a small SPM vocabulary
+    (``add_spm_vocab``) instead of none, so llama-completion and llama-server can tokenize a prompt
+    and run."""
+    qtype = GGMLQuantizationType[matrix_type]
     w = GGUFWriter(str(path), arch)
     w.add_block_count(n_layer)
     w.add_context_length(32768)
@@ -151,25 +159,49 @@ def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head:
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
-    w.add_file_type(1)  # MOSTLY_F16
-    w.add_tokenizer_model("no_vocab")
-    w.add_vocab_size(n_vocab)
+    w.add_file_type(file_type if file_type is not None else _FILE_TYPES.get(matrix_type, 1))
+    if vocab == "spm":
+        add_spm_vocab(w, n_vocab)
+    else:
+        w.add_tokenizer_model("no_vocab")
+        w.add_vocab_size(n_vocab)
     for key, value in keys.items():
         key = key.format(arch=arch)
         if isinstance(value, bool):
             w.add_bool(key, value)
         elif isinstance(value, int):
             w.add_uint32(key, value)
+        elif isinstance(value, (list, tuple)):
+            w.add_array(key, list(value))
         else:
             w.add_float32(key, float(value))
     for name, ne in tensors:
-        dtype = np.float32 if len(ne) == 1 else np.float16
-        w.add_tensor(name, np.zeros(tuple(reversed(ne)), dtype=dtype))
+        if len(ne) == 1:
+            typ = GGMLQuantizationType.F32
+        else:
+            typ = qtype if ne[0] % GGML_QUANT_SIZES[qtype][0] == 0 else GGMLQuantizationType.F16
+        block, size = GGML_QUANT_SIZES[typ]
+        byte_shape = (*reversed(ne[1:]), ne[0] // block * size)
+        n_bytes = int(np.prod(byte_shape))
+        if header_only:
+            w.add_tensor_info(name, tuple(reversed(ne)), np.dtype(np.float16 if typ == GGMLQuantizationType.F16 else np.float32),
+                              n_bytes, raw_dtype=typ)
+        elif typ in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            w.add_tensor(name, np.zeros(tuple(reversed(ne)), dtype=np.float32 if typ == GGMLQuantizationType.F32 else np.float16))
+        else:
+            w.add_tensor(name, np.zeros(byte_shape, dtype=np.uint8), raw_dtype=typ)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    if header_only:
+        w.write_ti_data_to_file()
+    else:
+        w.write_tensors_to_file()
     w.close()
     return path
+
+
+_FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
+"""llama_ftype of a file whose matrices are of one type (include/llama.h LLAMA_FTYPE_MOSTLY_*)."""
 
 
 def _embeddings(n_embd: int, n_vocab: int, tied: bool) -> list[tuple[str, tuple[int, ...]]]:
@@ -181,7 +213,7 @@ def _embeddings(n_embd: int, n_vocab: int, tied: bool) -> list[tuple[str, tuple[
 
 def write_llama_dense(
     path: Path, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2,
-    n_ff: int = 1408, n_vocab: int = 32000, tied: bool = False,
+    n_ff: int = 1408, n_vocab: int = 32000, tied: bool = False, **opts,
 ) -> Path:
     """A llama: 4 x (GQA attention 8/2 heads of 64, SwiGLU 1408), vocab 32000.
 
@@ -204,12 +236,12 @@ def write_llama_dense(
         ]
     keys = {"{arch}.rope.dimension_count": hd}
     return _write_loadable(path, "llama", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                           n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors)
+                           n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors, **opts)
 
 
 def write_qwen3moe(
     path: Path, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2, head_dim: int = 64,
-    n_expert: int = 16, n_expert_used: int = 4, n_ff_exp: int = 256, n_vocab: int = 32000, tied: bool = True,
+    n_expert: int = 16, n_expert_used: int = 4, n_ff_exp: int = 256, n_vocab: int = 32000, tied: bool = True, **opts,
 ) -> Path:
     """A qwen3moe: Q/K RMS norms per head, 16 experts of 256, 4 used, tied embeddings.
 
@@ -241,14 +273,14 @@ def write_qwen3moe(
         "{arch}.expert_feed_forward_length": n_ff_exp,
     }
     return _write_loadable(path, "qwen3moe", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                           n_ff=n_ff_exp * n_expert_used, n_vocab=n_vocab, keys=keys, tensors=tensors)
+                           n_ff=n_ff_exp * n_expert_used, n_vocab=n_vocab, keys=keys, tensors=tensors, **opts)
 
 
 def write_deepseek2(
     path: Path, *, n_layer: int = 4, n_dense: int = 1, n_embd: int = 512, n_head: int = 8,
     kv_lora_rank: int = 256, qk_nope: int = 64, qk_rope: int = 64, v_head: int = 64,
     n_ff: int = 1024, n_expert: int = 16, n_expert_used: int = 4, n_ff_exp: int = 256, n_shared: int = 1,
-    n_groups: int = 4, n_groups_used: int = 2, n_vocab: int = 32000, tied: bool = True,
+    n_groups: int = 4, n_groups_used: int = 2, n_vocab: int = 32000, tied: bool = True, **opts,
 ) -> Path:
     """A deepseek2 with MLA: the cache holds ``kv_lora_rank + qk_rope`` = 320 values per token and layer.
 
@@ -307,4 +339,156 @@ def write_deepseek2(
         "{arch}.expert_group_used_count": n_groups_used,
     }
     return _write_loadable(path, "deepseek2", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=1,
-                           n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors)
+                           n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors, **opts)
+
+
+def write_glm4moe(
+    path: Path, *, n_layer: int = 4, n_nextn: int = 1, n_dense: int = 1, n_embd: int = 512, n_head: int = 8,
+    n_head_kv: int = 2, head_dim: int = 64, n_ff: int = 1024, n_expert: int = 16, n_expert_used: int = 4,
+    n_ff_exp: int = 256, n_shared: int = 1, n_vocab: int = 32000, tied: bool = False, **opts,
+) -> Path:
+    """A GLM-4.5-shaped glm4moe: Q/K/V with biases, partial RoPE (half of each head), one leading
+    dense block, sigmoid-gated experts with ``exp_probs_b`` and a shared expert, the pre-FFN norm
+    called ``post_attention_norm``, and ``n_nextn`` NextN/MTP blocks after the ``n_layer`` trunk
+    blocks (``block_count`` = ``n_layer + n_nextn``, ``nextn_predict_layers`` = ``n_nextn``;
+    src/models/glm4-moe.cpp ``load_arch_tensors``).
+
+    F16 bytes: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB; per MoE block experts 3 x 16 x 256 x 512 x 2
+    = 12 MiB, shared expert 0.75 MiB, attention 1.25 MiB; the NextN block adds its own MoE block plus
+    ``eh_proj`` 1024 x 512 x 2 = 1 MiB: about 15 MiB that llama.cpp skips (TENSOR_SKIP).
+    """
+    hd = head_dim
+    tensors = _embeddings(n_embd, n_vocab, tied)
+    for il in range(n_layer + n_nextn):
+        tensors += [
+            (f"blk.{il}.attn_norm.weight", (n_embd,)),
+            (f"blk.{il}.attn_q.weight", (n_embd, n_head * hd)),
+            (f"blk.{il}.attn_k.weight", (n_embd, n_head_kv * hd)),
+            (f"blk.{il}.attn_v.weight", (n_embd, n_head_kv * hd)),
+            (f"blk.{il}.attn_q.bias", (n_head * hd,)),
+            (f"blk.{il}.attn_k.bias", (n_head_kv * hd,)),
+            (f"blk.{il}.attn_v.bias", (n_head_kv * hd,)),
+            (f"blk.{il}.attn_output.weight", (n_head * hd, n_embd)),
+            (f"blk.{il}.post_attention_norm.weight", (n_embd,)),
+        ]
+        if il < n_dense:
+            tensors += [
+                (f"blk.{il}.ffn_gate.weight", (n_embd, n_ff)),
+                (f"blk.{il}.ffn_up.weight", (n_embd, n_ff)),
+                (f"blk.{il}.ffn_down.weight", (n_ff, n_embd)),
+            ]
+        else:
+            tensors += [
+                (f"blk.{il}.ffn_gate_inp.weight", (n_embd, n_expert)),
+                (f"blk.{il}.exp_probs_b.bias", (n_expert,)),
+                (f"blk.{il}.ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                (f"blk.{il}.ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                (f"blk.{il}.ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
+                (f"blk.{il}.ffn_gate_shexp.weight", (n_embd, n_ff_exp * n_shared)),
+                (f"blk.{il}.ffn_up_shexp.weight", (n_embd, n_ff_exp * n_shared)),
+                (f"blk.{il}.ffn_down_shexp.weight", (n_ff_exp * n_shared, n_embd)),
+            ]
+        if il >= n_layer:
+            tensors += [
+                (f"blk.{il}.nextn.eh_proj.weight", (2 * n_embd, n_embd)),
+                (f"blk.{il}.nextn.enorm.weight", (n_embd,)),
+                (f"blk.{il}.nextn.hnorm.weight", (n_embd,)),
+                (f"blk.{il}.nextn.shared_head_norm.weight", (n_embd,)),
+            ]
+    keys = {
+        "{arch}.rope.dimension_count": hd // 2,
+        "{arch}.attention.key_length": hd,
+        "{arch}.attention.value_length": hd,
+        "{arch}.leading_dense_block_count": n_dense,
+        "{arch}.expert_count": n_expert,
+        "{arch}.expert_used_count": n_expert_used,
+        "{arch}.expert_feed_forward_length": n_ff_exp,
+        "{arch}.expert_shared_count": n_shared,
+        "{arch}.expert_weights_scale": 2.5,
+        "{arch}.expert_weights_norm": True,
+        "{arch}.expert_gating_func": 2,  # sigmoid
+        "{arch}.nextn_predict_layers": n_nextn,
+    }
+    return _write_loadable(path, "glm4moe", n_layer=n_layer + n_nextn, n_embd=n_embd, n_head=n_head,
+                           n_head_kv=n_head_kv, n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors, **opts)
+
+
+def write_decoder(
+    path: Path, arch: str, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2,
+    head_dim: int = 64, n_ff: int = 1408, n_vocab: int = 32000, tied: bool = False, qkv_bias: bool = False,
+    qk_norm: str | None = None, fused_qkv: bool = False, fused_up: bool = False, pre_norms: bool = True,
+    post_norms: bool = False, keys: dict | None = None, **opts,
+) -> Path:
+    """A dense decoder of ``arch`` in the common layout, with the variations the archs below need:
+    ``qkv_bias`` (qwen2), ``qk_norm`` = ``"head"`` (a norm per head: qwen3) or ``"full"`` (over
+    all heads: olmo2), ``fused_qkv`` / ``fused_up`` (phi3's ``attn_qkv`` and ``ffn_up`` of
+    ``2 * n_ff``), ``pre_norms=False`` (no attn_norm / ffn_norm: olmo2), ``post_norms``
+    (``post_attention_norm`` and ``post_ffw_norm``: gemma2, olmo2). ``keys``: extra header keys.
+
+    F16 bytes at the defaults: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB (31.25 tied), per layer
+    (2 x 512 x 512 + 2 x 512 x 128 + 3 x 512 x 1408) x 2 = 5.4 MiB.
+    """
+    hd = head_dim
+    q, kv = n_head * hd, n_head_kv * hd
+    tensors = _embeddings(n_embd, n_vocab, tied)
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        if pre_norms:
+            tensors.append((b + "attn_norm.weight", (n_embd,)))
+        if fused_qkv:
+            tensors.append((b + "attn_qkv.weight", (n_embd, q + 2 * kv)))
+        else:
+            tensors += [(b + "attn_q.weight", (n_embd, q)), (b + "attn_k.weight", (n_embd, kv)),
+                        (b + "attn_v.weight", (n_embd, kv))]
+            if qkv_bias:
+                tensors += [(b + "attn_q.bias", (q,)), (b + "attn_k.bias", (kv,)), (b + "attn_v.bias", (kv,))]
+        if qk_norm == "head":
+            tensors += [(b + "attn_q_norm.weight", (hd,)), (b + "attn_k_norm.weight", (hd,))]
+        elif qk_norm == "full":
+            tensors += [(b + "attn_q_norm.weight", (q,)), (b + "attn_k_norm.weight", (kv,))]
+        tensors.append((b + "attn_output.weight", (q, n_embd)))
+        if post_norms:
+            tensors.append((b + "post_attention_norm.weight", (n_embd,)))
+        if pre_norms:
+            tensors.append((b + "ffn_norm.weight", (n_embd,)))
+        if fused_up:
+            tensors += [(b + "ffn_up.weight", (n_embd, 2 * n_ff)), (b + "ffn_down.weight", (n_ff, n_embd))]
+        else:
+            tensors += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                        (b + "ffn_down.weight", (n_ff, n_embd))]
+        if post_norms:
+            tensors.append((b + "post_ffw_norm.weight", (n_embd,)))
+    all_keys = {"{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd,
+                "{arch}.attention.value_length": hd, **(keys or {})}
+    return _write_loadable(path, arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                           n_ff=n_ff, n_vocab=n_vocab, keys=all_keys, tensors=tensors, **opts)
+
+
+def _family(arch: str, **spec):
+    def write(path: Path, **opts) -> Path:
+        return write_decoder(path, arch, **{"vocab": "spm", **spec, **opts})
+    write.__doc__ = f"{arch}: {spec or 'the common layout'}"
+    return write
+
+
+FAMILIES = {
+    "llama": write_llama_dense,
+    "qwen3moe": write_qwen3moe,
+    "deepseek2": write_deepseek2,
+    "glm4moe": write_glm4moe,
+    "qwen2": _family("qwen2", qkv_bias=True),
+    "qwen3": _family("qwen3", qk_norm="head", tied=True),
+    "mistral3": _family("mistral3"),
+    "gemma2": _family("gemma2", post_norms=True, tied=True, keys={
+        "{arch}.attention.sliding_window": 1024, "{arch}.attn_logit_softcapping": 50.0,
+        "{arch}.final_logit_softcapping": 30.0}),
+    "phi3": _family("phi3", fused_qkv=True, fused_up=True),
+    "granite": _family("granite", keys={
+        "{arch}.logit_scale": 8.0, "{arch}.residual_scale": 0.22, "{arch}.embedding_scale": 12.0,
+        "{arch}.attention.scale": 0.015625}),
+    "cohere2": _family("cohere2", tied=True, keys={
+        "{arch}.attention.sliding_window": 1024, "{arch}.logit_scale": 0.25,
+        "{arch}.attention.layer_norm_epsilon": 1e-5}),
+    "olmo2": _family("olmo2", qk_norm="full", pre_norms=False, post_norms=True),
+}
+"""One synthetic model per arch family that llama.cpp loads and runs: ``FAMILIES[name](path)``."""

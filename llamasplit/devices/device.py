@@ -136,6 +136,11 @@ class HostInfo:
     """The CPU's decode/prefill speed as ``llamasplit bench`` measured it; ``None``: not measured."""
     cpu_name: str | None = None
     """The CPU's model name (``/proc/cpuinfo``), when known."""
+    cpu_flags: tuple[str, ...] | None = None
+    """The CPU features ggml's kernels can use (``/proc/cpuinfo`` flags; the AMX ones only when the
+    llama.cpp build has AMX): they decide which weights llama.cpp repacks (``planner.repack``)."""
+    cpu_machine: str | None = None
+    """``x86_64`` or ``aarch64``."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +151,8 @@ class HostInfo:
         kwargs = {k: v for k, v in data.items() if k in known}
         if isinstance(kwargs.get("measured"), dict):
             kwargs["measured"] = MeasuredSpeed.from_dict(kwargs["measured"])
+        if kwargs.get("cpu_flags") is not None:
+            kwargs["cpu_flags"] = tuple(kwargs["cpu_flags"])
         return cls(**kwargs)
 
 

@@ -575,7 +575,29 @@ def local_host() -> HostInfo:
         cpu_cores=cores,
         ram_bandwidth_gb_s=None,
         cpu_name=cpu_model_name(),
+        **_cpu_features(),
     )
+
+
+def _cpu_features(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """``cpu_flags`` / ``cpu_machine`` of this CPU as the pinned llama.cpp build sees it: the AMX
+    flags only when the build compiled AMX (``llamacpp.binaries.want_amx``)."""
+    from llamasplit.llamacpp.binaries import want_amx
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):  # x86 / ARM
+            flags = set(value.split())
+            if not want_amx():
+                flags = {f for f in flags if not f.startswith("amx")}
+            return {"cpu_flags": tuple(sorted(flags)), "cpu_machine": "x86_64" if key == "flags" else "aarch64"}
+    return {}
 
 
 def cpu_model_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:

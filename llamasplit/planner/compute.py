@@ -310,6 +310,10 @@ class _Ops:
     def glu(self, a: T, b: T) -> T:
         return self.new("GLU", a.type, a.ne, a, b)
 
+    def glu_fused(self, a: T) -> T:
+        """``ggml_swiglu(a)``: gate and up are the two halves of a's rows."""
+        return self.new("GLU", a.type, [a.ne[0] // 2, a.ne[1], a.ne[2], a.ne[3]], a)
+
     def cont(self, a: T, *ne: int) -> T:
         return self.new("CONT", a.type, list(ne) if ne else a.ne, a)
 
@@ -686,6 +690,9 @@ class _Builder:
         """
         o = self.o
         tmp = self.mm(up, cur, up_b) if up is not None else cur
+        if gate is None and down is not None and tmp.ne[0] == 2 * down.ne[0]:
+            # phi3: ffn_up holds gate and up (2 x n_ff rows), LLM_FFN_SWIGLU splits them
+            return self.mm(down, o.glu_fused(tmp), down_b)
         if gate is not None:
             cur = self.mm(gate, tmp if not par else cur, gate_b)
             if par:
@@ -788,6 +795,8 @@ class _Builder:
         if out_w is None:
             out_w = self.tied_output()
         cur = o.mul_mat(out_w, cur)
+        if self.key("logit_scale", 0.0):  # granite, cohere2: ggml_scale of the logits
+            cur = o.unary("SCALE", cur)
         if self.key("final_logit_softcapping", 0.0):
             cur = o.unary("SCALE", cur)
             cur = o.unary("UNARY", cur)
@@ -815,6 +824,8 @@ class _Builder:
     def build(self) -> _Graph:
         if self.hp.is_mla and self.arch in _MLA_ARCHS:
             self.build_deepseek2()
+        elif self.arch == "cohere2":
+            self.build_cohere2()
         else:
             self.build_transformer()
         return self.finish()
@@ -841,9 +852,12 @@ class _Builder:
         n_layer = hp.n_layer_kv
         for il in self.ctx.layers:
             inpSA = inpL
-            cur = self.norm(inpL, self.lw(il, "attn_norm"), il, self.lw(il, "attn_norm", "bias"),
-                            kind="NORM" if self.arch in _LAYERNORM_ARCHS else "RMS_NORM")
-            self.cb(cur, "attn_norm", il)
+            if self.has(il, "attn_norm"):
+                cur = self.norm(inpL, self.lw(il, "attn_norm"), il, self.lw(il, "attn_norm", "bias"),
+                                kind="NORM" if self.arch in _LAYERNORM_ARCHS else "RMS_NORM")
+                self.cb(cur, "attn_norm", il)
+            else:  # olmo2: no norm before attention
+                cur = inpL
             hd_k, hd_v = self.n_embd_head_k(il), self.n_embd_head_v(il)
             q, k, v = self.qkv(il, cur, hp.n_head[il], hp.n_head_kv[il], hd_k, hd_v)
             factors = self.w("rope_freqs.weight")
@@ -856,7 +870,7 @@ class _Builder:
             if k_norm is not None:
                 k = self.norm(k, k_norm, il)
             k = o.rope(k, inp_pos, factors)
-            if gemma:
+            if gemma or self.arch in _Q_SCALED:
                 q = o.unary("SCALE", q)
             cache = swa_cache if (iswa and hp.is_swa[il]) else base
             cur = self.attn(il, cache, self.lw(il, "attn_output"), self.lw(il, "attn_output", "bias"), q, k, v,
@@ -864,16 +878,24 @@ class _Builder:
             if il == n_layer - 1:
                 cur = o.get_rows(cur, out_ids)
                 inpSA = o.get_rows(inpSA, out_ids)
-            post = self.lw(il, "post_attention_norm")
+            # glm4moe names its pre-FFN norm post_attention_norm (src/models/glm4-moe.cpp)
+            ffn_norm_stem = "post_attention_norm" if self.arch in _POST_ATTN_IS_FFN_NORM else "ffn_norm"
+            post = self.lw(il, "post_attention_norm") if ffn_norm_stem == "ffn_norm" else None
             if post is not None:
                 cur = self.norm(cur, post, il)
+            residual_scale = bool(self.key("residual_scale", 0.0))  # granite: ggml_scale before each residual add
+            if residual_scale:
+                cur = o.unary("SCALE", cur)
             ffn_inp = o.binary("ADD", cur, inpSA)
             self.cb(ffn_inp, "ffn_inp", il)
-            cur = self.norm(ffn_inp, self.lw(il, "ffn_norm"), il, self.lw(il, "ffn_norm", "bias"),
-                            kind="NORM" if self.arch in _LAYERNORM_ARCHS else "RMS_NORM")
+            if self.has(il, ffn_norm_stem):
+                cur = self.norm(ffn_inp, self.lw(il, ffn_norm_stem), il, self.lw(il, ffn_norm_stem, "bias"),
+                                kind="NORM" if self.arch in _LAYERNORM_ARCHS else "RMS_NORM")
+            else:  # olmo2: no norm before the FFN
+                cur = ffn_inp
             if self.has(il, "ffn_gate_inp"):
                 moe = self.moe(il, cur, hp.n_expert, hp.n_expert_used, norm_w=self._norm_w(),
-                               w_scale=float(self.key("expert_weights_scale", 0.0)), gating="softmax",
+                               w_scale=float(self.key("expert_weights_scale", 0.0)), gating=self._gating(),
                                probs_b=self.lw(il, "exp_probs_b", "bias"))
                 if self.has(il, "ffn_up_shexp"):
                     moe = o.binary("ADD", moe, self.shared_expert(il, cur))
@@ -885,6 +907,8 @@ class _Builder:
             post = self.lw(il, "post_ffw_norm")
             if post is not None:
                 cur = self.norm(cur, post, -1)
+            if residual_scale:
+                cur = o.unary("SCALE", cur)
             cur = o.binary("ADD", cur, ffn_inp)
             self.cb(cur, "l_out", il)
             inpL = cur
@@ -895,6 +919,50 @@ class _Builder:
         if isinstance(value, bool):
             return value
         return self.arch in ("qwen3moe", "qwen2moe", "llama", "mixtral", "olmoe", "qwen3vlmoe")
+
+    def build_cohere2(self) -> None:
+        """src/models/cohere2.cpp: layer norm, attention and FFN in parallel on the same normed
+        input, RoPE on the sliding-window layers only, logits scaled."""
+        o = self.o
+        hp = self.hp
+        inpL = self.inp_embd()
+        inp_pos = self.inp_pos()
+        base = self.cache(False, True, rot=False)
+        swa_cache = self.cache(True, True, rot=False)
+        base.k_rot, base.v_rot = self.rot_inputs()
+        swa_cache.k_rot, swa_cache.v_rot = self.rot_inputs()
+        out_ids = self.inp_out_ids()
+        n_layer = hp.n_layer_kv
+        for il in self.ctx.layers:
+            cur = self.norm(inpL, self.lw(il, "attn_norm"), il, self.lw(il, "attn_norm", "bias"), kind="NORM")
+            ffn_inp = cur
+            hd_k, hd_v = self.n_embd_head_k(il), self.n_embd_head_v(il)
+            q, k, v = self.qkv(il, cur, hp.n_head[il], hp.n_head_kv[il], hd_k, hd_v)
+            if hp.is_swa[il]:
+                q = o.rope(q, inp_pos, None)
+                k = o.rope(k, inp_pos, None)
+            cache = swa_cache if hp.is_swa[il] else base
+            cur = self.attn(il, cache, self.lw(il, "attn_output"), self.lw(il, "attn_output", "bias"), q, k, v,
+                            iswa=True)
+            if il == n_layer - 1:
+                cur = o.get_rows(cur, out_ids)
+                inpL = o.get_rows(inpL, out_ids)
+                ffn_inp = o.get_rows(ffn_inp, out_ids)
+            attn_out = cur
+            cur = self.ffn(il, ffn_inp, self.lw(il, "ffn_up"), self.lw(il, "ffn_gate"), self.lw(il, "ffn_down"))
+            cur = o.binary("ADD", cur, inpL)
+            cur = o.binary("ADD", cur, attn_out)
+            self.cb(cur, "l_out", il)
+            inpL = cur
+        self.output(inpL)
+
+    def _gating(self) -> str:
+        """``{arch}.expert_gating_func`` (llama-hparams.h LLAMA_EXPERT_GATING_FUNC_TYPE_*); unset:
+        sigmoid for glm4moe (glm4-moe.cpp load_arch_hparams), else softmax."""
+        gating_id = int(self.key("expert_gating_func", 0))
+        if gating_id == 0:
+            return "sigmoid" if self.arch in ("glm4moe",) else "softmax"
+        return {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}.get(gating_id, "softmax")
 
     def _rope_factors(self, il: int, factors: T) -> T:
         """rope_freqs is duplicated into every layer (TENSOR_DUPLICATED): one tensor per device."""
@@ -981,6 +1049,11 @@ class _Builder:
             inpL = cur
         self.output(inpL)
 
+
+_POST_ATTN_IS_FFN_NORM = frozenset({"glm4moe"})
+"""Archs whose ``post_attention_norm`` is the norm before the FFN, not after attention."""
+_Q_SCALED = frozenset({"phi3"})
+"""Archs that scale Q by 1/sqrt(head) themselves before attention (src/models/phi3.cpp)."""
 
 _LAYERNORM_ARCHS = frozenset({
     "gpt2", "starcoder", "falcon", "bloom", "mpt", "stablelm", "phi2", "gptneox", "command-r", "cohere2",

@@ -43,6 +43,8 @@ class LlamaSettings:
     swa_full: bool = False
     offload_kqv: bool = True
     use_mmap: bool = True
+    repack: bool = True
+    """``-nr/--no-repack`` turns it off: no extra CPU buffer types (AMX, CPU_REPACK) for the CPU's weights."""
     binary: str = "llama-server"
 
     def __post_init__(self) -> None:
@@ -137,6 +139,8 @@ class LlamaSettings:
             args += ["--swa-full"]
         if not self.offload_kqv:
             args += ["-nkvo"]
+        if not self.repack:
+            args += ["-nr"]
         if not self.use_mmap:
             args += ["-lm", "none"]  # this llama.cpp replaced --no-mmap with --load-mode
         return args
