@@ -272,3 +272,21 @@ def test_probing_a_port_where_another_rpc_server_listens_is_harmless():
         assert [d.host for d in list_devices(find_binary("llama-server"), [w.endpoint]) if d.backend == "RPC"] == [w.endpoint]
     finally:
         w.stop()
+
+
+def test_worker_snapshot_through_the_nvml_door(monkeypatch, capsys):
+    """What `llamasplit worker` publishes, read through (fake) NVML: the GPUs; no driver: the CPU;
+    a driver/library mismatch: nothing, with one warning (the worker still starts)."""
+    import pynvml
+
+    from llamasplit.cli.run import _worker_snapshot
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([rtx3090("0000:01:00.0", "GPU-dddddddd-0000-0000-0000-000000000004")]))
+    snap = _worker_snapshot(None, [])
+    assert [(d.name, d.id, d.sm_count) for d in snap.devices] == [("CUDA0", "GPU-dddddddd-0000-0000-0000-000000000004", 82)]
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
+    assert _worker_snapshot(None, []).devices == ()
+    assert [d["backend"] for d in worker_document(_worker_snapshot(None, []), "h:1")["devices"]] == ["CPU"]
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_error=pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH))
+    assert _worker_snapshot(None, []) is None
+    assert "cannot read this worker's GPUs" in capsys.readouterr().err

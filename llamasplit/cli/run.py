@@ -324,7 +324,11 @@ def worker_cmd(
             env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # CUDA0.. = NVML's order, as published
             worker = start_rpc_worker(host=host, port=port, threads=threads, devices=devices or None, env=env)
             if snapshot is not None:
-                info = InfoServer(worker_document(snapshot, worker.endpoint), host, info_port(port)).start()
+                try:
+                    info = InfoServer(worker_document(snapshot, worker.endpoint), host, info_port(port)).start()
+                except OSError as exc:
+                    raise LaunchError(f"cannot listen on {host}:{info_port(port)} for the device endpoint: {exc.strerror or exc}",
+                                      remedy="pick another --port, or --no-publish (clients then need --rpc HOST:PORT=GPU)") from exc
                 served = ", ".join(d.description for d in snapshot.devices) or "the CPU"
                 say(f"llamasplit: publishing what this worker serves ({served}) on "
                     f"http://{worker.endpoint.rpartition(':')[0]}:{info.port}/llamasplit/devices (read-only, no authentication)")
@@ -350,8 +354,9 @@ def worker_cmd(
 
 
 def _worker_snapshot(inventory: str | None, devices: list[str]):
-    """What this worker serves, read once: a saved inventory, else NVML (no GPU: the CPU)."""
+    """What this worker serves, read once: a saved inventory, else NVML (no GPU: the CPU; NVML broken: None)."""
     from llamasplit.devices.device import Fleet
+    from llamasplit.errors import DeviceQueryError
     from llamasplit.devices.nvml import NoGpuFound, NvmlSource, local_host
     from llamasplit.devices.sources import InventorySource
     from llamasplit.devices.workerinfo import worker_fleet
@@ -363,4 +368,8 @@ def _worker_snapshot(inventory: str | None, devices: list[str]):
             fleet = NvmlSource(env={**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
         except NoGpuFound:
             fleet = Fleet(devices=(), host=local_host(), source="cpu")
+        except DeviceQueryError as err:  # a broken driver should not stop the worker itself
+            say(f"llamasplit: warning: cannot read this worker's GPUs ({err.message}); publishing nothing, "
+                "so clients size it as a CPU unless they describe it (--rpc HOST:PORT=GPU)")
+            return None
     return worker_fleet(fleet, devices)
