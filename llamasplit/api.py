@@ -32,7 +32,7 @@ from typing import Any
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.planner.plan import DEFAULT_MARGIN_BYTES, Plan, PlanOptions
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.planner.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
 from llamasplit.units import parse_size
 
 __all__ = ["plan", "load", "serve", "plan_options"]
@@ -50,10 +50,9 @@ _SPLIT_MODES = ("none", "layer", "row", "tensor")
 def _value(name: str, value: Any) -> Any:
     """Accept the Python-friendly spellings of a setting."""
     if name == "tensor_split" and value is not None:
-        items = value.split(",") if isinstance(value, str) else value
-        return tuple(float(x) for x in items)
-    if name == "n_gpu_layers" and (value == -1 or value in ("all", "auto", "-1")):
-        return None
+        return parse_tensor_split(value)
+    if name == "n_gpu_layers":
+        return parse_gpu_layers(value)
     if name == "flash_attn" and isinstance(value, bool):
         return "on" if value else "off"
     if name == "split_mode" and isinstance(value, int):
@@ -245,7 +244,7 @@ def serve(
     manager. ``model`` may also be a ready ``Plan`` (then give no plan options); a URL or ``hf=`` model is downloaded first.
     """
     from llamasplit.devices.listdevices import parse_endpoints
-    from llamasplit.runner.launch import SERVER, LaunchOptions, binary_kind, launch
+    from llamasplit.runner.launch import SERVER, LaunchOptions, binary_kind, launch, take_address
     from llamasplit.runner.processes import free_port, start_rpc_worker, stop_all
 
     if binary is not None and binary_kind(binary) != SERVER:
@@ -266,10 +265,12 @@ def serve(
         else:
             options.setdefault("binary", SERVER)
             the_plan = plan(model, devices, rpc=endpoints or None, **options)
-        launch_options = LaunchOptions(
-            binary=binary, host=host, port=port or free_port(host), extra_args=tuple(extra_args),
-            ready_timeout_s=ready_timeout_s,
-        )
+        launch_options = LaunchOptions(binary=binary, host=host, port=port or 0, extra_args=tuple(extra_args),
+                                       ready_timeout_s=ready_timeout_s)
+        # extra_args=["--port", P]: llama-server serves on P (the last --port wins), so wait for it there
+        launch_options = take_address(launch_options, host_given=False, port_given=port is not None)
+        if not launch_options.port:
+            launch_options = dataclasses.replace(launch_options, port=free_port(launch_options.host))
         return launch(the_plan, launch_options, progress=progress, workers=workers)
     except BaseException:
         stop_all(workers)

@@ -40,3 +40,19 @@ def printable(value: object, limit: int = 200) -> str:
     if text.isascii():
         return _ASCII_CONTROL.sub("?", text)
     return "".join("?" if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
+
+
+def printable_tree(value: object, limit: int = 500) -> object:
+    """Every string in a JSON-shaped value (dicts, lists, strings, numbers) through ``printable``:
+    for documents read from a file (inventories, plans) before anything in them is shown.
+
+    >>> printable_tree({"name": "GPU\\x1b[2J", "notes": ["ok", "\\u202eok"], "n": 3})
+    {'name': 'GPU?[2J', 'notes': ['ok', '?ok'], 'n': 3}
+    """
+    if isinstance(value, str):
+        return printable(value, limit=limit)
+    if isinstance(value, dict):
+        return {printable(k, limit=limit) if isinstance(k, str) else k: printable_tree(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable_tree(v, limit) for v in value]
+    return value

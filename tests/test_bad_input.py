@@ -194,3 +194,159 @@ def test_negative_vocab_size(smollm2_header, tmp_path):
     # was: an output buffer of -32 bytes in the plan
     h = _set(smollm2_header, "llama.vocab_size", F.INT32, F.enc_scalar(F.INT32, -2))
     assert "metadata key llama.vocab_size = -2 is out of range" in _read_error(_write(h, tmp_path))
+
+
+# -- option values: one line naming the option, exit 2 ------------------------------------------------
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from llamasplit.cli import main
+
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("args, line", [
+    (["-ts", "a,b"], "--tensor-split 'a,b': 'a' is not a number; give one proportion per device, e.g. -ts 3,1"),
+    (["-ts", "nan,1"], "--tensor-split 'nan,1': 'nan' is not a finite, non-negative proportion"),
+    (["-ts", "inf,1"], "--tensor-split 'inf,1': 'inf' is not a finite, non-negative proportion"),
+    (["-ts", "-1,2"], "--tensor-split '-1,2': '-1' is not a finite, non-negative proportion"),
+    (["-ngl", "abc"], "--n-gpu-layers 'abc' is not a number of layers; give a number from 0, or all"),
+    (["-ngl", "-7"], "--n-gpu-layers -7 is negative; give a number of layers from 0, or all"),
+    (["-c", "-5"], "--ctx -5 is negative; give a context length in tokens (0: the model's training context)"),
+    (["-np", "-3"], "--parallel -3 is negative"),
+    (["-ncmoe", "-3"], "--n-cpu-moe -3 is negative"),
+])
+def test_bad_option_values_are_one_line(smollm2_path, capsys, args, line):
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--fleet", FLEET, *args)
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [f"llamasplit: error: {line}"] or err.startswith(f"llamasplit: error: {line}")
+    assert len(err.splitlines()) == 1
+
+
+def test_api_takes_the_same_checks(smollm2_path):
+    import llamasplit
+    from llamasplit.errors import UsageError
+
+    for kw in ({"ts": "a,b"}, {"ts": [float("nan"), 1.0]}, {"ngl": "abc"}, {"ngl": -7}, {"ctx": -5}):
+        with pytest.raises(UsageError):
+            llamasplit.plan(smollm2_path, FLEET, **kw)
+    assert llamasplit.plan(smollm2_path, FLEET, ts="1/3", ngl="all").settings.tensor_split == (1.0, 3.0)
+
+
+def test_fleet_count_is_checked_before_the_list_is_built():
+    from llamasplit.errors import UsageError
+
+    t0 = time.perf_counter()
+    with pytest.raises(UsageError, match="has more than 64 GPUs"):
+        fleet_from_spec("300000000x3090")  # was 14.6 s and 2.4 GB
+    assert time.perf_counter() - t0 < 0.5
+    with pytest.raises(UsageError, match="has more than 64 GPUs"):
+        fleet_from_spec("60x3090,5x3090")
+    assert len(fleet_from_spec("64x3090").devices) == 64
+
+
+def test_context_beyond_training_is_noted_and_alternatives_stay_within_it(smollm2_path, capsys):
+    # SmolLM2 was trained on 8192 tokens
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--fleet", FLEET, "-c", "20000")
+    assert rc == 0
+    assert "note: context 20000 is longer than the 8192 tokens the model was trained on" in out
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--fleet", "3060-12g", "-c", "99999999")
+    assert rc == 1
+    contexts = [int(c) for c in __import__("re").findall(r"instead, context (\d+)", out)]
+    assert contexts == [8192]  # was 3125248: more than the model was trained for
+
+
+def _inventory(tmp_path, change) -> str:
+    import json
+
+    from llamasplit.devices.inventory import save_inventory
+
+    path = save_inventory(fleet_from_spec("3090,3060-12g"), tmp_path / "inv.json")
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))  # json writes NaN as NaN, as a hand-edited file may hold it
+    return str(path)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["devices"][0].update(bandwidth_gb_s=float("nan")), "devices[0].bandwidth_gb_s holds the number nan"),
+    (lambda d: d["devices"][1].update(bandwidth_gb_s=float("inf")), "devices[1].bandwidth_gb_s holds the number inf"),
+    (lambda d: d["devices"][0].update(free_bytes=d["devices"][0]["total_bytes"] + 1), "devices[0] has free_bytes"),
+    (lambda d: d["devices"][0].update(bandwidth_gb_s=-5.0), "devices[0].bandwidth_gb_s is negative"),
+])
+def test_inventory_numbers_must_make_sense(smollm2_path, tmp_path, capsys, change, words):
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--inventory", _inventory(tmp_path, change))
+    assert rc == 1 and "nan tok/s" not in out
+    assert err.startswith("llamasplit: error: inventory ") and words in err and len(err.splitlines()) == 1
+
+
+def test_inventory_device_description_is_cleaned(smollm2_path, tmp_path, capsys):
+    def evil(d):
+        d["devices"][0]["description"] = "RTX\x1b[2J\x1b]0;owned\x07 3090\u202e"
+        d["notes"] = ["\x1b[31mred"]
+
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--inventory", _inventory(tmp_path, evil))
+    assert rc == 0
+    assert "\x1b" not in out + err and "\x07" not in out + err and "\u202e" not in out + err
+
+
+# -- RPC host names: resolved by us, no network needed for these two ---------------------------------
+
+@pytest.mark.parametrize("endpoint, why", [
+    ("a..b:50052", "not a valid host name"),  # an empty label: refused before any lookup
+    ("-bad-:50052", "Name or service not known"),  # glibc refuses it without asking a name server
+])
+def test_rpc_host_that_does_not_resolve(smollm2_path, capsys, endpoint, why):
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), f"--rpc={endpoint}")
+    assert rc == 1
+    host = endpoint.rpartition(":")[0]
+    assert err == (f"llamasplit: error: RPC worker {endpoint}: cannot resolve the host name {host!r} ({why}); "
+                   "check the name, or give the worker's IP address\n")
+
+
+# -- the CLI itself ------------------------------------------------------------------------------------
+
+def test_no_arguments_shows_the_help_and_no_empty_error(capsys):
+    rc, out, err = _cli(capsys)
+    assert rc == 0
+    assert "Usage: llamasplit" in out + err and "llamasplit: error" not in out + err
+
+
+@pytest.mark.parametrize("command", [[], ["plan"], ["run"], ["worker"]])
+def test_help_shows_no_bool_metavar(capsys, command):
+    rc, out, err = _cli(capsys, *command, "--help")
+    assert rc == 0 and "--help" in out
+    assert "<bool>" not in out
+
+
+# -- run MODEL -- --port P: llama-server serves on P, so that is where we wait ---------------------------
+
+def test_extra_port_and_host_are_taken_over(smollm2_path, capsys):
+    rc, out, err = _cli(capsys, "run", str(smollm2_path), "--fleet", FLEET, "--dry-run", "--", "--port", "9123",
+                        "--host", "127.0.0.2", "-t", "2")
+    assert rc == 0
+    argv = out.split()
+    assert argv.count("--port") == 1 and argv[argv.index("--port") + 1] == "9123"
+    assert argv.count("--host") == 1 and argv[argv.index("--host") + 1] == "127.0.0.2"
+    assert argv[-2:] == ["-t", "2"] and "--port" not in err
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--port", "8081", "--", "--port", "9123"], "--port 8081 and -- --port 9123 disagree; give the port once"),
+    (["--", "--port", "http"], "--port 'http' after -- is not a port number; give a port from 1 to 65535"),
+    (["--", "--port", "70000"], "--port '70000' after -- is not a port number"),
+    (["--", "--port"], "--port after -- has no value; give llamasplit --port VALUE instead"),
+])
+def test_extra_port_problems_are_one_line(smollm2_path, capsys, args, line):
+    rc, out, err = _cli(capsys, "run", str(smollm2_path), "--fleet", FLEET, "--dry-run", *args)
+    assert rc == 2 and err.startswith(f"llamasplit: error: {line}")
+
+
+def test_take_address_is_pure_and_keeps_the_other_extras():
+    from llamasplit.runner.launch import LaunchOptions, take_address
+
+    base = LaunchOptions(port=8080, extra_args=("-t", "4", "--port", "9000", "--api-key", "k"))
+    got = take_address(base, host_given=False, port_given=False)
+    assert (got.host, got.port, got.extra_args) == ("127.0.0.1", 9000, ("-t", "4", "--api-key", "k"))
+    assert take_address(LaunchOptions(port=9000, extra_args=("--port", "9000")), host_given=False, port_given=True).port == 9000

@@ -28,7 +28,10 @@ from llamasplit.runner.launch import health
 pytestmark = pytest.mark.llamacpp
 
 MiB = 1024 * 1024
-CLI = [sys.executable, "-c", "import sys; from llamasplit.cli import main; sys.exit(main(sys.argv[1:]))"]
+# the child sets the SIGINT handler the Ctrl-C tests rely on: started from a background job or
+# nohup, SIGINT is ignored and the ignoring is inherited, so Python would install no handler
+CLI = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "from llamasplit.cli import main; sys.exit(main(sys.argv[1:]))"]
 THREADS = ["-t", "1"]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -181,7 +184,18 @@ def test_serve_api_predicted_vs_actual_and_completion(smollm2_path, workers):
     assert all(w.alive() for w in workers)  # not ours to stop
 
 
-def test_sigint_to_our_process_stops_server_and_our_workers(smollm2_path):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt here, even when pytest runs with SIGINT ignored (nohup, a
+    background job): the handler the Ctrl-C test relies on, restored afterwards."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_sigint_to_our_process_stops_server_and_our_workers(smollm2_path, sigint_raises):
     pids = []
     with pytest.raises(KeyboardInterrupt):
         with llamasplit.serve(smollm2_path, rpc=2, worker_threads=1, ts="1,2", ctx=1024, extra_args=THREADS) as srv:

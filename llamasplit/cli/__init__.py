@@ -10,6 +10,7 @@ import traceback
 
 from llamasplit.cli.app import _State, app
 from llamasplit.errors import LlamasplitError
+from llamasplit.untrusted import printable
 
 from llamasplit.cli import commands  # noqa: E402
 
@@ -36,15 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         if "Exit" in kinds:
             return int(getattr(exc, "exit_code", 0))
+        if "NoArgsIsHelpError" in kinds:  # `llamasplit` (or a command) alone: the help is the answer
+            text = exc.format_message()  # type: ignore[attr-defined]
+            if text.strip():  # rich prints the help itself and leaves the message empty
+                print(text, file=sys.stderr)
+            return 0
         if "ClickException" in kinds:
-            print(f"llamasplit: error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"llamasplit: error: {printable(exc.format_message(), limit=2000)}", file=sys.stderr)  # type: ignore[attr-defined]
             return int(getattr(exc, "exit_code", 2))
         if "Abort" in kinds:
             print("llamasplit: interrupted", file=sys.stderr)
             return 130
         if _State.debug:
             traceback.print_exc()
-        first = " ".join(str(exc).split()) or type(exc).__name__
+        first = printable(" ".join(str(exc).split()), limit=500) or type(exc).__name__
         print(f"llamasplit: internal error: {type(exc).__name__}: {first}; please report it (rerun with --debug for the traceback)", file=sys.stderr)
         return 70
     return 0

@@ -16,7 +16,7 @@ from llamasplit.devices.device import Fleet
 from llamasplit.errors import DeviceQueryError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, alternatives, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.planner.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
 from llamasplit.units import parse_size
 
 
@@ -44,11 +44,13 @@ def build_options(
         kw["n_ctx"] = ctx
         fixed.add("n_ctx")
     if ngl is not None:
-        kw["n_gpu_layers"] = None if ngl in ("all", "-1", "auto") else int(ngl)
+        kw["n_gpu_layers"] = parse_gpu_layers(ngl)
         fixed.add("n_gpu_layers")
     if ts:
-        kw["tensor_split"] = tuple(float(x) for x in ts.split(","))
+        kw["tensor_split"] = parse_tensor_split(ts)
         fixed.add("tensor_split")
+    if np_ == -1:  # llama-server: -np -1 = auto
+        np_ = None
     overrides = []
     for item in ot or []:
         for pair in item.split(","):

@@ -26,6 +26,7 @@ from llamasplit.errors import LaunchError, UsageError
 from llamasplit.planner.plan import Plan, plan
 from llamasplit.planner.settings import BINARIES
 from llamasplit.runner.launch import (
+    DEFAULT_PORT, take_address,
     SERVER, LaunchOptions, Server, StatusLine, binary_kind, build_argv, child_env, conflicting_args, default_binary,
     describe_exit, dropped_env, exit_status, explain_failure, launch, resolve_binary,
 )
@@ -142,8 +143,8 @@ def run_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
     check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
     watch: bool = typer.Option(False, "--watch", help="While serving, show GPU memory (NVML) every second next to the plan, on stderr."),
-    host: str = typer.Option(LOOPBACK, "--host", help="llama-server's address."),
-    port: int = typer.Option(8080, "--port", help="llama-server's port."),
+    host: str = typer.Option(None, "--host", help=f"llama-server's address (default {LOOPBACK})."),
+    port: int = typer.Option(None, "--port", help=f"llama-server's port (default {DEFAULT_PORT})."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds llama-server may take to load."),
 ) -> None:
     """Plan MODEL for this machine (or read --plan) and start llama.cpp with exactly that plan.
@@ -189,7 +190,11 @@ def run_cmd(
     if binary_kind(run_binary) != the_plan.settings.binary and the_plan.settings.binary in BINARIES:
         say(f"llamasplit: warning: the plan was made for {the_plan.settings.binary}, not {binary_kind(run_binary)}: "
             "their defaults (slots, compute buffers) differ; re-plan with --binary for exact numbers")
-    opts = LaunchOptions(binary=run_binary, host=host, port=port, extra_args=tuple(extra), ready_timeout_s=timeout)
+    opts = LaunchOptions(binary=run_binary, host=host or LOOPBACK, port=port or DEFAULT_PORT, extra_args=tuple(extra),
+                         ready_timeout_s=timeout)
+    # -- --port P / --host H: llama-server takes the last one, so wait for it there
+    opts = take_address(opts, host_given=host is not None, port_given=port is not None)
+    host = opts.host
     for warning in conflicting_args(the_plan, opts):
         say(f"llamasplit: warning: {warning}")
     for name in dropped_env(os.environ):
@@ -226,6 +231,9 @@ def _run(the_plan: Plan, opts: LaunchOptions, *, check: bool, watch: bool = Fals
                     f"log {server.log_path}; Ctrl-C stops it")
                 report = _report(server, full=check)
                 if check:
+                    if not report.ok:
+                        server.process.keep_log = True
+                        say(f"llamasplit: log kept: {server.log_path}")
                     raise SystemExit(0 if report.ok else 1)
                 if watch:
                     _watch(server, the_plan)
@@ -337,6 +345,7 @@ def worker_cmd(
             say(f"llamasplit: RPC worker (ggml-rpc-server pid {worker.pid}) listening on {worker.endpoint}; "
                 f"on the main machine: llamasplit run MODEL --rpc {reach}; Ctrl-C stops it")
             rc = worker.proc.wait()
+            worker.keep_log = True  # named below
             why = explain_failure(worker.log_text())
             say(f"llamasplit: the RPC worker exited ({describe_exit(rc)})" + (f": {why[0]}" if why else "")
                 + f"; log {worker.log_path}")

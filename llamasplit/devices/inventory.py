@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import types
@@ -25,6 +26,7 @@ from typing import Any
 from llamasplit.devices.device import Device, Fleet, HostInfo, Link, LinkKind
 from llamasplit.devices.measured import MeasuredSpeed
 from llamasplit.errors import DeviceQueryError
+from llamasplit.untrusted import printable_tree
 
 SCHEMA = "llamasplit.inventory/2"
 READABLE_SCHEMAS = ("llamasplit.inventory/1", SCHEMA)
@@ -89,6 +91,8 @@ def fleet_from_inventory(data: Any, *, where: str = "inventory", source: str | N
     """Check an inventory document field by field and build the ``Fleet``."""
     if not isinstance(data, dict):
         raise DeviceQueryError(f"{where} is not a JSON object", remedy=_REMEDY)
+    data = printable_tree(data)  # names, descriptions and notes are shown in tables: no raw escapes
+    _all_finite(data, where)
     schema = data.get("schema")
     if schema not in READABLE_SCHEMAS:
         raise DeviceQueryError(
@@ -104,6 +108,10 @@ def fleet_from_inventory(data: Any, *, where: str = "inventory", source: str | N
     ids = [d["id"] for d in devices]
     if len(set(ids)) != len(ids):
         raise DeviceQueryError(f"{where}: two devices share an id", remedy=_REMEDY)
+    for n, item in enumerate(devices):
+        free, total = item.get("free_bytes"), item.get("total_bytes")
+        if free is not None and total is not None and free > total:
+            raise DeviceQueryError(f"{where}: devices[{n}] has free_bytes {free} above total_bytes {total}", remedy=_REMEDY)
     links = _list(data, "links", where, required=False)
     for n, item in enumerate(links):
         label = f"{where}: links[{n}]"
@@ -129,6 +137,18 @@ def fleet_from_inventory(data: Any, *, where: str = "inventory", source: str | N
     if source is not None:
         fleet = dataclasses.replace(fleet, source=source)
     return fleet
+
+
+def _all_finite(value: Any, where: str) -> None:
+    """json reads NaN and Infinity; no number in an inventory may be either (NaN bandwidth printed "nan tok/s")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DeviceQueryError(f"{where} holds the number {value}", remedy=_REMEDY)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _all_finite(v, f"{where}: {k}" if ":" not in where else f"{where}.{k}")
+    elif isinstance(value, list):
+        for n, v in enumerate(value):
+            _all_finite(v, f"{where}[{n}]")
 
 
 def _list(data: dict[str, Any], key: str, where: str, *, required: bool = True) -> list[dict[str, Any]]:
@@ -194,6 +214,9 @@ def _check_fields(cls: type, item: dict[str, Any], label: str, *, skip: set[str]
         if not ok:
             raise DeviceQueryError(f"{label}.{f.name} must be {words}, not {item[f.name]!r}", remedy=_REMEDY)
         if f.name.endswith("_bytes") and isinstance(item[f.name], int) and item[f.name] < 0:
+            raise DeviceQueryError(f"{label}.{f.name} is negative", remedy=_REMEDY)
+        value = item[f.name]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise DeviceQueryError(f"{label}.{f.name} is negative", remedy=_REMEDY)
     if "kind" in skip and "kind" not in item:
         raise DeviceQueryError(f"{label} has no kind", remedy=_REMEDY)

@@ -60,6 +60,22 @@ def parse_endpoints(values: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+def check_resolvable(endpoints: Sequence[str]) -> None:
+    """Resolve each endpoint's host name ourselves, so an unknown name is said as such (llama.cpp
+    aborts on it, and the message was "did not answer (exited with -6)")."""
+    import socket
+
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        name = host.strip("[]")
+        try:
+            socket.getaddrinfo(name, int(port), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: an empty or over-long label
+            why = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else "not a valid host name"
+            raise DeviceQueryError(f"RPC worker {endpoint}: cannot resolve the host name {name!r} ({why})",
+                                   remedy="check the name, or give the worker's IP address") from exc
+
+
 def _backend(name: str) -> str:
     match = re.match(r"[A-Za-z_]+?(?=\d|\[|$)", name)
     return match.group(0) if match else name
@@ -152,6 +168,7 @@ def list_devices(
     endpoint missing from the listing) is one ``DeviceQueryError`` line.
     """
     endpoints = parse_endpoints(list(rpc)) if rpc else []
+    check_resolvable(endpoints)
     argv = list_devices_argv(binary, endpoints)
     try:
         proc = subprocess.run(

@@ -392,6 +392,10 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     n_ctx_train = hp.n_ctx_train or 4096
     if "n_ctx" in options.fixed and s.n_ctx:
         ctx_candidates = [s.n_ctx]
+        if hp.n_ctx_train and s.n_ctx > hp.n_ctx_train:
+            # llama.cpp warns too (llama-context.cpp: "n_ctx_seq > n_ctx_train -- possible training context overflow")
+            notes.append(f"context {s.n_ctx} is longer than the {hp.n_ctx_train} tokens the model was trained on; "
+                         "answers past that usually degrade")
     else:
         ctx_candidates = []
         c = kv.pad(n_ctx_train, kv.KV_PAD)
@@ -796,6 +800,8 @@ def alternatives(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> lis
             options, settings=s.replace(type_k="q8_0", type_v="q8_0", flash_attn="on")))
     if "n_ctx" in options.fixed and s.n_ctx:
         ctx = kv.pad(s.n_ctx // 2, kv.KV_PAD)
+        if model.hparams.n_ctx_train and s.n_ctx > model.hparams.n_ctx_train:
+            ctx = kv.pad(model.hparams.n_ctx_train, kv.KV_PAD)  # never suggest more than the model was trained on
         while ctx >= 512:
             if attempt(f"context {ctx}", model, dataclasses.replace(options, settings=s.replace(n_ctx=ctx))):
                 break

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +58,18 @@ class LlamaSettings:
             raise UsageError(f"binary {self.binary!r} is not one of {', '.join(BINARIES)}")
         if self.n_ubatch <= 0 or self.n_batch <= 0:
             raise UsageError("batch sizes must be positive")
-        if self.tensor_split is not None and (any(x < 0 for x in self.tensor_split) or not any(self.tensor_split)):
-            raise UsageError("--tensor-split needs non-negative proportions, not all zero", remedy="e.g. -ts 3,1")
+        _count("--ctx", self.n_ctx, remedy="give a context length in tokens (0: the model's training context)")
+        _count("--n-gpu-layers", self.n_gpu_layers, remedy="give a number of layers from 0, or all")
+        _count("--parallel", self.n_parallel, low=1, remedy="give a number of slots from 1 (or -1: llama.cpp's default)")
+        _count("--n-cpu-moe", self.n_cpu_moe, remedy="give a number of layers from 0")
+        _count("--main-gpu", self.main_gpu, remedy="give a device index from 0")
+        if self.tensor_split is not None and (
+            any(not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in self.tensor_split)
+            or not any(self.tensor_split)
+        ):
+            shown = ",".join(str(x) for x in self.tensor_split)
+            raise UsageError(f"--tensor-split {shown}: needs finite, non-negative proportions, not all zero",
+                             remedy="e.g. -ts 3,1")
 
     @property
     def seq_count(self) -> int:
@@ -144,6 +156,59 @@ class LlamaSettings:
         if not self.use_mmap:
             args += ["-lm", "none"]  # this llama.cpp replaced --no-mmap with --load-mode
         return args
+
+
+def _count(flag: str, value: object, *, low: int = 0, remedy: str) -> None:
+    """``None`` (llama.cpp's default) or an integer of at least ``low``; else a UsageError naming the flag."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{flag} {value!r} is not a whole number", remedy=remedy)
+    if value < low:
+        raise UsageError(f"{flag} {value} is {'negative' if value < 0 else 'too small'}", remedy=remedy)
+
+
+def parse_tensor_split(value: object) -> tuple[float, ...]:
+    """``-ts`` as llama.cpp reads it (common/arg.cpp: proportions split on ``,`` or ``/``), or a
+    sequence of numbers; a word that is not a finite number is a UsageError.
+
+    >>> parse_tensor_split("3,1")
+    (3.0, 1.0)
+    >>> parse_tensor_split([1, 2.5])
+    (1.0, 2.5)
+    """
+    items = [p for p in re.split(r"[,/]+", value.strip())] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+    out = []
+    for item in items:
+        try:
+            x = float(item)
+        except (TypeError, ValueError):
+            raise UsageError(f"--tensor-split {value!r}: {item!r} is not a number",
+                             remedy="give one proportion per device, e.g. -ts 3,1") from None
+        if not math.isfinite(x) or x < 0:
+            raise UsageError(f"--tensor-split {value!r}: {item!r} is not a finite, non-negative proportion",
+                             remedy="give one proportion per device, e.g. -ts 3,1")
+        out.append(x)
+    return tuple(out)
+
+
+def parse_gpu_layers(value: object) -> int | None:
+    """``-ngl``: a number of layers, or ``all``/``auto``/``-1`` (every layer: ``None``).
+
+    >>> parse_gpu_layers("12"), parse_gpu_layers("all"), parse_gpu_layers(-1)
+    (12, None, None)
+    """
+    if value in ("all", "auto", "-1", -1, None):
+        return None
+    try:
+        n = int(value) if not isinstance(value, (bool, float)) else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        n = None
+    if n is None:
+        raise UsageError(f"--n-gpu-layers {value!r} is not a number of layers", remedy="give a number from 0, or all")
+    if n < 0:
+        raise UsageError(f"--n-gpu-layers {n} is negative", remedy="give a number of layers from 0, or all")
+    return n
 
 
 def _num(x: float) -> str:

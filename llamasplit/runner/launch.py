@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -31,12 +30,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llamasplit.devices.cuda_env import launch_env
+from llamasplit.devices.listdevices import check_resolvable
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.planner.plan import Plan
 from llamasplit.runner.processes import (
     LOOPBACK, ManagedProcess, endpoint_refuses, port_in_use, spawn, spawn_attached, stop_all,
 )
+from llamasplit.runner.logs import new_log
 from llamasplit.runner.verify import Verification, verify
 
 SERVER = "llama-server"
@@ -77,6 +78,44 @@ class LaunchOptions:
     """Arguments given after ``--``: appended last, so they win over the plan's."""
     ready_timeout_s: float = 600.0
     """How long llama-server may take to load before we give up."""
+
+
+def take_address(options: LaunchOptions, *, host_given: bool, port_given: bool) -> LaunchOptions:
+    """``--host H`` / ``--port P`` among the arguments after ``--`` become the options' host and port.
+
+    llama-server takes the last of each flag, so an extra ``--port`` wins over ours and we would
+    wait for it at the wrong address: take them over instead (pure). Given both ways with
+    different values, or without a usable value, it is a ``UsageError``.
+
+    >>> o = take_address(LaunchOptions(extra_args=("-t", "4", "--port", "9000")), host_given=False, port_given=False)
+    >>> o.port, o.extra_args
+    (9000, ('-t', '4'))
+    """
+    extra = list(options.extra_args)
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        if extra[i] in ("--host", "--port"):
+            flag = extra[i]
+            if i + 1 >= len(extra):
+                raise UsageError(f"{flag} after -- has no value", remedy=f"give llamasplit {flag} VALUE instead")
+            found[flag] = extra[i + 1]
+            del extra[i:i + 2]
+            continue
+        i += 1
+    host, port = options.host, options.port
+    if "--port" in found:
+        text = found["--port"]
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise UsageError(f"--port {text!r} after -- is not a port number", remedy="give a port from 1 to 65535")
+        if port_given and int(text) != options.port:
+            raise UsageError(f"--port {options.port} and -- --port {text} disagree", remedy="give the port once")
+        port = int(text)
+    if "--host" in found:
+        if host_given and found["--host"] != options.host:
+            raise UsageError(f"--host {options.host} and -- --host {found['--host']} disagree", remedy="give the host once")
+        host = found["--host"]
+    return replace(options, host=host, port=port, extra_args=tuple(extra))
 
 
 def default_binary(plan: Plan) -> str:
@@ -401,12 +440,21 @@ class Server:
                     return f"RPC worker {endpoint} stopped answering (connection refused)"
         return None
 
+    def _keep_logs(self) -> None:
+        """An error will name the logs: keep them (the child's and our workers') after stop."""
+        for p in (self.process, *self.workers):
+            p.keep_log = True
+
+    def _log_names(self) -> str:
+        return ", ".join(str(p.log_path) for p in (self.process, *self.workers))
+
     def failure(self, when: str) -> LaunchError:
         """The one-line error for a child that exited with an error ``when`` (e.g. 'while loading')."""
         rc = self.process.proc.returncode
         why = self.explain()
         line, remedy = why if why else ("it printed no error", None)
         remedy = f"{remedy}; " if remedy else ""
+        self.process.keep_log = True
         return LaunchError(f"{self.name} exited ({describe_exit(rc)}) {when}: {line}", remedy=f"{remedy}full log: {self.log_path}")
 
     def check(self) -> int | None:
@@ -420,12 +468,13 @@ class Server:
             self._next_probe = now + PROBE_INTERVAL_S
         dead = self.dead_worker(probe=probe and bool(self.endpoints))
         if dead is not None:
+            self._keep_logs()
             self.stop()
             why = self.explain() if rc is not None else None
             said = f"; {self.name} said: {why[0]}" if why else ""
             raise LaunchError(
                 f"{dead} while {self.name} was running{said}",
-                remedy="restart the worker (`llamasplit worker` on its host) and run again",
+                remedy=f"restart the worker (`llamasplit worker` on its host) and run again; logs: {self._log_names()}",
             )
         return rc
 
@@ -507,12 +556,15 @@ def _wait_ready(server: Server, timeout_s: float, progress: Progress | None) -> 
             raise server.failure("while loading")
         dead = server.dead_worker(probe=False)
         if dead is not None:
-            raise LaunchError(f"{dead} while {server.name} was loading", remedy="restart the worker and run again")
+            server._keep_logs()
+            raise LaunchError(f"{dead} while {server.name} was loading",
+                              remedy=f"restart the worker and run again; logs: {server._log_names()}")
         state = health(server.url)
         if state == "ok" and server.process.proc.poll() is None:
             return
         elapsed = time.monotonic() - start
         if elapsed > timeout_s:
+            server.process.keep_log = True
             raise LaunchError(
                 f"{server.name} did not become ready within {timeout_s:.0f} s (still {loading_stage(server.process.log_text())})",
                 remedy=f"see its log {server.log_path}",
@@ -538,6 +590,7 @@ def launch(
     """
     options = options or LaunchOptions()
     base_env = dict(os.environ if env is None else env)
+    endpoints = [d.device_id[len("rpc:"):].rpartition("#")[0] for d in plan.devices if (d.device_id or "").startswith("rpc:")]
     try:
         if plan.fleet.simulated:
             raise UsageError(
@@ -553,17 +606,15 @@ def launch(
                 remedy="pick another with --port, or stop what listens there",
             )
         argv = build_argv(plan, options)
-        fd, log_name = tempfile.mkstemp(prefix=f"llamasplit-{kind}-", suffix=".log")
-        os.close(fd)
+        check_resolvable(endpoints)
         child = child_env(plan, base_env)
         if kind == SERVER:
-            process = spawn(argv, env=child, log_path=Path(log_name))
+            process = spawn(argv, env=child, log_path=new_log(kind))
         else:
-            process = spawn_attached(argv, env=child, log_path=Path(log_name), stdin=kind == CLI)
+            process = spawn_attached(argv, env=child, log_path=new_log(kind), stdin=kind == CLI)
     except BaseException:
         stop_all(list(workers))
         raise
-    endpoints = [d.device_id[len("rpc:"):].rpartition("#")[0] for d in plan.devices if (d.device_id or "").startswith("rpc:")]
     server = Server(
         plan, argv, process, url=server_url(options.host, options.port) if kind == SERVER else None,
         workers=workers, endpoints=list(dict.fromkeys(endpoints)),

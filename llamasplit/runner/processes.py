@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.llamacpp.binaries import find_binary
+from llamasplit.runner.logs import LogPump, new_log
 
 LOOPBACK = "127.0.0.1"
 
@@ -54,6 +54,9 @@ class ManagedProcess:
     log_path: Path
     endpoint: str | None = None
     _log_fh: object = field(default=None, repr=False)
+    keep_log: bool = False
+    """Keep the log after ``stop`` even if the child ended well (an error message names it)."""
+    _pump: LogPump | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -69,8 +72,12 @@ class ManagedProcess:
             return ""
 
     def stop(self, timeout_s: float = 5.0) -> int:
-        """SIGTERM the whole group, then SIGKILL after ``timeout_s``; returns the exit code."""
-        if self.proc.poll() is None:
+        """SIGTERM the whole group, then SIGKILL after ``timeout_s``; returns the exit code.
+
+        The log is removed when the child ended well (we stopped it, or it exited 0) and kept when
+        it failed on its own or ``keep_log`` is set (see ``runner.logs``)."""
+        stopped_by_us = self.proc.poll() is None
+        if stopped_by_us:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -82,6 +89,12 @@ class ManagedProcess:
         if self._log_fh is not None:
             self._log_fh.close()  # type: ignore[attr-defined]
             self._log_fh = None
+        if self._pump is not None:
+            self._pump.join()
+            self._pump = None
+            if not self.keep_log and (stopped_by_us or self.proc.returncode == 0):
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
         return self.proc.returncode
 
 
@@ -104,24 +117,25 @@ def _start(
     argv: Sequence[str], *, env: Mapping[str, str] | None, log_path: Path | None, attached: bool, stdin: bool = False
 ) -> ManagedProcess:
     if log_path is None:
-        fd, name = tempfile.mkstemp(prefix="llamasplit-", suffix=".log")
-        os.close(fd)
-        log_path = Path(name)
-    log_fh = open(log_path, "w")
+        log_path = new_log(Path(argv[0]).name)
+    # the output goes through a pipe to a LogPump thread that keeps the file bounded
+    read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
             list(argv),
             stdin=None if stdin else subprocess.DEVNULL,
-            stdout=None if attached else log_fh,
-            stderr=log_fh if attached else subprocess.STDOUT,
+            stdout=None if attached else write_fd,
+            stderr=write_fd if attached else subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
             preexec_fn=_die_with_parent_hook(),
         )
     except OSError as exc:
-        log_fh.close()
+        os.close(read_fd)
+        os.close(write_fd)
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-    return ManagedProcess(list(argv), proc, log_path, _log_fh=log_fh)
+    os.close(write_fd)
+    return ManagedProcess(list(argv), proc, log_path, _pump=LogPump(read_fd, log_path))
 
 
 _PR_SET_PDEATHSIG = 1
@@ -240,9 +254,11 @@ def start_rpc_worker(
     try:
         wait_for_port(host, port, timeout_s, worker.proc)
     except LaunchError as exc:
+        worker.keep_log = True
         worker.stop()
         tail = worker.log_text().strip().splitlines()[-1:] or ["no output"]
-        raise LaunchError(f"ggml-rpc-server on {host}:{port} did not start: {exc.message}; it said: {tail[0]}") from exc
+        raise LaunchError(f"ggml-rpc-server on {host}:{port} did not start: {exc.message}; it said: {tail[0]}",
+                          remedy=f"its log: {worker.log_path}") from exc
     return worker
 
 
