@@ -110,9 +110,11 @@ def ggml_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     return shape[0] // block_size * type_size * n_rows
 
 
-Grow = Callable[[int, "int | None"], "bytes | bytearray"]
-"""``grow(end, hint)``: the file's first ``end`` bytes at least (``hint``: a guess of how far the
-reader will go); for a buffer that is only a prefix of the file, e.g. a remote file's header."""
+Grow = Callable[[int, "int | None", int], "bytes | bytearray"]
+"""``grow(end, hint, start)``: a buffer of the file's first ``end`` bytes at least, of which
+``[start, end)`` must be the file's; bytes before ``start`` that were not in hand yet are data the
+parser skipped (a score array) and may be anything. ``hint``: a guess of how far the reader will
+go. For a buffer that is only a prefix of the file, e.g. a remote file's header."""
 
 
 class _Cursor:
@@ -131,10 +133,10 @@ class _Cursor:
         self.path = path
 
     def more(self, end: int, what: str, hint: int | None = None) -> None:
-        """Make the first ``end`` bytes available, or fail with ``what``."""
+        """Make bytes ``[pos, end)`` available (the parser never reads behind ``pos``), or fail with ``what``."""
         if self.grow is None or end > self.file_bytes:
             raise self.fail(what)
-        self.buf = self.grow(end, hint)
+        self.buf = self.grow(end, hint, self.pos)
         self.size = len(self.buf)
 
     def fail(self, what: str, at: int | None = None) -> ModelReadError:

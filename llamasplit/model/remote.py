@@ -264,10 +264,11 @@ def read_header(rf: RemoteFile, options: RemoteOptions = RemoteOptions(), *, tra
         raise ModelReadError(f"{clean(rf.url)}: not a GGUF file: only {file_bytes} bytes", remedy="check the URL")
     buf = bytearray(data)
 
-    def grow(end: int, hint: int | None) -> bytearray:
+    def grow(end: int, hint: int | None, start: int) -> bytearray:
         have = len(buf)
-        target = max(end, have + max(options.chunk_bytes, have // 5))
-        if hint is not None and end <= hint <= have + 16 * max(options.chunk_bytes, have):
+        begin = max(have, start)  # what the parser skipped (a score array's data) is never fetched
+        target = max(end, begin + max(options.chunk_bytes, begin // 5))
+        if hint is not None and end <= hint <= begin + 16 * max(options.chunk_bytes, begin):
             target = max(target, hint)
         target = min(target, file_bytes)
         if target > options.max_header_bytes:
@@ -275,10 +276,12 @@ def read_header(rf: RemoteFile, options: RemoteOptions = RemoteOptions(), *, tra
                 f"{clean(rf.url)}: the header goes on past {options.max_header_bytes >> 20} MiB",
                 remedy="this is not a plausible GGUF header; check the file",
             )
-        more, _ = fetch_range(rf, have, target, options, transfer)
-        if len(more) < target - have:
-            raise ModelReadError(f"{clean(rf.url)}: the server sent {len(more)} of {target - have} bytes asked for",
+        more, _ = fetch_range(rf, begin, target, options, transfer)
+        if len(more) < target - begin:
+            raise ModelReadError(f"{clean(rf.url)}: the server sent {len(more)} of {target - begin} bytes asked for",
                                  remedy="try again")
+        if begin > have:
+            buf.extend(bytes(begin - have))  # placeholders the parser has already stepped over
         buf.extend(more)
         return buf
 
