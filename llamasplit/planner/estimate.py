@@ -295,6 +295,7 @@ def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_u
         pool_high_water_bytes=max(pool_high_water(model, slots, n_ubatch, n_outputs), fattn_bytes),
         context_in_free=device.backend.upper() == "RPC",
         tensor_peers=tensor_peers,
+        sm_count=device.sm_count,
     )
 
 
