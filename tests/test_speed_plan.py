@@ -104,3 +104,26 @@ def test_rpc_workers_listed_again_keep_their_measured_speeds():
 def rpc_like(endpoints: list[str]) -> list[Device]:
     """Devices as --list-devices reports CPU-backed workers on these endpoints (24 GiB each)."""
     return [Device(f"rpc:{ep}#0", f"RPC{i}", ep, "RPC", 24 * GiB, 24 * GiB, host=ep) for i, ep in enumerate(endpoints)]
+
+
+def test_check_of_a_tensor_plan_compares_the_meta_buffers(smollm2_path):
+    from llamasplit.runner.verify import verify
+
+    model = read_model(smollm2_path)
+    p = plan(model, workers(2), PlanOptions(settings=LlamaSettings(n_ctx=4096, split_mode="tensor", flash_attn="on"),
+                                            fixed=frozenset({"n_ctx"})))
+    meta = "Meta(RPC0[127.0.0.1:5000],RPC1[127.0.0.1:5001])"
+    mib = 1024 * 1024
+    model_mib = max(d.model_bytes for d in p.devices) / mib
+    kv_mib = max(d.context_bytes for d in p.devices) / mib
+    h = p.host
+    log = (f"load_tensors: {meta} model buffer size = {model_mib:.2f} MiB\n"
+           f"load_tensors:   CPU_Mapped model buffer size = {h.model_bytes / mib:.2f} MiB\n"
+           f"llama_kv_cache: {meta} KV buffer size = {kv_mib:.2f} MiB\n"
+           f"sched_reserve: {meta} compute buffer size = 99.00 MiB\n"
+           f"sched_reserve:        CPU compute buffer size = {h.compute_bytes / mib:.2f} MiB\n")
+    report = verify(p, log)
+    assert report.ok, report.failures()
+    assert "Meta(RPC0" in report.table() and report.table().count("\n") >= 3
+    off = verify(p, log.replace(f"{model_mib:.2f} MiB", f"{model_mib + 10:.2f} MiB", 1))
+    assert not off.ok and any("model" in f for f in off.failures())

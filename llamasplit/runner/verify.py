@@ -201,7 +201,10 @@ class Verification:
             cells = []
             bad = []
             for kind in KINDS:
-                r = self.row(dev, kind)
+                r = next((x for x in self.rows if x.device == dev and x.kind == kind), None)
+                if r is None:  # not compared (the Meta device's compute buffer)
+                    cells += ["-", "-"]
+                    continue
                 cells += [_mib(r.predicted_bytes), "?" if r.actual_bytes is None else _mib(r.actual_bytes)]
                 if not r.ok:
                     bad.append("KV" if kind == "context" else kind)
@@ -235,6 +238,8 @@ class Verification:
 def verify(plan: Plan, log_text: str) -> Verification:
     """Compare ``plan``'s per-device prediction with the buffers in a llama.cpp log (pure)."""
     buffers = parse_buffers(log_text)
+    if plan.settings.split_mode == "tensor":
+        return _verify_tensor(plan, buffers)
     actual = actual_by_device(plan, buffers)
     rows: list[Comparison] = []
     descriptions: dict[str, str] = {}
@@ -252,6 +257,30 @@ def verify(plan: Plan, log_text: str) -> Verification:
         descriptions[name] = "not in the plan"
         for kind in KINDS:
             rows.append(Comparison(name, kind, 0, got.get(kind), tolerance_bytes(kind, 0)))
+    return Verification(rows=tuple(rows), descriptions=descriptions, found_buffers=len(buffers))
+
+
+def _verify_tensor(plan: Plan, buffers: list[BufferLine]) -> Verification:
+    """``-sm tensor``: llama.cpp logs the Meta device's buffers, each the max over its devices
+    (ggml-backend-meta.cpp), so the plan's per-device weights and KV are compared through their
+    max; the host as usual. The Meta compute buffer is not compared (its relation to the
+    devices' own reservations is not modelled)."""
+    meta = [b for b in buffers if b.buffer.startswith("Meta(")]
+    others = [b for b in buffers if not b.buffer.startswith("Meta(")]
+    rows: list[Comparison] = []
+    descriptions: dict[str, str] = {}
+    name = meta[0].buffer if meta else "Meta(" + ",".join(d.name for d in plan.devices) + ")"
+    descriptions[name] = "the tensor-parallel Meta device (max over " + ", ".join(d.name for d in plan.devices) + ")"
+    for kind in ("model", "context"):
+        predicted = max((getattr(d, f"{kind}_bytes") for d in plan.devices), default=0)
+        got = sum(b.size_bytes for b in meta if b.kind == kind) if buffers else None
+        rows.append(Comparison(name, kind, predicted, got, tolerance_bytes(kind, predicted)))
+    host = actual_by_device(plan, others).get(HOST)
+    descriptions[HOST] = "CPU"
+    for kind in KINDS:
+        predicted = getattr(plan.host, f"{kind}_bytes")
+        measured = None if not buffers else (host.get(kind) if host is not None else 0)
+        rows.append(Comparison(HOST, kind, predicted, measured, tolerance_bytes(kind, predicted)))
     return Verification(rows=tuple(rows), descriptions=descriptions, found_buffers=len(buffers))
 
 
