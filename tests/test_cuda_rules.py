@@ -178,3 +178,22 @@ def test_flash_attention_pool_bound_and_its_place_in_the_overhead(smollm2_path):
     # SmolLM2 (576 wide, 1536 FFN): MMQ's q8_1 copy at 512 tokens is 512 x 1536 x 144/128 + 128 x 144 bytes
     # = 903168 -> one 2 MiB granule; flash attention's MMA bound (head 64: 2 x 132 x 64 x 34 x 4 = 2297856) -> two
     assert off == 2 * MiB and on == 4 * MiB
+
+
+def test_cublas_workspace_only_where_cublas_runs(smollm2_path, tmp_path):
+    """SmolLM2 is quantised throughout (MMQ/MMVQ): with flash attention no mat-mul reaches cuBLAS, so
+    no handle and no workspace; without it K*Q goes through cuBLAS; an F16 model always does."""
+    from synth import write_llama_dense
+
+    dev = fleet_from_spec("3090").devices[0]
+
+    def parts(model, fa: str) -> dict[str, int]:
+        return estimate(model, [dev], LlamaSettings(n_ctx=4096, flash_attn=fa)).devices[0].overhead_parts
+
+    smol = read_model(smollm2_path)
+    assert "cublas_workspace" not in parts(smol, "on")
+    assert parts(smol, "off")["cublas_workspace"] == 4 * MiB
+    f16 = read_model(write_llama_dense(tmp_path / "f16.gguf"))
+    assert parts(f16, "on")["cublas_workspace"] == 4 * MiB
+    h100 = fleet_from_spec("h100-sxm").devices[0]
+    assert estimate(f16, [h100], LlamaSettings(n_ctx=4096)).devices[0].overhead_parts["cublas_workspace"] == 32 * MiB

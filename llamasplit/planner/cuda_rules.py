@@ -276,6 +276,19 @@ def fattn_pool_bytes(kernel: FattnKernel, *, head_v: int, n_head: int, n_tokens:
     return parallel * (head_v * n_head * n_tokens * 4 + n_head * n_tokens * 8)
 
 
+def uses_cublas(*, float_matmul_weight: bool, flash_attn: bool) -> bool:
+    """Whether llama.cpp creates a cuBLAS handle (and its workspace) on the device, ggml-cuda.cu
+    ``ggml_cuda_mul_mat``: quantised weights go through MMVQ/MMQ (never cuBLAS on NVIDIA with MMQ
+    support, ``ggml_cuda_should_use_mmq``); F16/BF16/F32 weights (an MoE router, an unquantised
+    model) take cuBLAS at prompt batch sizes (above MMVF/MMF's); without flash attention K*Q and
+    KQ*V are mat-muls of the f16 cache, through cuBLAS too.
+
+    >>> uses_cublas(float_matmul_weight=False, flash_attn=True), uses_cublas(float_matmul_weight=False, flash_attn=False)
+    (False, True)
+    """
+    return float_matmul_weight or not flash_attn
+
+
 VMM_GRANULARITY_BYTES = 2 * MiB
 """ggml-cuda.cu ``ggml_cuda_pool_vmm::alloc`` grows the pool's physical memory in multiples of
 ``cuMemGetAllocationGranularity(..., CU_MEM_ALLOC_GRANULARITY_RECOMMENDED)``: a runtime value,
@@ -390,17 +403,18 @@ class Overhead:
 
 
 def overhead(cc: int | None, *, pool_high_water_bytes: int, context_in_free: bool = False,
-             tensor_peers: int = 0, sm_count: int | None = None) -> Overhead:
+             tensor_peers: int = 0, sm_count: int | None = None, cublas: bool = True) -> Overhead:
     """The CUDA overhead of one device: context (unless the free memory the plan splits by was read
-    in a process that already holds it: an RPC worker's listing), cuBLAS workspace, the pool, and
-    NCCL's buffers under ``-sm tensor`` with ``tensor_peers`` GPUs.
+    in a process that already holds it: an RPC worker's listing), cuBLAS workspace (when a mat-mul
+    goes through cuBLAS: ``uses_cublas``), the pool, and NCCL's buffers under ``-sm tensor`` with
+    ``tensor_peers`` GPUs.
 
     >>> overhead(860, pool_high_water_bytes=8275968, sm_count=82).total_bytes // MiB  # 246.6 + 4 + 8
     258
     """
     return Overhead(
         context_bytes=0 if context_in_free else context_bytes(cc, sm_count),
-        cublas_bytes=cublas_workspace_bytes(cc),
+        cublas_bytes=cublas_workspace_bytes(cc) if cublas else 0,
         pool_bytes=pool_reserved_bytes(pool_high_water_bytes),
         nccl_bytes=nccl_bytes(tensor_peers),
     )

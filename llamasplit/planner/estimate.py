@@ -284,8 +284,27 @@ def fattn_pool_high_water(model: ModelProfile, device: Device, settings: LlamaSe
     return out
 
 
+_FLOAT_CACHE: dict[int, tuple[ModelProfile, list[bool]]] = {}
+
+
+def float_matmul_slots(model: ModelProfile) -> list[bool]:
+    """Per slot (layer, ``n_layer`` = output): whether it holds an unquantised matrix (F16/BF16/F32
+    weights with more than one row: an MoE router, an unquantised model) that CUDA multiplies through cuBLAS."""
+    cached = _FLOAT_CACHE.get(id(model))
+    if cached is None or cached[0] is not model:
+        out = [False] * (model.hparams.n_layer + 1)
+        for item in _tables(model).items:
+            t = item.tensor
+            if item.slot is not None and len(t.shape) >= 2 and t.shape[1] > 1 and not t.is_quantized:
+                out[item.slot] = True
+        if len(_FLOAT_CACHE) > 16:
+            _FLOAT_CACHE.clear()
+        _FLOAT_CACHE[id(model)] = cached = (model, out)
+    return cached[1]
+
+
 def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_ubatch: int, n_outputs: int,
-                  *, tensor_peers: int = 0, fattn_bytes: int = 0) -> cuda_rules.Overhead:
+                  *, tensor_peers: int = 0, fattn_bytes: int = 0, flash: bool = True) -> cuda_rules.Overhead:
     """A CUDA device's memory outside llama.cpp's breakdown (``cuda_rules.overhead``). An RPC worker's
     free memory was read by a process that already holds its CUDA context, so only the cuBLAS
     workspace and the pool count there. The pool holds the largest temporary: a mat-mul's, or
@@ -296,6 +315,7 @@ def cuda_overhead(model: ModelProfile, device: Device, slots: Sequence[int], n_u
         context_in_free=device.backend.upper() == "RPC",
         tensor_peers=tensor_peers,
         sm_count=device.sm_count,
+        cublas=cuda_rules.uses_cublas(float_matmul_weight=any(float_matmul_slots(model)[s] for s in slots), flash_attn=flash),
     )
 
 
@@ -509,7 +529,7 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
         if _backend(d) == "CUDA":
             slots = [s for s, x in enumerate(layer_dev) if x == i]
             fa = fattn_pool_high_water(model, d, settings, layout.kv_size, (n_ubatch, n_seq)) if flash and slots else 0
-            overhead = cuda_overhead(model, d, slots, n_ubatch, n_outputs, fattn_bytes=fa)
+            overhead = cuda_overhead(model, d, slots, n_ubatch, n_outputs, fattn_bytes=fa, flash=flash)
             e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
     return Estimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx_padded, layer_device=tuple(layer_dev), flash_attn=flash,

@@ -629,7 +629,8 @@ def estimate_tensor(model: ModelProfile, devices: Sequence[Device], settings: Ll
         e.compute_bytes = compute
         if backends[j] == "CUDA":
             fa = fattn_pool_high_water(model, devs[j], settings, layout.kv_size, (n_ubatch, settings.seq_count))
-            overhead = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers, fattn_bytes=fa)
+            overhead = cuda_overhead(model, devs[j], e.layers, n_ubatch, n_outputs, tensor_peers=nccl_peers, fattn_bytes=fa,
+                                     flash=settings.flash_attn != "off")
             e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
     host = dataclasses.replace(base.host, context_bytes=host_ctx, name=HOST)
     return TensorEstimate(
