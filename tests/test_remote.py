@@ -473,3 +473,40 @@ def test_split_model_on_the_hub(hub, tmp_path):
     _same_profile(remote, read_model(local_a))
     assert [f.rsplit("/", 1)[-1] for f in remote.files] == ["m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf"]
     assert len({p for _m, p, *_ in hub.cdn.log.gets()}) == 2  # both shards' headers, from the CDN
+
+
+def _outcome(read):
+    try:
+        h = read()
+    except ModelReadError as err:
+        return ("error", err.message)
+    return ("ok", h.version, h.metadata, h.tensors, h.file_bytes, h.data_offset, h.alignment, h.header_bytes)
+
+
+@pytest.mark.parametrize("chunk", [1, 61, 4096])
+def test_growing_prefix_parses_exactly_like_the_whole_file(chunk):
+    """Differential over 80 fuzzed headers (tests/fuzzgguf.py): the parser over a prefix that grows
+    by ``chunk`` bytes at a time (or the parser's own hint) gives the same header or the same error as
+    over the whole file; the bytes it skips are filled with garbage, so they are never read."""
+    import random
+
+    import fuzzgguf as F
+    from llamasplit.model.gguf_reader import parse_header
+
+    rng = random.Random(1100 + chunk)
+    seeds = F.synthetic_seeds()
+    for _ in range(80):
+        data = F.case(seeds, rng)
+        if len(data) < 24:
+            continue
+        whole = _outcome(lambda: parse_header(data, "m.gguf", len(data)))
+        def grow(end, hint, start, buf=bytearray(data[:chunk])):
+            assert start >= 0 and end <= len(data)
+            have = len(buf)
+            target = min(len(data), max(end, max(have, start) + chunk, hint or 0))
+            buf.extend(b"\xff" * max(0, start - have))  # skipped bytes: garbage, so reading them would show
+            buf.extend(data[max(have, start):target])
+            return buf
+
+        prefix = _outcome(lambda: parse_header(bytearray(data[:chunk]), "m.gguf", len(data), grow=grow))
+        assert prefix == whole
