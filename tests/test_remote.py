@@ -300,7 +300,7 @@ def test_plan_hf_quants_ranks_every_variant(hub, tmp_path):
     assert out["command"] == f"llamasplit run -hf org/Mixed-GGUF:Q4_K_M -c {rows[0]['n_ctx']}"
     text = _cli(["plan", "-hf", "org/Mixed-GGUF", "--quants", "--fleet", "3090"], {"HF_ENDPOINT": hub.endpoint}, tmp_path)
     assert "fetch and run: llamasplit run -hf org/Mixed-GGUF:Q4_K_M" in text.stdout
-    assert "or with llama.cpp alone: llama-server -hf org/Mixed-GGUF:Q4_K_M" in text.stdout
+    assert "llama-server -hf org/Mixed-GGUF:Q4_K_M -ngl all" in text.stdout
 
 
 def test_run_hf_downloads_into_the_hf_cache(hub, smollm2_path, tmp_path):

@@ -81,7 +81,9 @@ def rank_repo(spec: str, fleet: Fleet, options: PlanOptions, *, as_json: bool = 
         return "\n".join(lines)
     lines.append(f"best for these devices: {best.label} (fits, context {best.n_ctx}, the most precise weights at that context)")
     lines.append("fetch and run: " + _run_command(selector, best))
-    lines.append("or with llama.cpp alone: " + " ".join(shlex.quote(a) for a in [best.plan.settings.binary, *selector, *best.plan.to_llama_args()]))
+    env = [f"{k}={shlex.quote(v)}" for k, v in best.plan.cuda_env().items()]  # the plan's device order
+    lines.append("or with llama.cpp alone: " + " ".join(
+        [*env, *(shlex.quote(a) for a in [best.plan.settings.binary, *selector, *best.plan.to_llama_args()])]))
     return "\n".join(lines)
 
 
