@@ -11,7 +11,11 @@ offload; with two GPUs also ``-ts 1,1`` and ``-sm tensor``) it compares per devi
 - ``real``: llama-server's buffer lines after load (``-lv 4``);
 - ``nvml``: NVML's memory for llama-server's pid on that GPU after load, against our
   model + context + compute + overhead: the check of ``planner/cuda_rules.py``'s estimates
-  (context, cuBLAS, pool) that llama.cpp's breakdown leaves out.
+  (context, cuBLAS, pool) that llama.cpp's breakdown leaves out;
+
+and, for the first flag set, the first GPU again behind a real ``llamasplit worker`` on loopback
+(the client's own GPUs hidden): the RPC device sized by what the worker published must get the
+figures llama.cpp reports for it (RPC over CUDA allocates with CUDA's rules);
 
 and ``llamasplit gpus`` against ``nvidia-smi``. It prints one table (stdout) and exits 0.
 
@@ -361,6 +365,59 @@ def models(tmp: Path, quick: bool) -> dict[str, Path]:
     return out
 
 
+def _free_port_pair() -> int:
+    """A loopback port p with p + 1 free too (a worker and its device endpoint)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port("127.0.0.1")
+        if port >= 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise LlamasplitError("no two consecutive free ports on loopback")
+
+
+@contextlib.contextmanager
+def llamasplit_worker(env: Mapping[str, str], timeout_s: float = 60) -> Iterator[str]:
+    """A real ``llamasplit worker`` on loopback (its ggml-rpc-server and its device endpoint) under ``env``;
+    yields its endpoint once it publishes."""
+    from llamasplit.devices.workerinfo import fetch_published
+
+    port = _free_port_pair()
+    exe = str(Path(sys.executable).with_name("llamasplit"))
+    proc = spawn([exe, "worker", "--port", str(port)], env=env)
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while fetch_published(endpoint, timeout_s=1.0)[0] is None:
+            if not proc.alive() or time.monotonic() > deadline:
+                raise LlamasplitError(f"llamasplit worker did not publish: {(proc.log_text().strip().splitlines() or ['?'])[-1]}")
+            time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.stop()
+
+
+def compare_over_worker(case: Case, *, worker_env: Mapping[str, str], client_env: Mapping[str, str],
+                        server: bool = True, timeout_s: float = 300) -> list[Row]:
+    """The same comparison with the device behind a real ``llamasplit worker``: the client sees only
+    the RPC device (hide its local GPUs with ``client_env``), sized by what the worker published.
+    On a GPU box this checks that an RPC worker serving CUDA is sized with CUDA's rules."""
+    from llamasplit.devices.listdevices import list_devices
+    from llamasplit.devices.workerinfo import serving
+
+    with llamasplit_worker(worker_env) as ep:
+        listed = [d for d in list_devices(find_binary("llama-server", client_env), [ep], env=client_env) if d.backend == "RPC"]
+        devices = serving(listed, ep)
+        named = dataclasses.replace(case, name=f"{case.name} via worker ({devices[0].serves}, {devices[0].serves_source})")
+        return compare_case(named, devices, rpc=[ep], server=server, env=client_env, timeout_s=timeout_s)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="SmolLM2 only.")
@@ -395,6 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     devices if kw.get("split_mode") == "tensor" or kw.get("tensor_split") else devices[:1], env)
                 try:
                     rows += compare_case(case, use, server=not args.no_server, env=case_env)
+                    if label == FLAG_SETS[0][0]:  # the first GPU again, behind a llamasplit worker on loopback
+                        rows += compare_over_worker(case, worker_env={**env, "CUDA_VISIBLE_DEVICES": devices[0].id},
+                                                    client_env={**env, "CUDA_VISIBLE_DEVICES": ""},
+                                                    server=not args.no_server)
                 except LlamasplitError as err:
                     rows.append(Row(case.name, "-", "error", None, None, None, None, note=err.message))
     print(table(rows))

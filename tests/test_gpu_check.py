@@ -71,3 +71,22 @@ def test_compare_case_on_two_rpc_workers(smollm2_path):
         assert r.fitp_mib is not None and int(r.ours_mib) == r.fitp_mib, G.table(rows)
     for r in real:
         assert r.real_mib is not None and f"{r.ours_mib:.2f}" == f"{r.real_mib:.2f}", G.table(rows)
+
+
+@pytest.mark.llamacpp
+def test_compare_over_a_real_llamasplit_worker(smollm2_path):
+    """The worker leg of the GPU check, here with a CPU-backed worker: it publishes its CPU, the RPC
+    device is sized as one, and ours matches fit-params and llama-server for it."""
+    import os
+
+    env = dict(os.environ)
+    case = G.Case("smollm2: 4k", smollm2_path, LlamaSettings(n_ctx=4096))
+    rows = G.compare_over_worker(case, worker_env=env, client_env=env, timeout_s=120)
+    assert rows and all("via worker (CPU, published)" in r.case for r in rows), G.table(rows)
+    rpc = [r for r in rows if r.device == "RPC0"]
+    assert {r.kind for r in rpc} == {"model", "context", "compute"}
+    for r in rpc:
+        if r.fitp_mib is not None:
+            assert int(r.ours_mib) == r.fitp_mib, G.table(rows)
+        if r.real_mib is not None:
+            assert f"{r.ours_mib:.2f}" == f"{r.real_mib:.2f}", G.table(rows)
