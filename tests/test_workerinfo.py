@@ -290,3 +290,20 @@ def test_worker_snapshot_through_the_nvml_door(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_error=pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH))
     assert _worker_snapshot(None, []) is None
     assert "cannot read this worker's GPUs" in capsys.readouterr().err
+
+
+def test_workers_are_asked_at_once():
+    """Undescribed workers are asked in parallel: three that each take 0.4 s cost about 0.4 s."""
+    calls = []
+
+    def slow(endpoint: str):
+        calls.append(endpoint)
+        time.sleep(0.4)
+        return None, "no answer"
+
+    listed = [_rpc_device(f"10.0.0.{i}:50052") for i in (1, 2, 3)] + [_rpc_device("10.0.0.4:50052")]
+    start = time.monotonic()
+    got = serving(listed, "10.0.0.1:50052,10.0.0.2:50052,10.0.0.3:50052,10.0.0.4:50052=3090", fetch=slow)
+    assert time.monotonic() - start < 1.0
+    assert sorted(calls) == ["10.0.0.1:50052", "10.0.0.2:50052", "10.0.0.3:50052"]  # the described one is not asked
+    assert [d.serves_source for d in got] == [ASSUMED_CPU] * 3 + [DESCRIBED]

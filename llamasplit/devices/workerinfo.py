@@ -318,7 +318,7 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
     described on ``--rpc``, else published by the worker, else assumed a CPU (module docstring).
 
     ``fetch`` replaces the HTTP request (default ``fetch_published``); it is called once per
-    endpoint that is not described. A described or published count that differs from the
+    endpoint that is not described, all of them at once. A described or published count that differs from the
     devices the worker exposes is an error (the user's words) or a note (the worker's).
     """
     specs = {s.endpoint: s for s in parse_rpc_specs(rpc)}
@@ -328,6 +328,13 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
         if d.backend.upper() == "RPC":
             by_endpoint.setdefault(d.host, []).append(i)
     out = list(devices)
+    asked = [ep for ep in by_endpoint if specs.get(ep) is None or specs[ep].described is None]
+    answers: dict[str, tuple[list[PublishedDevice] | None, str]] = {}
+    if asked:  # at once: a host that drops the probe costs one timeout, not one per worker
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(asked), 16)) as pool:
+            answers = dict(zip(asked, pool.map(fetch, asked)))
     for endpoint, idx in by_endpoint.items():
         spec = specs.get(endpoint)
         if spec is not None and spec.described is not None:
@@ -339,7 +346,7 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
             for i, gpu in zip(idx, spec.described):
                 out[i] = _from_catalog(out[i], gpu, spec.text)
             continue
-        published, why = fetch(endpoint)
+        published, why = answers[endpoint]
         if published is not None and len(published) == len(idx):
             for i, p in zip(idx, published):
                 out[i] = _from_published(out[i], p)
