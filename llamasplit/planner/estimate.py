@@ -239,6 +239,12 @@ def pool_high_water(model: ModelProfile, slots: Sequence[int], n_ubatch: int, n_
     at ``n_ubatch`` tokens (the output layer: ``n_outputs`` rows). Kernels run one after the other
     and free their temporaries, so the pool's high-water mark is about the largest one.
     """
+    per_slot = pool_slots(model, n_ubatch, n_outputs)
+    return max((per_slot[s] for s in slots), default=0)
+
+
+def pool_slots(model: ModelProfile, n_ubatch: int, n_outputs: int) -> list[int]:
+    """``pool_high_water`` of each slot alone (cached per model)."""
     key = (id(model), n_ubatch, n_outputs)
     cached = _POOL_CACHE.get(key)
     if cached is None or cached[0] is not model:
@@ -260,8 +266,7 @@ def pool_high_water(model: ModelProfile, slots: Sequence[int], n_ubatch: int, n_
         if len(_POOL_CACHE) > 64:
             _POOL_CACHE.clear()
         _POOL_CACHE[key] = cached = (model, per_slot)
-    per_slot = cached[1]
-    return max((per_slot[s] for s in slots), default=0)
+    return cached[1]
 
 
 def fattn_pool_high_water(model: ModelProfile, device: Device, settings: LlamaSettings, n_kv: int,
@@ -525,12 +530,30 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
         e.compute_bytes = c
     host.compute_bytes = compute[-1]
     host.output_bytes = (hp.n_vocab + (hp.n_embd if settings.binary == "llama-server" else 0)) * max(n_outputs, n_seq) * 4
-    for i, (e, d) in enumerate(zip(ests, devices)):
-        if _backend(d) == "CUDA":
-            slots = [s for s, x in enumerate(layer_dev) if x == i]
-            fa = fattn_pool_high_water(model, d, settings, layout.kv_size, (n_ubatch, n_seq)) if flash and slots else 0
-            overhead = cuda_overhead(model, d, slots, n_ubatch, n_outputs, fattn_bytes=fa, flash=flash)
-            e.overhead_bytes, e.overhead_parts = overhead.total_bytes, overhead.parts()
+    # the CUDA overhead, cuda_overhead's arithmetic with its per-slot tables read once (the planner
+    # estimates often, over up to 64 devices): same GPU, same pool high-water, same overhead
+    fattn_by_cc: dict[tuple[int, int] | None, int] = {}
+    overheads: dict[tuple, tuple[int, dict[str, int]]] = {}
+    per_slot_pool, per_slot_float = None, None
+    for e, d in zip(ests, devices):
+        if _backend(d) != "CUDA":
+            continue
+        if per_slot_pool is None:
+            per_slot_pool, per_slot_float = pool_slots(model, n_ubatch, n_outputs), float_matmul_slots(model)
+        fa = 0
+        if flash and e.layers:  # e.layers: the slots whose weights live here
+            if d.compute_capability not in fattn_by_cc:
+                fattn_by_cc[d.compute_capability] = fattn_pool_high_water(model, d, settings, layout.kv_size, (n_ubatch, n_seq))
+            fa = fattn_by_cc[d.compute_capability]
+        high_water = max(max((per_slot_pool[s] for s in e.layers), default=0), fa)
+        cublas = cuda_rules.uses_cublas(float_matmul_weight=any(per_slot_float[s] for s in e.layers), flash_attn=flash)
+        key = (d.compute_capability, d.sm_count, d.backend.upper() == "RPC", high_water, cublas)
+        known = overheads.get(key)
+        if known is None:
+            o = cuda_rules.overhead(cuda_rules.cc_of(d.compute_capability), pool_high_water_bytes=high_water,
+                                    context_in_free=key[2], sm_count=d.sm_count, cublas=cublas)
+            known = overheads[key] = (o.total_bytes, o.parts())
+        e.overhead_bytes, e.overhead_parts = known[0], dict(known[1])
     return Estimate(
         devices=tuple(ests), host=host, n_ctx=n_ctx_padded, layer_device=tuple(layer_dev), flash_attn=flash,
         host_mapped_bytes=host_mapped_span,
