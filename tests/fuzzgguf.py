@@ -15,6 +15,7 @@ slower than the limit.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -58,14 +59,16 @@ class Header:
 
     version: int = 3
     kvs: list[tuple[bytes, int, bytes]] = field(default_factory=list)
-    tensors: list[tuple[bytes, list[int], int, int]] = field(default_factory=list)
+    tensors: list[tuple[bytes, tuple[int, ...], int, int]] = field(default_factory=list)
     n_kv_delta: int = 0
     n_tensors_delta: int = 0
     alignment: int = 32
+    extra: tuple[int, bytes] = (0, b"")
+    """Many more tensor entries, already encoded: (count, bytes)."""
 
     def copy(self) -> Header:
-        return Header(self.version, list(self.kvs), [(n, list(d), t, o) for n, d, t, o in self.tensors],
-                      self.n_kv_delta, self.n_tensors_delta, self.alignment)
+        return Header(self.version, list(self.kvs), list(self.tensors), self.n_kv_delta, self.n_tensors_delta,
+                      self.alignment, self.extra)
 
     def arch(self) -> str:
         for key, vtype, payload in self.kvs:
@@ -75,20 +78,44 @@ class Header:
 
     def to_bytes(self) -> bytes:
         out = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, self.version,
-                                    max(0, len(self.tensors) + self.n_tensors_delta) % 2**64,
+                                    max(0, len(self.tensors) + self.extra[0] + self.n_tensors_delta) % 2**64,
                                     max(0, len(self.kvs) + self.n_kv_delta) % 2**64))
         for key, vtype, payload in self.kvs:
             out += struct.pack("<Q", len(key)) + key + struct.pack("<I", vtype) + payload
-        for name, dims, ggml_type, offset in self.tensors:
-            out += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(dims))
-            out += b"".join(struct.pack("<Q", d % 2**64) for d in dims)
-            out += struct.pack("<IQ", ggml_type % 2**32, offset % 2**64)
-        align = self.alignment if self.alignment > 0 and not self.alignment & (self.alignment - 1) else 32
+        for t in self.tensors:
+            out += _enc_tensor(t)
+        out += self.extra[1]
+        align = self.alignment if 0 < self.alignment <= 65536 and not self.alignment & (self.alignment - 1) else 32
         out += b"\0" * (-len(out) % align)
         return bytes(out)
 
 
 # -- encoding ------------------------------------------------------------------------------------
+
+_TENSOR_BYTES: dict[tuple, bytes] = {}
+
+
+def _enc_tensor(t: tuple[bytes, tuple[int, ...], int, int]) -> bytes:
+    """One tensor entry's bytes (memoised: seeds' entries repeat in every case)."""
+    enc = _TENSOR_BYTES.get(t)
+    if enc is None:
+        name, dims, ggml_type, offset = t
+        enc = (struct.pack("<Q", len(name)) + name + struct.pack("<I", len(dims))
+               + b"".join(struct.pack("<Q", d % 2**64) for d in dims) + struct.pack("<IQ", ggml_type % 2**32, offset % 2**64))
+        if len(_TENSOR_BYTES) > 200_000:
+            _TENSOR_BYTES.clear()
+        _TENSOR_BYTES[t] = enc
+    return enc
+
+
+@functools.lru_cache(maxsize=16)
+def _many_tensors(proto: tuple[bytes, tuple[int, ...], int, int], n: int) -> bytes:
+    """``n`` entries shaped like ``proto``, named ``extra.K.weight``."""
+    _, dims, ggml_type, offset = proto
+    tail = struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d % 2**64) for d in dims)
+    tail += struct.pack("<IQ", ggml_type % 2**32, offset % 2**64)
+    names = [b"extra.%d.weight" % k for k in range(n)]
+    return b"".join(struct.pack("<Q", len(nm)) + nm + tail for nm in names)
 
 def enc_string(s: str | bytes) -> bytes:
     raw = s.encode("utf-8", "surrogatepass") if isinstance(s, str) else s
@@ -169,7 +196,7 @@ def parse(data: bytes, *, vocab_keep: int | None = 512) -> Header:
     for _ in range(n_tensors):
         name, pos = take_string(pos)
         (n_dims,) = struct.unpack_from("<I", data, pos)
-        dims = list(struct.unpack_from(f"<{n_dims}Q", data, pos + 4))
+        dims = struct.unpack_from(f"<{n_dims}Q", data, pos + 4)
         pos += 4 + 8 * n_dims
         ggml_type, offset = struct.unpack_from("<IQ", data, pos)
         pos += 12
@@ -238,7 +265,7 @@ def synthetic(arch: str, *, n_layer: int = 4, n_embd: int = 64, n_head: int = 4,
     offset = 0
     for name, dims in tensors:
         t = 0 if len(dims) == 1 else ggml_type  # norms stay F32, as llama.cpp's converters write them
-        h.tensors.append((name.encode(), dims, t, offset))
+        h.tensors.append((name.encode(), tuple(dims), t, offset))
         n_bytes = _nbytes(t, dims)
         offset += (n_bytes + 31) // 32 * 32
     return h
@@ -383,6 +410,7 @@ def mutate(h: Header, rng: random.Random) -> Header:
                     dims = dims + [rng.choice([1, 2, 3])] if len(dims) < 6 else []
                 elif dims:
                     dims[rng.randrange(len(dims))] = rng.choice(INTERESTING_INTS + [2**64 - 1, 2**63])
+                dims = tuple(dims)
             elif r < 0.8:
                 t = rng.choice([0, 1, 2, 3, 8, 10, 12, 14, 16, 20, 23, 24, 30, 31, 36, 39, 40, 100, 2**31, 2**32 - 1])
             else:
@@ -391,9 +419,8 @@ def mutate(h: Header, rng: random.Random) -> Header:
     elif op < 0.72:  # many tensors or many layers: the work a header can cause must stay bounded
         r = rng.random()
         if r < 0.5 and h.tensors:
-            n_more = rng.choice([1000, 20_000, 100_000])
-            proto = rng.choice(h.tensors)
-            h.tensors += [(b"extra.%d.weight" % k, proto[1], proto[2], proto[3]) for k in range(n_more)]
+            n_more = rng.choice([1000, 20_000, 70_000])  # 70000: past the reader's bound of 65536
+            h.extra = (n_more, _many_tensors(h.tensors[0], n_more))
         else:
             big = rng.choice([513, 4096, 100_000, 2**31])
             key = f"{h.arch()}.block_count".encode("utf-8", "replace")

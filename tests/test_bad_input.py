@@ -103,7 +103,7 @@ def test_empty_metadata_key(smollm2_header, tmp_path):
 def test_tensor_with_more_elements_than_int64(smollm2_header, tmp_path):
     h = smollm2_header.copy()
     name, dims, t, off = h.tensors[0]
-    h.tensors[0] = (name, [2**40, 2**40], 0, off)  # F32, 2^80 elements
+    h.tensors[0] = (name, (2**40, 2**40), 0, off)  # F32, 2^80 elements
     assert "more than int64 can count" in _read_error(_write(h, tmp_path))
 
 
@@ -350,3 +350,20 @@ def test_take_address_is_pure_and_keeps_the_other_extras():
     got = take_address(base, host_given=False, port_given=False)
     assert (got.host, got.port, got.extra_args) == ("127.0.0.1", 9000, ("-t", "4", "--api-key", "k"))
     assert take_address(LaunchOptions(port=9000, extra_args=("--port", "9000")), host_given=False, port_given=True).port == 9000
+
+
+def test_plan_file_strings_are_cleaned_and_a_non_object_is_one_line(smollm2_path, tmp_path, capsys):
+    import json
+
+    rc, out, _ = _cli(capsys, "plan", str(smollm2_path), "--fleet", FLEET, "--json")
+    doc = json.loads(out)
+    doc["model"]["name"] = "evil\x1b[2J"
+    doc["devices"][0]["description"] = "x\x1b]0;t\x07"
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    rc, out, err = _cli(capsys, "run", "--plan", str(path), "--dry-run")
+    assert rc == 0 and "evil?[2J (llama)" in err
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    path.write_text("[]")
+    rc, out, err = _cli(capsys, "run", "--plan", str(path), "--dry-run")
+    assert rc == 2 and err.startswith(f"llamasplit: error: the plan {path} is not a JSON object")

@@ -82,6 +82,18 @@ def _read_plan(plan_file: str, model: str | None) -> Plan:
     except OSError as exc:
         raise UsageError(f"cannot read the plan {plan_file}: {exc.strerror or exc}",
                          remedy="make one with `llamasplit plan MODEL --json > plan.json`") from exc
+    import json
+
+    from llamasplit.untrusted import printable_tree
+
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None  # Plan.from_json says what is wrong
+    if doc is not None and not isinstance(doc, dict):
+        raise UsageError(f"the plan {plan_file} is not a JSON object", remedy="make one with `llamasplit plan MODEL --json > plan.json`")
+    if doc is not None:  # names and descriptions from a file are shown: no raw escapes
+        text = json.dumps(printable_tree(doc, limit=4096))
     result = Plan.from_json(text)
     if model:
         from llamasplit.model.profile import read_model
