@@ -83,13 +83,14 @@ def test_pool_cublas_context_nccl_arithmetic():
     assert R.cublas_workspace_bytes(890) == 4 * MiB and R.cublas_workspace_bytes(900) == 32 * MiB
     assert R.cublas_workspace_bytes(None) == 4 * MiB
     # the context: 8 MiB + 2.91 MiB per SM (fitted to 555 MiB at 188 SMs and 107 MiB at 34 SMs)
-    assert R.context_bytes(1200, 188) == int(8 * MiB + 2.91 * MiB * 188)  # 555.08 MiB
-    assert R.context_bytes(890, 34) == int(8 * MiB + 2.91 * MiB * 34)  # 106.94 MiB
-    assert R.context_bytes(750) == int(8 * MiB + 2.91 * MiB * 68)  # no SM count: a 2080 Ti's 68
+    per_sm = 3051356  # 2.91 MiB = 3051356.16 bytes
+    assert R.context_bytes(1200, 188) == 8 * MiB + per_sm * 188  # 555.08 MiB
+    assert R.context_bytes(890, 34) == 8 * MiB + per_sm * 34  # 106.94 MiB
+    assert R.context_bytes(750) == 8 * MiB + per_sm * 68  # no SM count: a 2080 Ti's 68
     # two ranks, 2 channels x (send + receive) x (Simple + LL128 at 4 MiB) + 32 MiB of state
     assert R.nccl_bytes(2) == 2 * 2 * 8 * MiB + 32 * MiB
     o = R.overhead(860, pool_high_water_bytes=8275968, sm_count=82)
-    ctx = int(8 * MiB + 2.91 * MiB * 82)
+    ctx = 8 * MiB + 3051356 * 82
     assert (o.context_bytes, o.cublas_bytes, o.pool_bytes, o.total_bytes) == (ctx, 4 * MiB, 8 * MiB, ctx + 12 * MiB)
     assert R.overhead(860, pool_high_water_bytes=1, context_in_free=True).total_bytes == 4 * MiB + 2 * MiB
 

@@ -317,7 +317,8 @@ def pool_reserved_bytes(high_water_bytes: int, *, vmm: bool = True) -> int:
 # -- estimates: the context, NCCL -----------------------------------------------------------------
 
 CONTEXT_BASE_BYTES = 8 * MiB
-CONTEXT_PER_SM_BYTES = 2.91 * MiB
+CONTEXT_PER_SM_BYTES = 3051356
+"""2.91 MiB per SM, in bytes (see below)."""
 """[estimate] The CUDA primary context a process creates on a device (the driver's state and the
 local-memory reservation for every resident thread: it grows with the SMs). Not in llama.cpp's
 breakdown; NVIDIA documents no figure. Fitted to the two measurements in llama.cpp PR #23604
@@ -345,7 +346,7 @@ def context_bytes(cc: int | None, sm_count: int | None = None) -> int:
     if sm_count is None:
         cc = 800 if cc is None else cc
         sm_count = next(sms for floor, sms in CONTEXT_SMS_BY_CC if cc >= floor)
-    return int(CONTEXT_BASE_BYTES + CONTEXT_PER_SM_BYTES * sm_count)
+    return CONTEXT_BASE_BYTES + CONTEXT_PER_SM_BYTES * sm_count
 
 
 NCCL_BUFFSIZE_BYTES = 4 * MiB
