@@ -234,7 +234,7 @@ def compare_case(case: Case, devices: Sequence[Device], *, rpc: Sequence[str] = 
 
 def _fit_print(model: Path, args: Sequence[str], env: Mapping[str, str] | None, timeout_s: float) -> list:
     """``llama-fit-params -fitp on`` under ``env`` (CUDA_VISIBLE_DEVICES picks the GPUs of the case)."""
-    argv = [str(find_binary("llama-fit-params")), "-m", str(model), "-fitp", "on", *args]
+    argv = [str(find_binary("llama-fit-params", env)), "-m", str(model), "-fitp", "on", *args]
     result = run_to_end(argv, timeout_s=timeout_s, env=env)
     rows = parse_fit_print(result.stdout)
     if result.returncode != 0 or not rows:
@@ -258,7 +258,9 @@ def cuda_case_devices(devices: Sequence[Device], env: Mapping[str, str]) -> tupl
 @contextlib.contextmanager
 def _llama_server(model: Path, args: Sequence[str], env: Mapping[str, str] | None, timeout_s: float) -> Iterator:
     port = free_port("127.0.0.1")
-    argv = [str(find_binary("llama-server")), "-m", str(model), *args, "--host", "127.0.0.1", "--port", str(port), "-lv", "4"]
+    # -fit off as the runner launches (llama.cpp's default --fit on may rewrite flags left at their default)
+    argv = [str(find_binary("llama-server", env)), "-m", str(model), *args, "-fit", "off",
+            "--host", "127.0.0.1", "--port", str(port), "-lv", "4"]
     proc = spawn(argv, env=env)
     try:
         deadline = time.monotonic() + timeout_s
