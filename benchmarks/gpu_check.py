@@ -276,9 +276,24 @@ def _llama_server(model: Path, args: Sequence[str], env: Mapping[str, str] | Non
             time.sleep(0.5)
         else:
             raise LlamasplitError(f"llama-server did not load within {timeout_s:.0f} s")
-        yield proc
+        yield proc, port
     finally:
         proc.stop()
+
+
+def _one_prompt(port: int, words: int = 600) -> None:
+    """POST one prompt of about ``words`` tokens (``n_predict`` 1); a model without a vocabulary may
+    refuse it, which only leaves the pool at its post-warm-up size."""
+    import json as _json
+
+    body = _json.dumps({"prompt": "hello " * words, "n_predict": 1, "cache_prompt": False}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            r.read(1 << 20)
+    except OSError:
+        pass
 
 
 def _nvml_process_mib(pid: int) -> dict[str, float]:
@@ -308,8 +323,8 @@ def _server_rows(case: Case, profile: ModelProfile, devices: Sequence[Device], r
     s = case.settings.replace(binary="llama-server")
     name = case.name + " [server]"
     rows: list[Row] = []
-    with _llama_server(case.model, [*s.to_args(), *rpc_args], env, timeout_s) as proc:
-        time.sleep(1.0)  # the pool and cuBLAS workspace grow on the first graph; /health follows the warm-up run
+    with _llama_server(case.model, [*s.to_args(), *rpc_args], env, timeout_s) as (proc, port):
+        _one_prompt(port)  # a prompt ubatch, so the pool and cuBLAS workspace reach their size
         buffers = parse_buffers(proc.log_text())
         nvml = _nvml_process_mib(proc.pid)
     real_bytes: dict[tuple[str, str], int] = {}
