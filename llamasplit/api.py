@@ -124,10 +124,10 @@ def read_fleet(devices: Any = None, rpc: str | Sequence[str] | None = None) -> F
 
     endpoints = parse_endpoints(rpc)
     if endpoints:
-        from llamasplit.devices.workerinfo import serving
+        from llamasplit.devices.workerinfo import serving_fleet
 
         listed = list_devices(find_binary("llama-server"), endpoints)
-        fleet = sources.with_rpc_devices(fleet, serving([d for d in listed if d.backend == "RPC"], rpc))
+        fleet = serving_fleet(fleet, [d for d in listed if d.backend == "RPC"], rpc)
     return fleet
 
 

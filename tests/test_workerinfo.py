@@ -160,6 +160,8 @@ def test_the_client_bounds_and_sanitises_what_a_worker_sends():
         ({**doc, "devices": [{**doc["devices"][0], "free_bytes": -5}]}, "free_bytes is not an integer"),
         ({**doc, "devices": [{**doc["devices"][0], "bandwidth_gb_s": float("nan")}]}, "bandwidth_gb_s is not a positive"),
         ({**doc, "devices": []}, "lists no devices"),
+        ({**doc, "links": [{"a": 0, "b": 0, "kind": "NV"}]}, r"links\[0\] does not join two devices"),
+        ({**doc, "links": [{"a": 0, "b": 5, "kind": "NV"}]}, r"links\[0\].b is not an integer in 0..0"),
     ]:
         with pytest.raises(BadReply, match=msg):
             parse_worker_document(json.dumps(bad).encode())
@@ -307,3 +309,24 @@ def test_workers_are_asked_at_once():
     assert time.monotonic() - start < 1.0
     assert sorted(calls) == ["10.0.0.1:50052", "10.0.0.2:50052", "10.0.0.3:50052"]  # the described one is not asked
     assert [d.serves_source for d in got] == [ASSUMED_CPU] * 3 + [DESCRIBED]
+
+
+def test_a_workers_nvlink_between_its_own_gpus_reaches_the_fleet():
+    """Two bridged 3090s behind one worker: the client's fleet joins RPC0 and RPC1 by NVLink (4 links),
+    as the worker's NVML read them, instead of an unknown same-host link."""
+    from fake_nvml import GPU
+
+    a = rtx3090("0000:01:00.0", "GPU-eeeeeeee-0000-0000-0000-000000000001", nvlinks=[("0000:02:00.0", GPU)] * 4)
+    b = rtx3090("0000:02:00.0", "GPU-eeeeeeee-0000-0000-0000-000000000002", nvlinks=[("0000:01:00.0", GPU)] * 4)
+    worker = NvmlSource(FakeNvml([a, b]), env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
+    assert worker.link(worker.devices[0].id, worker.devices[1].id).kind.value == "NV"
+    port = _free_port_pair()
+    endpoint = f"127.0.0.1:{port}"
+    from llamasplit.devices.workerinfo import serving_fleet
+
+    with InfoServer(worker_document(worker, endpoint), "127.0.0.1", info_port(port)):
+        fleet = serving_fleet(fleet_from_spec("4090"), [_rpc_device(endpoint, 0), _rpc_device(endpoint, 1)], endpoint)
+    rpc0, rpc1, local = fleet.devices
+    link = fleet.link(rpc0.id, rpc1.id)
+    assert (link.kind.value, link.n_links, link.bandwidth_gb_s) == ("NV", 4, worker.links[0].bandwidth_gb_s)
+    assert fleet.link(rpc0.id, local.id).kind.value == "NET"

@@ -146,7 +146,7 @@ def resolve_fleet(
         except NoGpuFound as err:
             fleet = cpu_fleet(None if endpoints else err.message)
     if endpoints:
-        from llamasplit.devices.workerinfo import serving
+        from llamasplit.devices.workerinfo import serving_fleet
 
-        fleet = with_rpc_devices(fleet, serving(_rpc_devices(endpoints, binary, timeout_s), rpc, fetch=fetch))
+        fleet = serving_fleet(fleet, _rpc_devices(endpoints, binary, timeout_s), rpc, fetch=fetch)
     return fleet

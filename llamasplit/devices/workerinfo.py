@@ -41,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from llamasplit.devices.catalog import GpuSpec, load_catalog
-from llamasplit.devices.device import Device, Fleet
+from llamasplit.devices.device import Device, Fleet, Link, LinkKind
 from llamasplit.errors import UsageError
 
 SCHEMA = "llamasplit.worker/1"
@@ -194,6 +194,18 @@ class PublishedDevice:
     pcie_gen: int | None
     pcie_width: int | None
     sm_count: int | None = None
+    links: tuple[PublishedLink, ...] = ()
+    """Links from this device to later ones of the same worker (NVLink, PCIe), as the worker read them."""
+
+
+@dataclass(frozen=True)
+class PublishedLink:
+    """A link between two devices of one worker, by their index in its reply."""
+
+    peer: int
+    kind: LinkKind
+    bandwidth_gb_s: float | None
+    n_links: int | None
 
 
 class BadReply(ValueError):
@@ -229,6 +241,23 @@ def parse_worker_document(body: bytes) -> list[PublishedDevice]:
     items = data.get("devices")
     if not isinstance(items, list) or not 0 < len(items) <= MAX_DEVICES:
         raise BadReply("the reply lists no devices")
+    links: dict[int, list[PublishedLink]] = {}
+    raw_links = data.get("links", [])
+    if not isinstance(raw_links, list) or len(raw_links) > MAX_DEVICES * MAX_DEVICES:
+        raise BadReply("links is not a list of pairs")
+    for n, link in enumerate(raw_links):
+        if not isinstance(link, dict):
+            raise BadReply(f"links[{n}] is not an object")
+        a, b = _int(link.get("a"), f"links[{n}].a", len(items) - 1), _int(link.get("b"), f"links[{n}].b", len(items) - 1)
+        if a is None or b is None or a == b:
+            raise BadReply(f"links[{n}] does not join two devices of the reply")
+        try:
+            kind = LinkKind(clean(link.get("kind", ""), 8))
+        except ValueError:
+            raise BadReply(f"links[{n}].kind is not a link kind") from None
+        a, b = min(a, b), max(a, b)
+        links.setdefault(a, []).append(PublishedLink(
+            b, kind, _float(link.get("bandwidth_gb_s"), f"links[{n}].bandwidth_gb_s"), _int(link.get("n_links"), f"links[{n}].n_links", 64)))
     out = []
     for n, item in enumerate(items):
         if not isinstance(item, dict):
@@ -254,6 +283,7 @@ def parse_worker_document(body: bytes) -> list[PublishedDevice]:
             pcie_gen=_int(item.get("pcie_gen"), f"devices[{n}].pcie_gen", 16),
             pcie_width=_int(item.get("pcie_width"), f"devices[{n}].pcie_width", 64),
             sm_count=_int(item.get("sm_count"), f"devices[{n}].sm_count", 4096),
+            links=tuple(links.get(n, ())),
         ))
     return out
 
@@ -313,6 +343,22 @@ def _from_published(d: Device, p: PublishedDevice) -> Device:
 Fetch = Callable[[str], tuple["list[PublishedDevice] | None", str]]
 
 
+def serving_fleet(fleet: Fleet, listed: Sequence[Device], rpc: str | Sequence[str] | None, *,
+                  fetch: Fetch | None = None) -> Fleet:
+    """``fleet`` with the RPC devices ``listed`` put first (``sources.with_rpc_devices``), each with
+    what it serves (``serving``), and the links a worker published between its own devices (NVLink,
+    PCIe) in place of the unknown same-host ones."""
+    from llamasplit.devices.sources import with_rpc_devices
+
+    devices, links = _serve(listed, rpc, fetch)
+    out = with_rpc_devices(fleet, devices)
+    if not links:
+        return out
+    known = {frozenset((link.a, link.b)): link for link in links}
+    merged = tuple(known.get(frozenset((link.a, link.b)), link) for link in out.links)
+    return dataclasses.replace(out, links=merged)
+
+
 def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch: Fetch | None = None) -> list[Device]:
     """``devices`` (as ``--list-devices`` reported them) with each RPC device's backend filled in:
     described on ``--rpc``, else published by the worker, else assumed a CPU (module docstring).
@@ -321,6 +367,11 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
     endpoint that is not described, all of them at once. A described or published count that differs from the
     devices the worker exposes is an error (the user's words) or a note (the worker's).
     """
+    return _serve(devices, rpc, fetch)[0]
+
+
+def _serve(devices: Sequence[Device], rpc: str | Sequence[str] | None, fetch: Fetch | None) -> tuple[list[Device], list[Link]]:
+    """``serving``'s devices, and the links the workers published between their own devices."""
     specs = {s.endpoint: s for s in parse_rpc_specs(rpc)}
     fetch = fetch or fetch_published
     by_endpoint: dict[str, list[int]] = {}
@@ -328,6 +379,7 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
         if d.backend.upper() == "RPC":
             by_endpoint.setdefault(d.host, []).append(i)
     out = list(devices)
+    links: list[Link] = []
     asked = [ep for ep in by_endpoint if specs.get(ep) is None or specs[ep].described is None]
     answers: dict[str, tuple[list[PublishedDevice] | None, str]] = {}
     if asked:  # at once: a host that drops the probe costs one timeout, not one per worker
@@ -350,6 +402,9 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
         if published is not None and len(published) == len(idx):
             for i, p in zip(idx, published):
                 out[i] = _from_published(out[i], p)
+            for n, p in enumerate(published):
+                for pl in p.links:
+                    links.append(Link(out[idx[n]].id, out[idx[pl.peer]].id, pl.kind, pl.bandwidth_gb_s, n_links=pl.n_links))
             continue
         if published is not None:
             why = f"it published {len(published)} device(s) but exposes {len(idx)}"
@@ -358,7 +413,7 @@ def serving(devices: Sequence[Device], rpc: str | Sequence[str] | None, *, fetch
                 out[i], serves="CPU", serves_source=ASSUMED_CPU,
                 notes=(*out[i].notes, f"sized as a CPU: {why}; describe it with --rpc {endpoint}=GPU"),
             )
-    return out
+    return out, links
 
 
 # -- the worker's side: a read-only endpoint ----------------------------------------------------
