@@ -166,7 +166,7 @@ def worker_document(fleet: Fleet, rpc_endpoint: str) -> dict[str, Any]:
         })
     if not devices:
         h = fleet.host
-        devices.append({"name": h.cpu_name if hasattr(h, "cpu_name") and h.cpu_name else "CPU", "uuid": None,
+        devices.append({"name": h.cpu_name or "CPU", "uuid": None,
                         "backend": "CPU", "total_bytes": h.ram_total_bytes, "free_bytes": h.ram_available_bytes,
                         "bandwidth_gb_s": h.ram_bandwidth_gb_s, "fp16_tflops": None, "compute_capability": None,
                         "pcie_gen": None, "pcie_width": None})
