@@ -115,3 +115,7 @@ def test_top_command_with_the_fake_nvml(monkeypatch, capsys):
     assert out.count("llamasplit top ") == 2 and "NVIDIA GeForce RTX 3090" in out and "3.00 GiB" in out
     assert main(["top", "--interval", "0"]) != 0
     assert "too short" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
+    assert main(["top", "--count", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no NVIDIA GPU found" in err[0] and "top watches NVIDIA GPUs" in err[0]

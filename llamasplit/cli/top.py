@@ -34,7 +34,11 @@ def top_cmd(
             the_plan = Plan.from_json(Path(plan_file).read_text())
         except OSError as exc:
             raise UsageError(f"cannot read the plan {plan_file}: {exc.strerror or exc}") from exc
+    from llamasplit.devices.nvml import NoGpuFound
+
     try:
         watch(pids=pid or (), plan=the_plan, interval_s=interval, count=count or None)
+    except NoGpuFound as err:
+        raise NoGpuFound(err.message, remedy="top watches NVIDIA GPUs through NVML; run it where llama-server uses them") from err
     except KeyboardInterrupt:
         raise SystemExit(130) from None
