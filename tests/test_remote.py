@@ -510,3 +510,21 @@ def test_growing_prefix_parses_exactly_like_the_whole_file(chunk):
 
         prefix = _outcome(lambda: parse_header(bytearray(data[:chunk]), "m.gguf", len(data), grow=grow))
         assert prefix == whole
+
+
+def test_stored_login_is_used_for_the_hub(hub, tmp_path):
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    (home / "token").write_text("hf_stored_login_token")  # what `hf auth login` writes
+    done = _cli(["inspect", "-hf", "org/Mixed-GGUF:Q4_1", "--json"], {"HF_ENDPOINT": hub.endpoint}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Bearer hf_stored_login_token" in hub.log.authorization
+    assert set(hub.cdn.log.authorization) == {None}
+
+
+def test_forbidden_url_is_one_line(smollm2_path, tmp_path):
+    with StaticServer({"/m.gguf": smollm2_path}) as srv:
+        srv.fail_next = [403]
+        with pytest.raises(ModelReadError, match=r"access denied \(HTTP 403\): the repository is gated or private"):
+            open_model(srv.url("/m.gguf"), cache=HeaderCache(tmp_path))
+        assert len(srv.log.entries) == 1  # refused at once, not retried
