@@ -184,7 +184,7 @@ def load(model: str | os.PathLike[str] | None = None, devices: Any = None, *, hf
     except ImportError as exc:
         raise LaunchError(
             "llama-cpp-python is not installed",
-            remedy="pip install 'llamasplit[python]' (llama-cpp-python==0.3.36)",
+            remedy="run `llamasplit build-llama-cpp --bindings` (llama-cpp-python 0.3.36 on the same llama.cpp build)",
         ) from exc
     known = set(inspect.signature(llama_cpp.Llama.__init__).parameters) - {"self", "kwargs", "model_path"}
     unknown = sorted(set(llama_kw) - known)

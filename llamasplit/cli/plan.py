@@ -13,23 +13,22 @@ from llamasplit.cli import options as O
 from llamasplit.cli.app import app, say
 from llamasplit.cli.modelarg import read_cli_model
 from llamasplit.devices.device import Fleet
-from llamasplit.errors import DeviceQueryError, NoFeasiblePlan, UsageError
-from llamasplit.model.profile import read_model
+from llamasplit.errors import NoFeasiblePlan, UsageError
+from llamasplit.model.profile_cache import read_model
 from llamasplit.planner.plan import PlanOptions, alternatives, plan
 from llamasplit.planner.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
 from llamasplit.units import parse_size
 
 
-def _fleet(fleet_spec: str | None, inventory: str | None, rpc: str | None, *, fallback: str | None = None) -> Fleet:
+def _fleet(fleet_spec: str | None, inventory: str | None, rpc: str | None) -> Fleet:
+    """The fleet to plan for; with no GPU here, the CPU (said in one line on stderr)."""
     from llamasplit.devices.sources import resolve_fleet
 
-    try:
-        return resolve_fleet(fleet_spec=fleet_spec, inventory=inventory, rpc=rpc)
-    except DeviceQueryError as err:
-        if fallback is None or fleet_spec or inventory or rpc:
-            raise
-        say(f"llamasplit: no GPU here ({err.message}); planning for a simulated fleet: --fleet {fallback}")
-        return resolve_fleet(fleet_spec=fallback)
+    hw = resolve_fleet(fleet_spec=fleet_spec, inventory=inventory, rpc=rpc)
+    if hw.source == "cpu":
+        for note in hw.notes:
+            say(f"llamasplit: {note}")
+    return hw
 
 
 def build_options(
@@ -182,7 +181,7 @@ def compare_quants(profile, hw, options, types=("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_
 
 @app.command()
 def demo(
-    fleet: str = typer.Option(None, "--fleet", help="Simulated GPUs when there are none (default 3090,3060-12g)."),
+    fleet: str = typer.Option(None, "--fleet", help="Plan for simulated GPUs instead of this machine (with no GPU here, 3090,3060-12g is shown too)."),
     tokens: int = typer.Option(24, "--tokens", help="Tokens to generate."),
 ) -> None:
     """The main job end to end: a real model, a plan for this machine's GPUs, and a short generation."""
@@ -193,10 +192,15 @@ def demo(
     path = fetch_model("smollm2")
     profile = read_model(path)
     options = PlanOptions(settings=LlamaSettings(n_ctx=4096, binary="llama-completion"), fixed=frozenset({"n_ctx"}))
-    hw = _fleet(fleet, None, None, fallback=fleet or "3090,3060-12g")
+    hw = _fleet(fleet, None, None)
     result = plan(profile, hw, options)
     print(result.summary())
     print()
+    if not fleet and hw.source == "cpu":
+        simulated = "3090,3060-12g"
+        say(f"llamasplit: and the same model on a simulated fleet, --fleet {simulated}:")
+        print(plan(profile, _fleet(simulated, None, None), options).summary())
+        print()
     if hw.simulated:
         say("llamasplit: the plan is for simulated GPUs; generating on this machine's CPU instead")
         args = ["-ngl", "0", "-c", "4096"]
