@@ -528,3 +528,14 @@ def test_forbidden_url_is_one_line(smollm2_path, tmp_path):
         with pytest.raises(ModelReadError, match=r"access denied \(HTTP 403\): the repository is gated or private"):
             open_model(srv.url("/m.gguf"), cache=HeaderCache(tmp_path))
         assert len(srv.log.entries) == 1  # refused at once, not retried
+
+
+def test_header_cache_keeps_a_bounded_number_of_entries(smollm2_path, tmp_path, monkeypatch):
+    from llamasplit.model import header_cache
+
+    monkeypatch.setattr(header_cache, "MAX_ENTRIES", 3)
+    cache, header = HeaderCache(tmp_path), read_header(smollm2_path)
+    for i in range(5):
+        cache.put(HeaderKey("url", f"http://h/{i}.gguf", "v"), header)
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    assert cache.get(HeaderKey("url", "http://h/4.gguf", "v")) is not None

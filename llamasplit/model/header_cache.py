@@ -25,6 +25,9 @@ from llamasplit.model.gguf_reader import ArraySummary, RawHeader, RawTensor
 FORMAT = 1
 """Version of the entry layout below."""
 
+MAX_ENTRIES = 512
+"""Entries kept; the least recently written go first (an entry is a few to a few hundred KiB)."""
+
 
 @dataclass(frozen=True)
 class HeaderKey:
@@ -95,6 +98,15 @@ class HeaderCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            return
+        self._prune()
+
+    def _prune(self) -> None:
+        with contextlib.suppress(OSError):
+            entries = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+            for old in entries[:-MAX_ENTRIES]:
+                with contextlib.suppress(OSError):
+                    old.unlink()
 
 
 def _value_to_json(value: Any) -> Any:
