@@ -4,9 +4,10 @@ The parser is the local one (``gguf_reader.parse_header``) over a prefix of the 
 demand: each request asks for ``max(what the parser needs, 1/5 more than we hold, one chunk)``,
 so the bytes transferred stay under 1.2 x the header plus one chunk. To save round trips, the end
 of a skipped vocabulary is guessed from the strings read so far (their mean length); that guess
-can overshoot only by its own error (measured by ``benchmarks/bench_remote.py``: 1.25 x for
-SmolLM2, 1.07 x for Gemma-3). The header is untrusted like a local one, with the same bounds, and
-a cap on how much header we are willing to fetch.
+can overshoot only by its own error; and numeric arrays the parser steps over (a vocabulary's
+scores) are not fetched at all (``benchmarks/bench_remote.py``: 1.25 x the header for SmolLM2,
+0.91 x for Gemma-3). The header is untrusted like a local one, with the same bounds, and a cap on
+how much header we are willing to fetch.
 
 HTTP goes through ``huggingface_hub``'s shared ``httpx`` client (``get_session``): its offline
 switch (``HF_HUB_OFFLINE``), its redirects (the Hub sends files to a CDN), its retries with
