@@ -36,6 +36,18 @@ class ModelSource:
         return parse_hf(self.location, self.hf_file)
 
 
+def llama_model_args(location: str) -> list[str]:
+    """How llama.cpp is told where the model is: ``-m PATH``, or ``-mu URL`` (common/arg.cpp
+    ``--model-url``: llama.cpp downloads it) for a model planned from its remote header.
+
+    >>> llama_model_args("m.gguf"), llama_model_args("https://h/m.gguf")
+    (['-m', 'm.gguf'], ['-mu', 'https://h/m.gguf'])
+    """
+    if location.lower().startswith(("http://", "https://")):
+        return ["-mu", location]
+    return ["-m", location]
+
+
 def model_source(model: str | os.PathLike[str] | None = None, *, hf: str | None = None,
                  hf_file: str | None = None) -> ModelSource:
     """Which of the three ways the model was named; exactly one must be given."""

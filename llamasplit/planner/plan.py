@@ -147,9 +147,9 @@ class Plan:
 
     def model_args(self) -> list[str]:
         """``-m PATH``, or ``-mu URL`` for a model planned from its remote header (llama.cpp downloads it)."""
-        if self.model_path.lower().startswith(("http://", "https://")):
-            return ["-mu", self.model_path]
-        return ["-m", self.model_path]
+        from llamasplit.model.locate import llama_model_args
+
+        return llama_model_args(self.model_path)
 
     def argv(self, binary: str | None = None) -> list[str]:
         return [binary or self.settings.binary, *self.model_args(), *self.to_llama_args()]

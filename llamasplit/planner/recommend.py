@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import UsageError
+from llamasplit.model.locate import llama_model_args
 from llamasplit.planner.comm import ALLREDUCES_PER_LAYER, allreduce_algorithm
 from llamasplit.speed.links import group_link
 from llamasplit.speed.model import SpeedEstimate, layer_split_speed, tensor_split_speed
@@ -158,7 +159,7 @@ def recommend(
         short = _budgets_ok([e.total_bytes for e in est.devices], group, margin_bytes)
         if short:
             return Option("layer", names, None, why_not=short)
-        return Option("layer", names, layer_speed(group, est), ("llama-server", "-m", model.path, *s.to_args()))
+        return Option("layer", names, layer_speed(group, est), ("llama-server", *llama_model_args(model.path), *s.to_args()))
 
     def tensor_option(group: Sequence[Device], ts) -> Option:
         names = tuple(d.name for d in group)
@@ -176,7 +177,7 @@ def recommend(
         speed = tensor_split_speed(model, fleet, group, test, algo, link, prompt_tokens=prompt_tokens, n_ubatch=ub)
         n_allreduce = ALLREDUCES_PER_LAYER * sum(1 for il in range(model.hparams.n_layer) if test.layer_on_meta[il])
         detail = f"{algo.value} over {link.kind if link else '-'}, {n_allreduce} all-reduces per token: {algo_why}"
-        return Option("tensor", names, speed, ("llama-server", "-m", model.path, *s.to_args()), detail=detail)
+        return Option("tensor", names, speed, ("llama-server", *llama_model_args(model.path), *s.to_args()), detail=detail)
 
     options: list[Option] = []
     singles = [single_option(d) for d in fleet.devices]
