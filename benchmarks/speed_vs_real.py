@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -69,6 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     binary = find_binary("llama-bench")
     t0 = time.time()
+    load0 = os.getloadavg()
     models = {
         "smollm2": Path(fetch_model("smollm2")),
         "gemma3": Path(fetch_model("gemma3")),
@@ -174,7 +176,9 @@ def main() -> None:
               f"(predicted {h['default_decode_predicted']:.1f}), prefill {h['default_prefill_measured']:.1f}: "
               f"ours {'faster' if faster else 'NOT faster'} ({h['ours_decode_measured'] / h['default_decode_measured']:.2f}x)")
         ok &= faster
-    print(f"\n{time.time() - t0:.0f} s in all")
+    load1 = os.getloadavg()
+    print(f"\n{time.time() - t0:.0f} s in all; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
+          f"(on {os.cpu_count()} cores: other work on the machine slows runs unevenly)")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "heterogeneous": hetero,
                                                "bench": json.loads(json.dumps(measured.to_dict()))}, indent=2))
