@@ -88,3 +88,14 @@ def test_pump_keeps_everything_under_the_bound(tmp_path):
     os.close(w)
     pump.join()
     assert (tmp_path / "x.log").read_bytes() == data
+
+
+def test_stop_all_counts_its_own_sigterm_as_a_good_end(cache):
+    from llamasplit.runner.processes import stop_all
+
+    ps = [spawn(_py("import time; time.sleep(60)")) for _ in range(2)]
+    failed = spawn(_py("import sys; sys.exit(2)"))
+    assert failed.proc.wait(timeout=10) == 2
+    stop_all([*ps, failed])
+    assert [p.log_path.exists() for p in ps] == [False, False]
+    assert failed.log_path.exists()

@@ -231,10 +231,13 @@ def test_worker_killed_under_cli_run_is_reported(smollm2_path, tmp_path):
         mine[1].proc.kill()
         assert run.proc.wait(timeout=10) == 1
         lines = [line for line in run.err.read_text().splitlines() if line.startswith("llamasplit: error:")]
-        assert lines == [
-            f"llamasplit: error: RPC worker {mine[1].endpoint} stopped answering (connection refused) while "
-            "llama-server was running; restart the worker (`llamasplit worker` on its host) and run again"
-        ]
+        assert len(lines) == 1
+        expected = (f"llamasplit: error: RPC worker {mine[1].endpoint} stopped answering (connection refused) while "
+                    "llama-server was running; restart the worker (`llamasplit worker` on its host) and run again; logs: ")
+        assert lines[0].startswith(expected)
+        log = Path(lines[0][len(expected):])  # kept, since the error names it
+        assert log.parent.name == "logs" and "llama-server" in log.read_text(errors="replace")
+        log.unlink()
         assert _gone(server_pid, 0.5)
     finally:
         if run:

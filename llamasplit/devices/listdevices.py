@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import DeviceQueryError, UsageError
+from llamasplit.untrusted import printable
 from llamasplit.units import MiB
 
 _HEADER = "Available devices:"
@@ -33,8 +34,9 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _clean(text: str) -> str:
-    """Device strings come from another program: drop control characters before printing them."""
-    return _CONTROL_RE.sub("", text).strip()
+    """Device strings come from another program (an RPC worker's from another host): drop control
+    characters, then the other unsafe ones (bidi overrides, zero-width) become ``?``, length bounded."""
+    return printable(_CONTROL_RE.sub("", text).strip(), limit=200)
 
 
 def parse_endpoints(values: str | Sequence[str] | None) -> list[str]:

@@ -57,6 +57,8 @@ class ManagedProcess:
     keep_log: bool = False
     """Keep the log after ``stop`` even if the child ended well (an error message names it)."""
     _pump: LogPump | None = field(default=None, repr=False)
+    _stopping: bool = field(default=False, repr=False)
+    """We signalled it to stop (``stop_all``): its exit by that signal is a good end."""
 
     @property
     def pid(self) -> int:
@@ -76,8 +78,8 @@ class ManagedProcess:
 
         The log is removed when the child ended well (we stopped it, or it exited 0) and kept when
         it failed on its own or ``keep_log`` is set (see ``runner.logs``)."""
-        stopped_by_us = self.proc.poll() is None
-        if stopped_by_us:
+        stopped_by_us = self._stopping or self.proc.poll() is None
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -172,6 +174,7 @@ def stop_all(processes: Sequence[ManagedProcess], timeout_s: float = 5.0) -> Non
     wait, then SIGKILL whatever is left. Children that already exited are just reaped."""
     live = [p for p in processes if p.proc.poll() is None]
     for p in live:
+        p._stopping = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
