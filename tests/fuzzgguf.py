@@ -484,6 +484,7 @@ class Outcome:
     kind: str  # "ok", "read_error", "plan_error", "crash", "slow"
     detail: str = ""
     read_s: float = 0.0
+    """CPU seconds of the read (this thread's), so a machine busy with other work does not count."""
     plan_s: float = 0.0
 
 
@@ -525,24 +526,24 @@ def _check_one(data: bytes, path: Path, fleet, options, limit_s: float) -> Outco
     from llamasplit.planner.plan import plan
 
     path.write_bytes(data)
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     try:
         profile = read_model(path, require_data=False)
     except LlamasplitError as err:
-        read_s = time.perf_counter() - t0
+        read_s = time.thread_time() - t0
         return _judge("read_error", err.one_line(), read_s, 0.0, limit_s)
     except Exception as exc:  # noqa: BLE001 - the finding
-        return Outcome("crash", f"read: {_where(exc)} {type(exc).__name__}: {exc}"[:300], time.perf_counter() - t0)
-    read_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+        return Outcome("crash", f"read: {_where(exc)} {type(exc).__name__}: {exc}"[:300], time.thread_time() - t0)
+    read_s = time.thread_time() - t0
+    t1 = time.thread_time()
     try:
         result = plan(profile, fleet, options)
         text = result.summary()
     except LlamasplitError as err:
-        return _judge("plan_error", err.one_line(), read_s, time.perf_counter() - t1, limit_s)
+        return _judge("plan_error", err.one_line(), read_s, time.thread_time() - t1, limit_s)
     except Exception as exc:  # noqa: BLE001 - the finding
-        return Outcome("crash", f"plan: {_where(exc)} {type(exc).__name__}: {exc}"[:300], read_s, time.perf_counter() - t1)
-    out = _judge("ok", text, read_s, time.perf_counter() - t1, limit_s)
+        return Outcome("crash", f"plan: {_where(exc)} {type(exc).__name__}: {exc}"[:300], read_s, time.thread_time() - t1)
+    out = _judge("ok", text, read_s, time.thread_time() - t1, limit_s)
     if out.kind == "ok":
         for d in (*result.devices, result.host):
             fields = (d.model_bytes, d.context_bytes, d.compute_bytes, d.overhead_bytes, d.output_bytes, d.total_bytes)
