@@ -249,6 +249,7 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
     for f in failures:
         print(f"skipped: {f}")
     if record is not None:
+        from llamasplit.llamacpp.binaries import LLAMA_CPP_PYTHON_VERSION
         from llamasplit.llamacpp.binaries import find_binary as _fb
 
         doc = {
@@ -256,7 +257,7 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
                      "recorded by benchmarks/accuracy.py --families --record; {family} is the model "
                      "(tests/synth.py FAMILIES, or the real model of that name), {rpcN} a ggml-rpc-server "
                      "on loopback.",
-            "llama_cpp": str(_fb("llama-fit-params")),
+            "llama_cpp": f"the llama.cpp vendored in llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} ({_fb('llama-fit-params')})",
             "cpu_flags": sorted(f for f in (CPU.flags if CPU else ()) if f in RELEVANT_CPU_FLAGS),
             "cpu_machine": CPU.machine if CPU else None,
             "amx_built": bool(CPU and CPU.amx_built),

@@ -176,7 +176,7 @@ def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head:
         else:
             w.add_float32(key, float(value))
     for name, ne in tensors:
-        if len(ne) == 1:
+        if len(ne) == 1 or name.endswith(".bias"):
             typ = GGMLQuantizationType.F32
         else:
             typ = qtype if ne[0] % GGML_QUANT_SIZES[qtype][0] == 0 else GGMLQuantizationType.F16
@@ -417,12 +417,13 @@ def write_decoder(
     path: Path, arch: str, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2,
     head_dim: int = 64, n_ff: int = 1408, n_vocab: int = 32000, tied: bool = False, qkv_bias: bool = False,
     qk_norm: str | None = None, fused_qkv: bool = False, fused_up: bool = False, pre_norms: bool = True,
-    post_norms: bool = False, keys: dict | None = None, **opts,
+    post_norms: bool = False, ffn_norm: bool = True, keys: dict | None = None, **opts,
 ) -> Path:
     """A dense decoder of ``arch`` in the common layout, with the variations the archs below need:
     ``qkv_bias`` (qwen2), ``qk_norm`` = ``"head"`` (a norm per head: qwen3) or ``"full"`` (over
     all heads: olmo2), ``fused_qkv`` / ``fused_up`` (phi3's ``attn_qkv`` and ``ffn_up`` of
-    ``2 * n_ff``), ``pre_norms=False`` (no attn_norm / ffn_norm: olmo2), ``post_norms``
+    ``2 * n_ff``), ``pre_norms=False`` (no attn_norm / ffn_norm: olmo2), ``ffn_norm=False`` (one
+    norm feeds attention and FFN in parallel: cohere2), ``post_norms``
     (``post_attention_norm`` and ``post_ffw_norm``: gemma2, olmo2). ``keys``: extra header keys.
 
     F16 bytes at the defaults: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB (31.25 tied), per layer
@@ -449,7 +450,7 @@ def write_decoder(
         tensors.append((b + "attn_output.weight", (q, n_embd)))
         if post_norms:
             tensors.append((b + "post_attention_norm.weight", (n_embd,)))
-        if pre_norms:
+        if pre_norms and ffn_norm:
             tensors.append((b + "ffn_norm.weight", (n_embd,)))
         if fused_up:
             tensors += [(b + "ffn_up.weight", (n_embd, 2 * n_ff)), (b + "ffn_down.weight", (n_ff, n_embd))]
@@ -486,9 +487,51 @@ FAMILIES = {
     "granite": _family("granite", keys={
         "{arch}.logit_scale": 8.0, "{arch}.residual_scale": 0.22, "{arch}.embedding_scale": 12.0,
         "{arch}.attention.scale": 0.015625}),
-    "cohere2": _family("cohere2", tied=True, keys={
+    "cohere2": _family("cohere2", tied=True, ffn_norm=False, keys={
         "{arch}.attention.sliding_window": 1024, "{arch}.logit_scale": 0.25,
         "{arch}.attention.layer_norm_epsilon": 1e-5}),
     "olmo2": _family("olmo2", qk_norm="full", pre_norms=False, post_norms=True),
 }
 """One synthetic model per arch family that llama.cpp loads and runs: ``FAMILIES[name](path)``."""
+
+
+def write_gptoss(
+    path: Path, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2, head_dim: int = 64,
+    n_expert: int = 16, n_expert_used: int = 4, n_ff_exp: int = 256, n_vocab: int = 32000, n_swa: int = 128,
+    **opts,
+) -> Path:
+    """A gpt-oss (src/models/openai-moe.cpp): attention with sinks and Q/K/V/output biases, every
+    other layer sliding over ``n_swa`` tokens, ``post_attention_norm`` before the experts, routed
+    experts with biases (``ggml_add_id``), softmax over the chosen experts' weights, untied output.
+
+    F16 bytes: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB; per layer experts 3 x 16 x 256 x 512 x 2
+    = 12 MiB, attention 1.25 MiB.
+    """
+    hd = head_dim
+    q, kv = n_head * hd, n_head_kv * hd
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        tensors += [
+            (b + "attn_norm.weight", (n_embd,)), (b + "post_attention_norm.weight", (n_embd,)),
+            (b + "attn_q.weight", (n_embd, q)), (b + "attn_k.weight", (n_embd, kv)), (b + "attn_v.weight", (n_embd, kv)),
+            (b + "attn_q.bias", (q,)), (b + "attn_k.bias", (kv,)), (b + "attn_v.bias", (kv,)),
+            (b + "attn_output.weight", (q, n_embd)), (b + "attn_output.bias", (n_embd,)),
+            (b + "attn_sinks.weight", (n_head,)),
+            (b + "ffn_gate_inp.weight", (n_embd, n_expert)), (b + "ffn_gate_inp.bias", (n_expert,)),
+            (b + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
+            (b + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+            (b + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
+            (b + "ffn_gate_exps.bias", (n_ff_exp, n_expert)), (b + "ffn_up_exps.bias", (n_ff_exp, n_expert)),
+            (b + "ffn_down_exps.bias", (n_embd, n_expert)),
+        ]
+    keys = {
+        "{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.expert_count": n_expert, "{arch}.expert_used_count": n_expert_used,
+        "{arch}.expert_feed_forward_length": n_ff_exp, "{arch}.attention.sliding_window": n_swa,
+    }
+    return _write_loadable(path, "gpt-oss", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                           n_ff=n_ff_exp, n_vocab=n_vocab, keys=keys, tensors=tensors, **{"vocab": "spm", **opts})
+
+
+FAMILIES["gpt-oss"] = write_gptoss

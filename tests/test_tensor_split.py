@@ -117,7 +117,13 @@ def test_estimate_per_device_and_meta_figures(synthetic):
     # weights: what the two RPC workers allocated for exactly this model and -ts (test_tensor_split_real.py)
     assert [d.model_bytes for d in est.devices] == [2621952, 5827584]
     assert est.meta_model_bytes == 5827584
-    assert all(d.compute_bytes == est.meta_compute_bytes for d in est.devices)
+    # compute: what llama.cpp allocated for exactly this model and flags (llama-completion -m
+    # <this model with an SPM vocab> --rpc <2 workers with GGML_RPC_DEBUG=1> -c 1024 -ngl 99 -ts 1,2
+    # -sm tensor -fa on -t 1): each worker's third alloc_buffer was 6172672 bytes ("sched_reserve:
+    # Meta() compute buffer size = 5.89 MiB") and the CPU's "compute buffer size = 1.76 MiB"
+    assert [d.compute_bytes for d in est.devices] == [6172672, 6172672]
+    assert est.meta_compute_bytes == 6172672
+    assert f"{est.host.compute_bytes / MiB:.2f}" == "1.76"
     # the input embedding stays on the host
     assert est.host_mapped_bytes >= 1000 * 192 * 4
 

@@ -16,8 +16,13 @@ This module does the same three steps, in Python, from the model header alone:
    plain attention, Hadamard rotations of a quantised cache, dense FFN, MoE routing, expert
    groups and experts, logits) and ``src/models/{llama,gemma3,qwen3moe,deepseek2}.cpp``. Other
    decoder-only archs use the same builder with the features their tensors show (Q/K norms,
-   post norms, biases, fused QKV, shared experts): close, not exact. Archs it cannot follow
-   (recurrent, encoders, ``_NOT_REPLAYED``) get ``heuristic_bytes``.
+   post norms, biases, fused QKV, shared experts) plus the quirks of those checked against
+   llama.cpp (tests/golden/fit_params.json, ``benchmarks/accuracy.py --families``): glm4moe
+   (post_attention_norm before the FFN, sigmoid gating, NextN blocks not built), gpt-oss
+   (expert biases, softmax over the chosen experts, output rows picked after the last layer),
+   phi3 (fused SwiGLU, pre-scaled Q), granite (residual and logit scales), olmo2 (no pre-norms),
+   cohere2 (its own parallel block). Archs it cannot follow (recurrent and hybrid, encoders,
+   ``_NOT_REPLAYED``) get ``heuristic_bytes``, and the plan says "compute estimated, not replayed".
 2. **Scheduler** (``_schedule``): passes 1-5 of ``ggml_backend_sched_split_graph`` (weights pull
    their ops to their device, GPUs expand up and down, inputs start on the CPU, a copy of every
    tensor a split reads from another device, four copies (``GGML_SCHED_MAX_COPIES``) of every
@@ -309,6 +314,10 @@ class _Ops:
 
     def glu(self, a: T, b: T) -> T:
         return self.new("GLU", a.type, a.ne, a, b)
+
+    def add_id(self, a: T, b: T, ids: T) -> T:
+        """``ggml_add_id``: a per-expert bias row added to each selected expert's output."""
+        return self.dup("ADD_ID", a, a, b, ids)
 
     def glu_fused(self, a: T) -> T:
         """``ggml_swiglu(a)``: gate and up are the two halves of a's rows."""
@@ -761,11 +770,20 @@ class _Builder:
             up = o.view(gu, [n_ff, gu.ne[1], gu.ne[2]], [gu.nb[1], gu.nb[2]], n_ff * gu.nb[0])
         else:
             up = o.mul_mat_id(self.lw(il, "ffn_up_exps"), cur, selected)
+            up_b = self.lw(il, "ffn_up_exps", "bias")
+            if up_b is not None:  # gpt-oss: expert biases (ggml_add_id)
+                up = o.add_id(up, up_b, selected)
             gate_w = self.lw(il, "ffn_gate_exps")
             gate = o.mul_mat_id(gate_w, cur, selected) if gate_w is not None else up
+            gate_b = self.lw(il, "ffn_gate_exps", "bias")
+            if gate_b is not None:
+                gate = o.add_id(gate, gate_b, selected)
         has_gate = gate is not up
         act = o.glu(gate, up) if has_gate else o.unary("UNARY", gate)
         experts = o.mul_mat_id(self.lw(il, "ffn_down_exps"), act, selected)
+        down_b = self.lw(il, "ffn_down_exps", "bias")
+        if down_b is not None:
+            experts = o.add_id(experts, down_b, selected)
         experts = o.binary("MUL", experts, weights)
         self.expand(experts)
         views = []
@@ -875,7 +893,7 @@ class _Builder:
             cache = swa_cache if (iswa and hp.is_swa[il]) else base
             cur = self.attn(il, cache, self.lw(il, "attn_output"), self.lw(il, "attn_output", "bias"), q, k, v,
                             iswa=iswa, soft_cap=soft_cap)
-            if il == n_layer - 1:
+            if il == n_layer - 1 and self.arch not in _LATE_OUT_IDS:
                 cur = o.get_rows(cur, out_ids)
                 inpSA = o.get_rows(inpSA, out_ids)
             # glm4moe names its pre-FFN norm post_attention_norm (src/models/glm4-moe.cpp)
@@ -912,6 +930,8 @@ class _Builder:
             cur = o.binary("ADD", cur, ffn_inp)
             self.cb(cur, "l_out", il)
             inpL = cur
+        if self.arch in _LATE_OUT_IDS:
+            inpL = o.get_rows(inpL, out_ids)
         self.output(inpL)
 
     def _norm_w(self) -> bool:
@@ -961,7 +981,7 @@ class _Builder:
         sigmoid for glm4moe (glm4-moe.cpp load_arch_hparams), else softmax."""
         gating_id = int(self.key("expert_gating_func", 0))
         if gating_id == 0:
-            return "sigmoid" if self.arch in ("glm4moe",) else "softmax"
+            return {"glm4moe": "sigmoid", "gpt-oss": "softmax_weight"}.get(self.arch, "softmax")
         return {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}.get(gating_id, "softmax")
 
     def _rope_factors(self, il: int, factors: T) -> T:
@@ -1050,8 +1070,11 @@ class _Builder:
         self.output(inpL)
 
 
-_POST_ATTN_IS_FFN_NORM = frozenset({"glm4moe"})
+_POST_ATTN_IS_FFN_NORM = frozenset({"glm4moe", "gpt-oss"})
 """Archs whose ``post_attention_norm`` is the norm before the FFN, not after attention."""
+_LATE_OUT_IDS = frozenset({"gpt-oss"})
+"""Archs that keep every token through the last layer and pick the output rows after it
+(src/models/openai-moe.cpp: ``embeddings_nextn_masked`` is false by default)."""
 _Q_SCALED = frozenset({"phi3"})
 """Archs that scale Q by 1/sqrt(head) themselves before attention (src/models/phi3.cpp)."""
 
