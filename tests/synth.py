@@ -535,3 +535,49 @@ def write_gptoss(
 
 
 FAMILIES["gpt-oss"] = write_gptoss
+
+
+def write_llama4(
+    path: Path, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2, head_dim: int = 64,
+    n_ff: int = 1408, n_expert: int = 16, n_expert_used: int = 1, n_ff_exp: int = 256, moe_step: int = 2,
+    n_vocab: int = 32000, **opts,
+) -> Path:
+    """A llama4 (src/models/llama4.cpp): chunked attention over 8192 tokens on 3 of every 4
+    layers (no ``sliding_window`` key: llama.cpp sets it), no RoPE but a temperature-scaled Q on
+    every 4th, weightless Q/K RMS norms, every ``moe_step``-th block an MoE block (sigmoid router,
+    one expert, its weight applied to the input, plus a shared expert), the others dense.
+
+    F16 bytes: embeddings 62.5 MiB; dense block 5.4 MiB; MoE block experts 3 x 16 x 256 x 512 x 2
+    = 12 MiB + shared 0.75 MiB + attention 1.25 MiB.
+    """
+    hd = head_dim
+    q, kv = n_head * hd, n_head_kv * hd
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        tensors += [
+            (b + "attn_norm.weight", (n_embd,)), (b + "attn_q.weight", (n_embd, q)), (b + "attn_k.weight", (n_embd, kv)),
+            (b + "attn_v.weight", (n_embd, kv)), (b + "attn_output.weight", (q, n_embd)), (b + "ffn_norm.weight", (n_embd,)),
+        ]
+        if (il + 1) % moe_step == 0:
+            tensors += [
+                (b + "ffn_gate_inp.weight", (n_embd, n_expert)),
+                (b + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                (b + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                (b + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
+                (b + "ffn_gate_shexp.weight", (n_embd, n_ff_exp)), (b + "ffn_up_shexp.weight", (n_embd, n_ff_exp)),
+                (b + "ffn_down_shexp.weight", (n_ff_exp, n_embd)),
+            ]
+        else:
+            tensors += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                        (b + "ffn_down.weight", (n_ff, n_embd))]
+    keys = {
+        "{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.expert_count": n_expert, "{arch}.expert_used_count": n_expert_used,
+        "{arch}.expert_feed_forward_length": n_ff_exp, "{arch}.interleave_moe_layer_step": moe_step,
+    }
+    return _write_loadable(path, "llama4", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                           n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors, **{"vocab": "spm", **opts})
+
+
+FAMILIES["llama4"] = write_llama4

@@ -128,6 +128,6 @@ def test_a_cpu_plan_holds_the_repacked_weights_and_says_when_compute_is_not_repl
     assert p.host.total_bytes == est.host.total_bytes
     assert not any("not replayed" in n for n in p.notes)
     # an arch the graph replay does not follow: the plan says its compute figure is a guide
-    other = read_model(write_model(tmp_path / "l4.gguf", arch="llama4"))
+    other = read_model(write_model(tmp_path / "mm.gguf", arch="minimax-01"))
     notes = plan(other, fleet, PlanOptions(settings=LlamaSettings(n_ctx=4096), fixed=frozenset({"n_ctx"}))).notes
     assert any(n.startswith("compute estimated, not replayed") for n in notes)

@@ -426,6 +426,10 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
     n_ff = _per_layer(_meta(md, ff_key, 0), n_layer, ff_key, path)
 
     n_swa = _int_key(md, k.Attention.SLIDING_WINDOW.format(arch=arch), path, 0)
+    if arch == "llama4":
+        # src/models/llama4.cpp load_arch_hparams: chunked attention over 8192 tokens whatever the
+        # key says, unless the key is there and 0
+        n_swa = 0 if _meta(md, k.Attention.SLIDING_WINDOW.format(arch=arch)) == 0 else 8192
     is_swa: tuple[bool, ...] = (False,) * n_layer
     if n_swa > 0:
         pattern_key = k.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch)

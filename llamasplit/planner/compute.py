@@ -762,6 +762,9 @@ class _Builder:
             weights = o.unary("SCALE", weights)
         self.expand(weights)
         cur = o.reshape(cur, n_embd, 1, n_tok)
+        weight_before_ffn = self.arch == "llama4"  # llama-graph.cpp build_moe_ffn: weights applied to the input
+        if weight_before_ffn:
+            cur = o.binary("MUL", o.repeat(cur, n_embd, n_used, n_tok, 1), weights)
         gate_up = self.lw(il, "ffn_gate_up_exps")
         if gate_up is not None:
             gu = o.mul_mat_id(gate_up, cur, selected)
@@ -784,7 +787,8 @@ class _Builder:
         down_b = self.lw(il, "ffn_down_exps", "bias")
         if down_b is not None:
             experts = o.add_id(experts, down_b, selected)
-        experts = o.binary("MUL", experts, weights)
+        if not weight_before_ffn:
+            experts = o.binary("MUL", experts, weights)
         self.expand(experts)
         views = []
         for i in range(n_used):
@@ -858,6 +862,9 @@ class _Builder:
             inpL = o.unary("SCALE", inpL)
             self.cb(inpL, "inp_scaled", -1)
         inp_pos = self.inp_pos()
+        llama4 = self.arch == "llama4"
+        # llama4's temperature tuning: a 1 x 1 x n_tokens input scales Q on its NoPE layers
+        attn_scale = o.input("inp_attn_scale", F32, [1, 1, self.ctx.n_tokens]) if llama4 else None
         iswa = hp.n_swa > 0 and any(hp.is_swa[: hp.n_layer_kv])
         with_v = True
         base = self.cache(False, with_v, rot=False)
@@ -884,10 +891,19 @@ class _Builder:
             q_norm, k_norm = self.lw(il, "attn_q_norm"), self.lw(il, "attn_k_norm")
             if q_norm is not None:
                 q = self.norm(q, q_norm, il)
-            q = o.rope(q, inp_pos, factors)
+            # llama4: every 4th layer has no RoPE (n_no_rope_layer_step, llama-hparams.h)
+            use_rope = not llama4 or (il + 1) % 4 != 0
+            if use_rope:
+                q = o.rope(q, inp_pos, factors)
+            elif attn_scale is not None:
+                q = o.binary("MUL", q, attn_scale)
             if k_norm is not None:
                 k = self.norm(k, k_norm, il)
-            k = o.rope(k, inp_pos, factors)
+            if use_rope:
+                k = o.rope(k, inp_pos, factors)
+            if llama4 and use_rope and hp.n_expert != 128:  # use_kq_norm: Llama4TextL2Norm, no weight
+                q = o.rms_norm(q)
+                k = o.rms_norm(k)
             if gemma or self.arch in _Q_SCALED:
                 q = o.unary("SCALE", q)
             cache = swa_cache if (iswa and hp.is_swa[il]) else base
@@ -981,7 +997,7 @@ class _Builder:
         sigmoid for glm4moe (glm4-moe.cpp load_arch_hparams), else softmax."""
         gating_id = int(self.key("expert_gating_func", 0))
         if gating_id == 0:
-            return {"glm4moe": "sigmoid", "gpt-oss": "softmax_weight"}.get(self.arch, "softmax")
+            return {"glm4moe": "sigmoid", "gpt-oss": "softmax_weight", "llama4": "sigmoid"}.get(self.arch, "softmax")
         return {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}.get(gating_id, "softmax")
 
     def _rope_factors(self, il: int, factors: T) -> T:
@@ -1550,7 +1566,7 @@ _MLA_ARCHS = frozenset({"deepseek2", "deepseek2ocr", "glm4moe_lite"})
 _NOT_REPLAYED = frozenset({
     # encoders, encoder-decoders and archs whose graphs differ beyond what the builder follows
     "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert", "eurobert",
-    "t5", "t5encoder", "gemma3n", "llama4", "deepseek32", "deepseek4", "glm-dsa", "kimi-linear", "minimax-01",
+    "t5", "t5encoder", "gemma3n", "deepseek32", "deepseek4", "glm-dsa", "kimi-linear", "minimax-01",
 })
 
 
