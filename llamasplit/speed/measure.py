@@ -143,10 +143,15 @@ def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> l
 
 def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads: int | None, how: str) -> MeasuredSpeed:
     """The device's MeasuredSpeed from its runs (decode: bandwidth, layer and token cost; prefill: rate)."""
-    inv_bw, layer_s, token_s = _nnls_relative([(f.bytes_per_token, f.layers, 1.0) for f, _ in observations],
-                                              [r.decode_s for _, r in observations])
+    rows = [(f.bytes_per_token, f.layers, 1.0) for f, _ in observations]
+    times = [r.decode_s for _, r in observations]
+    inv_bw, layer_s, token_s = _nnls_relative(rows, times)
+    if inv_bw <= 0:  # noise swamped the bytes (a busy machine): bandwidth alone, no fixed costs
+        (inv_bw,) = _nnls_relative([(b,) for b, _, _ in rows], times)
+        layer_s = token_s = 0.0
     if inv_bw <= 0:
-        raise LaunchError("the decode runs do not depend on the bytes read: cannot measure a bandwidth")
+        raise LaunchError("the decode runs do not depend on the bytes read: cannot measure a bandwidth",
+                          remedy="run llamasplit bench again when the machine is idle")
     pre = [(f.prompt_flops, r.prefill_s - f.layers * layer_s - token_s) for f, r in observations
            if f.prompt_flops and r.prefill_s is not None]
     (inv_f,) = _nnls_relative([(fl,) for fl, _ in pre], [max(t, 1e-9) for _, t in pre])
