@@ -176,7 +176,7 @@ def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head:
         else:
             w.add_float32(key, float(value))
     for name, ne in tensors:
-        if len(ne) == 1 or name.endswith(".bias"):
+        if len(ne) == 1 or name.endswith(".bias") or any(f".{stem}" in name for stem in _F32_STEMS):
             typ = GGMLQuantizationType.F32
         else:
             typ = qtype if ne[0] % GGML_QUANT_SIZES[qtype][0] == 0 else GGMLQuantizationType.F16
@@ -199,6 +199,9 @@ def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head:
     w.close()
     return path
 
+
+_F32_STEMS = ("ssm_a", "ssm_d", "ssm_conv1d", "ssm_norm")
+"""Tensors ggml's SSM ops read as F32 whatever their shape (llama.cpp's converter keeps them F32)."""
 
 _FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
 """llama_ftype of a file whose matrices are of one type (include/llama.h LLAMA_FTYPE_MOSTLY_*)."""
@@ -581,3 +584,36 @@ def write_llama4(
 
 
 FAMILIES["llama4"] = write_llama4
+
+
+def write_mamba2(
+    path: Path, *, n_layer: int = 4, n_embd: int = 512, d_inner: int = 1024, d_state: int = 64, n_group: int = 1,
+    n_head: int = 16, d_conv: int = 4, n_vocab: int = 32000, **opts,
+) -> Path:
+    """A mamba2 (src/models/mamba2.cpp, mamba-base.cpp): no attention, a recurrent state per
+    sequence instead of a KV cache: conv state ``(d_conv - 1) x (d_inner + 2 n_group d_state)``
+    and SSM state ``d_state x d_inner`` F32 per layer (llama-hparams.cpp n_embd_r / n_embd_s).
+
+    F16 bytes: embeddings 62.5 MiB; per layer ssm_in 512 x (2 x 1024 + 128 + 16) x 2 = 2.1 MiB,
+    ssm_out 1 MiB.
+    """
+    conv_dim = d_inner + 2 * n_group * d_state
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        tensors += [
+            (b + "attn_norm.weight", (n_embd,)),
+            (b + "ssm_in.weight", (n_embd, d_inner + conv_dim + n_head)),
+            (b + "ssm_conv1d.weight", (d_conv, conv_dim)), (b + "ssm_conv1d.bias", (conv_dim,)),
+            (b + "ssm_dt.bias", (n_head,)), (b + "ssm_a", (1, n_head)), (b + "ssm_d", (1, n_head)),
+            (b + "ssm_norm.weight", (d_inner // n_group, n_group)), (b + "ssm_out.weight", (d_inner, n_embd)),
+        ]
+    keys = {
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": d_inner, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": n_head, "{arch}.ssm.group_count": n_group,
+    }
+    return _write_loadable(path, "mamba2", n_layer=n_layer, n_embd=n_embd, n_head=0, n_head_kv=0, n_ff=0,
+                           n_vocab=n_vocab, keys=keys, tensors=tensors, **{"vocab": "spm", **opts})
+
+
+FAMILIES["mamba2"] = write_mamba2
