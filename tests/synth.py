@@ -420,13 +420,16 @@ def write_decoder(
     path: Path, arch: str, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2,
     head_dim: int = 64, n_ff: int = 1408, n_vocab: int = 32000, tied: bool = False, qkv_bias: bool = False,
     qk_norm: str | None = None, fused_qkv: bool = False, fused_up: bool = False, pre_norms: bool = True,
-    post_norms: bool = False, ffn_norm: bool = True, keys: dict | None = None, **opts,
+    post_norms: bool = False, ffn_norm: bool = True, norm_bias: bool = False, gated: bool = True,
+    out_bias: bool = False, keys: dict | None = None, **opts,
 ) -> Path:
     """A dense decoder of ``arch`` in the common layout, with the variations the archs below need:
     ``qkv_bias`` (qwen2), ``qk_norm`` = ``"head"`` (a norm per head: qwen3) or ``"full"`` (over
     all heads: olmo2), ``fused_qkv`` / ``fused_up`` (phi3's ``attn_qkv`` and ``ffn_up`` of
     ``2 * n_ff``), ``pre_norms=False`` (no attn_norm / ffn_norm: olmo2), ``ffn_norm=False`` (one
-    norm feeds attention and FFN in parallel: cohere2), ``post_norms``
+    norm feeds attention and FFN in parallel: cohere2), ``norm_bias`` (layer norms with biases),
+    ``gated=False`` (ffn_up / ffn_down only), ``out_bias`` (attn_output and FFN biases: starcoder2),
+    ``post_norms``
     (``post_attention_norm`` and ``post_ffw_norm``: gemma2, olmo2). ``keys``: extra header keys.
 
     F16 bytes at the defaults: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB (31.25 tied), per layer
@@ -435,10 +438,14 @@ def write_decoder(
     hd = head_dim
     q, kv = n_head * hd, n_head_kv * hd
     tensors = _embeddings(n_embd, n_vocab, tied)
+    if norm_bias:
+        tensors.append(("output_norm.bias", (n_embd,)))
     for il in range(n_layer):
         b = f"blk.{il}."
         if pre_norms:
             tensors.append((b + "attn_norm.weight", (n_embd,)))
+            if norm_bias:
+                tensors.append((b + "attn_norm.bias", (n_embd,)))
         if fused_qkv:
             tensors.append((b + "attn_qkv.weight", (n_embd, q + 2 * kv)))
         else:
@@ -451,11 +458,19 @@ def write_decoder(
         elif qk_norm == "full":
             tensors += [(b + "attn_q_norm.weight", (q,)), (b + "attn_k_norm.weight", (kv,))]
         tensors.append((b + "attn_output.weight", (q, n_embd)))
+        if out_bias:
+            tensors.append((b + "attn_output.bias", (n_embd,)))
         if post_norms:
             tensors.append((b + "post_attention_norm.weight", (n_embd,)))
         if pre_norms and ffn_norm:
             tensors.append((b + "ffn_norm.weight", (n_embd,)))
-        if fused_up:
+            if norm_bias:
+                tensors.append((b + "ffn_norm.bias", (n_embd,)))
+        if not gated:
+            tensors += [(b + "ffn_up.weight", (n_embd, n_ff)), (b + "ffn_down.weight", (n_ff, n_embd))]
+            if out_bias:
+                tensors += [(b + "ffn_up.bias", (n_ff,)), (b + "ffn_down.bias", (n_embd,))]
+        elif fused_up:
             tensors += [(b + "ffn_up.weight", (n_embd, 2 * n_ff)), (b + "ffn_down.weight", (n_ff, n_embd))]
         else:
             tensors += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
@@ -494,6 +509,12 @@ FAMILIES = {
         "{arch}.attention.sliding_window": 1024, "{arch}.logit_scale": 0.25,
         "{arch}.attention.layer_norm_epsilon": 1e-5}),
     "olmo2": _family("olmo2", qk_norm="full", pre_norms=False, post_norms=True),
+    "exaone": _family("exaone"),
+    "internlm2": _family("internlm2", fused_qkv=True),
+    "starcoder2": _family("starcoder2", qkv_bias=True, norm_bias=True, gated=False, out_bias=True,
+                          keys={"{arch}.attention.layer_norm_epsilon": 1e-5}),
+    "stablelm": _family("stablelm", norm_bias=True, keys={"{arch}.attention.layer_norm_epsilon": 1e-5,
+                                                         "{arch}.rope.dimension_count": 16}),
 }
 """One synthetic model per arch family that llama.cpp loads and runs: ``FAMILIES[name](path)``."""
 

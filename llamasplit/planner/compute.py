@@ -1095,7 +1095,7 @@ _Q_SCALED = frozenset({"phi3"})
 """Archs that scale Q by 1/sqrt(head) themselves before attention (src/models/phi3.cpp)."""
 
 _LAYERNORM_ARCHS = frozenset({
-    "gpt2", "starcoder", "falcon", "bloom", "mpt", "stablelm", "phi2", "gptneox", "command-r", "cohere2",
+    "gpt2", "starcoder", "starcoder2", "falcon", "bloom", "mpt", "stablelm", "phi2", "gptneox", "command-r", "cohere2",
 })
 
 
