@@ -200,7 +200,7 @@ def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head:
     return path
 
 
-_F32_STEMS = ("ssm_a", "ssm_d", "ssm_conv1d", "ssm_norm")
+_F32_STEMS = ("ssm_a", "ssm_d", "ssm_conv1d", "ssm_norm", "shortconv.conv")
 """Tensors ggml's SSM ops read as F32 whatever their shape (llama.cpp's converter keeps them F32)."""
 
 _FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
@@ -638,3 +638,36 @@ def write_mamba2(
 
 
 FAMILIES["mamba2"] = write_mamba2
+
+
+def write_lfm2(
+    path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0, 2, 0),
+    head_dim: int = 64, n_ff: int = 1408, l_cache: int = 3, n_vocab: int = 32000, **opts,
+) -> Path:
+    """An LFM2 (src/models/lfm2.cpp): a hybrid of short-convolution blocks (``head_count_kv`` 0:
+    a conv state of ``n_embd x (l_cache - 1)`` F32 per sequence) and attention blocks with Q/K
+    norms, every block a dense SwiGLU FFN, the output norm named ``token_embd_norm``, tied output.
+    """
+    hd = head_dim
+    tensors = [("token_embd.weight", (n_embd, n_vocab)), ("token_embd_norm.weight", (n_embd,))]
+    for il, h_kv in enumerate(kv_heads):
+        b = f"blk.{il}."
+        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,)),
+                    (b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                    (b + "ffn_down.weight", (n_ff, n_embd))]
+        if h_kv:
+            tensors += [(b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, h_kv * hd)),
+                        (b + "attn_v.weight", (n_embd, h_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd)),
+                        (b + "attn_q_norm.weight", (hd,)), (b + "attn_k_norm.weight", (hd,))]
+        else:
+            tensors += [(b + "shortconv.conv.weight", (l_cache, n_embd)),
+                        (b + "shortconv.in_proj.weight", (n_embd, 3 * n_embd)),
+                        (b + "shortconv.out_proj.weight", (n_embd, n_embd))]
+    keys = {"{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd,
+            "{arch}.attention.value_length": hd, "{arch}.shortconv.l_cache": l_cache}
+    return _write_loadable(path, "lfm2", n_layer=len(kv_heads), n_embd=n_embd, n_head=n_head,
+                           n_head_kv=list(kv_heads), n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors,
+                           **{"vocab": "spm", **opts})
+
+
+FAMILIES["lfm2"] = write_lfm2

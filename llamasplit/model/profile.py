@@ -238,6 +238,9 @@ class HParams:
     ssm_d_state: int = 0
     ssm_n_group: int = 0
     ssm_dt_rank: int = 0
+    n_shortconv_l_cache: int = 0
+    """LFM2's short convolution length (``{arch}.shortconv.l_cache``): its conv layers keep
+    ``n_embd * (l_cache - 1)`` F32 of state per sequence (llama-hparams.cpp ``n_embd_r``)."""
     is_recurrent: tuple[bool, ...] = ()
     """Layers that keep a recurrent state instead of a KV cache (Mamba, hybrid models)."""
 
@@ -450,10 +453,13 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
     ssm_d_inner = _int_key(md, k.SSM.INNER_SIZE.format(arch=arch), path, 0)
     ssm_d_state = _int_key(md, k.SSM.STATE_SIZE.format(arch=arch), path, 0)
     recurrent_archs = {"mamba", "mamba2", "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2"}
+    n_shortconv = _int_key(md, f"{arch}.shortconv.l_cache", path, 0)
     if arch in recurrent_archs:
         is_recurrent = (True,) * n_layer
     elif ssm_d_inner and any(h == 0 for h in n_head_kv):
         is_recurrent = tuple(h == 0 for h in n_head_kv)  # hybrid: no KV heads means a recurrent layer
+    elif n_shortconv and any(h == 0 for h in n_head_kv):
+        is_recurrent = tuple(h == 0 for h in n_head_kv)  # lfm2.cpp load_arch_hparams: is_recr = n_head_kv == 0
     else:
         is_recurrent = (False,) * n_layer
 
@@ -486,6 +492,7 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
         ssm_d_state=ssm_d_state,
         ssm_n_group=_int_key(md, k.SSM.GROUP_COUNT.format(arch=arch), path, 0),
         ssm_dt_rank=_int_key(md, k.SSM.TIME_STEP_RANK.format(arch=arch), path, 0),
+        n_shortconv_l_cache=n_shortconv,
         is_recurrent=is_recurrent,
     )
     _check_experts(hp, arch, path, _int_key(md, f"{arch}.expert_group_count", path, 0),
@@ -511,6 +518,8 @@ def _check_experts(hp: HParams, arch: str, path: str, n_groups: int, n_group_use
     if problem:
         raise ModelReadError(f"{path}: {problem}", remedy="the file is damaged or was converted wrongly; llama.cpp refuses it too")
 
+
+_OUTPUT_NORM_LFM2 = frozenset({"lfm2", "lfm2moe"})
 
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -582,6 +591,9 @@ def profile_from_headers(path: str, headers: list[RawHeader]) -> ModelProfile:
     for file_index, h in enumerate(headers):
         for t in h.tensors:
             block, layer, role = classify(t.name)
+            if t.name == "token_embd_norm.weight" and arch in _OUTPUT_NORM_LFM2:
+                # LLM_TENSOR_OUTPUT_NORM_LFM2 is named token_embd_norm but is the output norm
+                block, layer, role = Block.OUTPUT, None, Role.NORM
             tensors.append(TensorInfo(t.name, t.ggml_type, t.shape, t.n_bytes, block, layer, role, file_index, t.offset))
             raw_all.append(t)
     hparams = build_hparams(arch, md, raw_all, path)

@@ -96,6 +96,8 @@ def recurrent_layer_bytes(hp: HParams, il: int, n_seq: int) -> int:
     """
     if not (il < len(hp.is_recurrent) and hp.is_recurrent[il]):
         return 0
+    if hp.n_shortconv_l_cache:  # LFM2's short convolution: a conv state only
+        return hp.n_embd * (hp.n_shortconv_l_cache - 1) * 4 * n_seq
     n_group = hp.ssm_n_group or 1
     conv = (max(hp.ssm_d_conv, 1) - 1) * (hp.ssm_d_inner + 2 * n_group * hp.ssm_d_state)
     state = hp.ssm_d_state * hp.ssm_d_inner
