@@ -2,7 +2,7 @@
 workers, and a heterogeneous fleet (workers with -t 1 next to -t 2).
 
 1. ``llamasplit bench`` (``measure_fleet``) measures the host CPU and every worker with the probe
-   models and SmolLM2 (the bench's own runs: ``-p 128 -n 32``).
+   models (Q4_0 at three shapes, one probe per other common weight type; ``-p 128 -n 32``).
 2. Every configuration below is then run with llama-bench at other lengths (``-p 64 -n 32``; the
    synthetic model ``-p 16``) on the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic
    llama of ~250 MB that the bench never saw (16 layers of 1536, Q4_0), and compared with the speed model's prediction from

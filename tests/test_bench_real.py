@@ -20,7 +20,7 @@ from llamasplit.planner.estimate import estimate
 from llamasplit.planner.settings import LlamaSettings
 from llamasplit.speed.measure import N_GEN, N_PROMPT, measure_fleet, run_llama_bench
 from llamasplit.speed.model import layer_split_speed
-from llamasplit.speed.probe import PROBES, probe_path
+from llamasplit.speed.probe import PROBES, TYPE_PROBES, probe_path
 
 pytestmark = pytest.mark.llamacpp
 
@@ -28,15 +28,18 @@ pytestmark = pytest.mark.llamacpp
 def test_bench_measures_workers_and_plan_uses_it(smollm2_path, tmp_path, capsys):
     from test_speed_plan import rpc_like
 
-    small = [(s.name, probe_path(s)) for s in PROBES if s.name != "probe-wide"] + [("smollm2", smollm2_path)]
+    probes = [(s.name, probe_path(s)) for s in PROBES]
+    typed = [(TYPE_PROBES[0].qtype, probe_path(TYPE_PROBES[0]))]  # Q4_1, SmolLM2's type
     binary = find_binary("llama-bench")
     with rpc_workers(2, threads=1) as workers:
         devices = rpc_like([w.endpoint for w in workers])
         fleet = Fleet(devices=tuple(devices), host=local_host(), links=network_links(devices), source="test")
-        measured = measure_fleet(fleet, binary=binary, host=False, models=small)
+        measured = measure_fleet(fleet, binary=binary, host=False, models=probes, type_models=typed,
+                                 hop_model=("smollm2", smollm2_path))
         for d in measured.devices:
             m = d.measured
             assert m is not None and m.decode_gb_s > 0.1 and m.prefill_gflops > 1 and math.isfinite(m.token_us)
+            assert set(m.types or {}) <= {"Q4_1"}
         hop = measured.link(measured.devices[0].id, measured.devices[1].id)
         assert hop is not None and hop.latency_us is not None and hop.latency_us >= 0
         # the fitted model reproduces a fresh run of SmolLM2 on one worker

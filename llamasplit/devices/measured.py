@@ -28,6 +28,9 @@ class MeasuredSpeed:
     """CPU threads llama-bench used (CPU and CPU-backed RPC workers)."""
     how: str = ""
     """What was run, and when."""
+    types: dict[str, list[float]] | None = None
+    """Per weight type (``Q4_K``, ``Q8_0``, ...): ``[decode GB/s, prefill GFLOP/s]`` when its kernels
+    run at other speeds than the probes' Q4_0 (the CPU repacks some types for its SIMD units)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasuredSpeed:

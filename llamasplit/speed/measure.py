@@ -165,43 +165,82 @@ def prompt_tokens(model_name: str) -> int:
     return 0 if model_name == "probe-wide" else N_PROMPT
 
 
-def bench_models(progress: Callable[[str], None]) -> list[tuple[str, Path]]:
-    """The probe models (written into the cache on first use) and the SmolLM2 fixture."""
+def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]], tuple[str, Path]]:
+    """(the Q4_0 probes, one probe per other weight type, the SmolLM2 fixture for the hop), written
+    into or fetched to the cache on first use."""
     from llamasplit.realmodels import fetch_model
-    from llamasplit.speed.probe import PROBES, probe_path
+    from llamasplit.speed.probe import PROBES, TYPE_PROBES, probe_path
 
-    out = []
+    main, typed = [], []
     for shape in PROBES:
         progress(f"probe model {shape.name}")
-        out.append((shape.name, probe_path(shape)))
-    out.append(("smollm2", Path(fetch_model("smollm2"))))
+        main.append((shape.name, probe_path(shape)))
+    for shape in TYPE_PROBES:
+        progress(f"probe model {shape.name}")
+        typed.append((shape.qtype, probe_path(shape)))
+    return main, typed, ("smollm2", Path(fetch_model("smollm2")))
+
+
+def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResult]]) -> dict[str, list[float]]:
+    """Per weight type: the decode bandwidth and prefill rate its probe implies, given the
+    device's fixed costs."""
+    out = {}
+    for qtype, f, r in runs:
+        fixed = f.layers * m.layer_us * 1e-6 + m.token_us * 1e-6
+        dec = r.decode_s - fixed
+        pre = (r.prefill_s - fixed) if r.prefill_s is not None else None
+        if dec <= 0 or not pre or pre <= 0:
+            continue
+        out[qtype] = [round(f.bytes_per_token / dec / 1e9, 4), round(f.prompt_flops / pre / 1e9, 3)]
     return out
 
 
 def measure_fleet(
     fleet: Fleet, *, binary: str | Path, progress: Callable[[str], None] = lambda _: None, host: bool = True,
-    hop: bool = True, models: Sequence[tuple[str, Path]] | None = None, log: list | None = None,
+    hop: bool = True, models: Sequence[tuple[str, Path]] | None = None,
+    type_models: Sequence[tuple[str, Path]] | None = None, hop_model: tuple[str, Path] | None = None,
+    log: list | None = None,
 ) -> Fleet:
     """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
-    worker-to-worker hop on their links. ``models``: (name, path) to run instead of
-    ``bench_models()``; the last one also measures the hop. ``log`` collects (device, model,
+    worker-to-worker hop on their links. ``models`` (the Q4_0 probes), ``type_models`` ((weight
+    type, probe)) and ``hop_model`` replace ``bench_models()``'s. ``log`` collects (device, model,
     Features, BenchResult) of every run."""
     from llamasplit.model.profile import read_model
 
-    models = [(name, path, read_model(path)) for name, path in (models or bench_models(progress))]
+    if models is None or type_models is None or hop_model is None:
+        d_main, d_typed, d_hop = bench_models(progress)
+        models = d_main if models is None else models
+        type_models = d_typed if type_models is None else type_models
+        hop_model = d_hop if hop_model is None else hop_model
+    main = [(name, path, read_model(path)) for name, path in models]
+    typed = [(q, path, read_model(path)) for q, path in type_models]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    how = f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS} on {', '.join(n for n, _, _ in models)}, {when}"
+    how = (f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS} on {', '.join(n for n, _, _ in main)}"
+           + (f" and {', '.join(q for q, _, _ in typed)} probes" if typed else "") + f", {when}")
+
+    def measure(label: str, on_host: bool, rpc: list[str], threads: int | None) -> MeasuredSpeed:
+        obs = []
+        ngl = 0 if on_host else 99
+        for name, path, m in main:
+            progress(f"{label}: {name}")
+            n_prompt = prompt_tokens(name)
+            obs.append((features(m, on_host=on_host, n_prompt=n_prompt or N_PROMPT),
+                        run_llama_bench(binary, path, rpc=rpc, ngl=ngl, n_prompt=n_prompt)))
+        speed = fit_device(obs, threads=threads, how=how)
+        runs = []
+        for q, path, m in typed:
+            progress(f"{label}: {q} probe")
+            runs.append((q, features(m, on_host=on_host), run_llama_bench(binary, path, rpc=rpc, ngl=ngl)))
+        if runs:
+            speed = dataclasses.replace(speed, types=_typed_rates(speed, runs) or None)
+        if log is not None:
+            log.extend((label, n, f, r) for (n, _, _), (f, r) in zip(main, obs))
+            log.extend((label, f"probe-{q}", f, r) for q, f, r in runs)
+        return speed
+
     out_host = fleet.host
     if host:
-        obs = []
-        for name, path, m in models:
-            progress(f"host CPU: {name}")
-            n_prompt = prompt_tokens(name)
-            obs.append((features(m, on_host=True, n_prompt=n_prompt or N_PROMPT),
-                        run_llama_bench(binary, path, ngl=0, n_prompt=n_prompt)))
-        out_host = dataclasses.replace(fleet.host, measured=fit_device(obs, threads=fleet.host.cpu_cores, how=how))
-        if log is not None:
-            log.extend(("CPU", n, f, r) for (n, _, _), (f, r) in zip(models, obs))
+        out_host = dataclasses.replace(fleet.host, measured=measure("CPU", True, [], fleet.host.cpu_cores))
     devices = list(fleet.devices)
     endpoints = {}
     for i, d in enumerate(devices):
@@ -211,19 +250,13 @@ def measure_fleet(
         if ep in endpoints:
             continue  # a worker with several devices: llama-bench offloads to all of them
         endpoints[ep] = i
-        obs = []
-        for name, path, m in models:
-            progress(f"{d.name} ({ep}): {name}")
-            n_prompt = prompt_tokens(name)
-            obs.append((features(m, on_host=False, n_prompt=n_prompt or N_PROMPT),
-                        run_llama_bench(binary, path, rpc=[ep], ngl=99, n_prompt=n_prompt)))
-        devices[i] = dataclasses.replace(d, measured=fit_device(obs, threads=None, how=how))
-        if log is not None:
-            log.extend((d.name, n, f, r) for (n, _, _), (f, r) in zip(models, obs))
+        devices[i] = dataclasses.replace(d, measured=measure(d.name, False, [ep], None))
     out = dataclasses.replace(fleet, devices=tuple(devices), host=out_host)
     eps = list(endpoints)
     if hop and len(eps) >= 2:
-        out = _measure_hop(out, eps[:2], [devices[endpoints[e]] for e in eps[:2]], models[-1], binary, progress)
+        name, path = hop_model
+        out = _measure_hop(out, eps[:2], [devices[endpoints[e]] for e in eps[:2]], (name, path, read_model(path)),
+                           binary, progress)
     return out
 
 
@@ -268,4 +301,4 @@ def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult) -> tuple[float, flo
     fixed = f.layers * m.layer_us * 1e-6 + m.token_us * 1e-6
     dec = f.bytes_per_token / (m.decode_gb_s * 1e9) + fixed
     pre = f.prompt_flops / (m.prefill_gflops * 1e9) + fixed if r.prefill_s is not None else None
-    return dec, pre
+    return dec, pre  # the main (Q4_0) rates: a typed probe's own rates reproduce it exactly

@@ -76,6 +76,14 @@ class DeviceSpeed:
     """Fixed cost per graph evaluation on this device."""
     basis: str = DATASHEET
     """``measured``, ``calibrated``, ``datasheet`` or ``assumed``."""
+    types: tuple[tuple[str, float, float], ...] = ()
+    """(weight type, bytes/s, FLOP/s) for types whose kernels run at their own speed."""
+
+    def rates(self, ggml_type: str) -> tuple[float, float]:
+        for name, bw, fl in self.types:
+            if name == ggml_type:
+                return bw, fl
+        return self.bandwidth_bytes_s, self.flops
 
 
 def device_speed(d: Device, coeffs: dict[str, Any] | None = None) -> DeviceSpeed | None:
@@ -109,7 +117,8 @@ def host_speed(host: HostInfo, coeffs: dict[str, Any] | None = None) -> DeviceSp
 
 
 def _measured(m) -> DeviceSpeed:
-    return DeviceSpeed(m.decode_gb_s * 1e9, m.prefill_gflops * 1e9, m.layer_us * 1e-6, m.token_us * 1e-6, MEASURED)
+    types = tuple((k, v[0] * 1e9, v[1] * 1e9) for k, v in sorted((m.types or {}).items()))
+    return DeviceSpeed(m.decode_gb_s * 1e9, m.prefill_gflops * 1e9, m.layer_us * 1e-6, m.token_us * 1e-6, MEASURED, types)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,10 @@ class Workload:
     """Tensor split: Meta subgraphs per graph evaluation (one more than the all-reduces)."""
     layers: tuple[float, ...] = ()
     """Layers per stage (empty: no per-layer cost)."""
+    type_mix: tuple[tuple[tuple[str, float, float], ...], ...] = ()
+    """Layer split, per column: (weight type, bytes read per token, FLOPs per prompt token) of the
+    weights that column holds; the rest of a stage's bytes (the KV cache) and FLOPs (attention)
+    run at the device's main rates."""
 
     @property
     def n_devices(self) -> int:
@@ -242,7 +255,15 @@ def predict(
                 times.append(0.0)
                 continue
             rate = s.bandwidth_bytes_s if pick == 0 else s.flops
-            times.append(pair[pick] * scale / rate + n_layers * s.layer_s)
+            amount, seconds = pair[pick], 0.0
+            if s.types and work.type_mix and work.mode == "layer":
+                for name, b, f in work.type_mix[j]:
+                    part = b if pick == 0 else f
+                    typed = s.rates(name)[pick]
+                    if typed != rate:
+                        seconds += part / typed
+                        amount -= part
+            times.append((amount / rate + seconds) * scale + n_layers * s.layer_s)
         return max(max(times, default=0.0), sum(times) / p)
 
     compute_dec = sum(stage_time(st, nl, 0, 1.0) for st, nl in zip(work.stages, layers))
@@ -405,19 +426,23 @@ def layer_workload(
     cols = n + (1 if host else 0)
     active = hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
     flops = [0.0] * cols
+    mix: list[dict[str, list[float]]] = [{} for _ in range(cols)]
     for item in _tables(model).items:
         if item.slot is None:
             continue
         dev = est.layer_device[item.slot]
         t = item.tensor
-        if _is_output(t):
-            continue  # prefill computes the logits of the last token only
         if dev is None:
             if not host:
                 continue
             dev = n
+        kind = mix[dev].setdefault(_type_name(t.ggml_type), [0.0, 0.0])
+        kind[0] += item.read_bytes
+        if _is_output(t):
+            continue  # prefill computes the logits of the last token only
         share = active if t.role.value == "experts" else 1.0
         flops[dev] += _flops_weight(t) * share
+        kind[1] += _flops_weight(t) * share
     for il in range(hp.n_layer_kv):
         dev = est.layer_device[il]
         if dev is None and host:
@@ -435,7 +460,17 @@ def layer_workload(
         stages.append(tuple(row))
         layers.append(float(sum(1 for il in e.layers if il < hp.n_layer)))
     all_names = (*names, HOST_NAME) if host else tuple(names)
-    return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers))
+    type_mix = tuple(tuple((k, v[0], v[1]) for k, v in sorted(m.items())) for m in mix)
+    return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers), type_mix=type_mix)
+
+
+def _type_name(ggml_type: int) -> str:
+    from llamasplit.gguf_constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return str(ggml_type)
 
 
 def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, prompt_tokens: int = 512, kv_fill: float = KV_FILL) -> Workload:

@@ -38,6 +38,14 @@ PROBES = (
 """narrow vs wide: same layers, ~13 MB vs ~215 MB a token (bandwidth); narrow vs deep: 4x the layers
 at almost no bytes (per-layer cost)."""
 
+TYPE_PROBES = tuple(
+    ProbeShape(f"probe-{q.lower()}", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192, qtype=q)
+    for q in ("Q4_1", "Q6_K", "Q8_0")
+)
+"""One mid-sized probe (~50-90 MB) per other common weight type: its kernels may run at their own
+speed (on x86 the CPU backend repacks Q4_0, Q4_K, IQ4_NL and Q8_0 for its SIMD units, not Q4_1 or
+Q6_K). No Q4_K probe: with all-zero weights it ran ten times slower than real Q4_K weights here."""
+
 
 def write_probe(path: str | Path, shape: ProbeShape) -> Path:
     """Write ``shape`` as a GGUF at ``path`` (atomically: a temporary file renamed into place)."""
@@ -68,7 +76,7 @@ def write_probe(path: str | Path, shape: ProbeShape) -> Path:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(hd)
-    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1}.get(shape.qtype, 1))
+    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "Q4_K": 15, "Q6_K": 18}.get(shape.qtype, 1))
     w.add_tokenizer_model("no_vocab")
     w.add_vocab_size(shape.n_vocab)
     for name, ne in tensors:
