@@ -671,3 +671,45 @@ def write_lfm2(
 
 
 FAMILIES["lfm2"] = write_lfm2
+
+
+def write_granitehybrid(
+    path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0), head_dim: int = 64,
+    n_ff: int = 1408, d_state: int = 64, n_group: int = 1, n_ssm_head: int = 16, d_conv: int = 4,
+    n_vocab: int = 32000, **opts,
+) -> Path:
+    """A granitehybrid (src/models/granite-hybrid.cpp, dense): mamba2 blocks where
+    ``head_count_kv`` is 0 (d_inner = 2 x n_embd), attention blocks elsewhere, a SwiGLU FFN in
+    every block, granite's scales."""
+    d_inner = 2 * n_embd
+    conv_dim = d_inner + 2 * n_group * d_state
+    hd = head_dim
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il, h_kv in enumerate(kv_heads):
+        b = f"blk.{il}."
+        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,)),
+                    (b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                    (b + "ffn_down.weight", (n_ff, n_embd))]
+        if h_kv:
+            tensors += [(b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, h_kv * hd)),
+                        (b + "attn_v.weight", (n_embd, h_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd))]
+        else:
+            tensors += [
+                (b + "ssm_in.weight", (n_embd, d_inner + conv_dim + n_ssm_head)),
+                (b + "ssm_conv1d.weight", (d_conv, conv_dim)), (b + "ssm_conv1d.bias", (conv_dim,)),
+                (b + "ssm_dt.bias", (n_ssm_head,)), (b + "ssm_a", (1, n_ssm_head)), (b + "ssm_d", (1, n_ssm_head)),
+                (b + "ssm_norm.weight", (d_inner // n_group, n_group)), (b + "ssm_out.weight", (d_inner, n_embd)),
+            ]
+    keys = {
+        "{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": d_inner, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": n_ssm_head, "{arch}.ssm.group_count": n_group,
+        "{arch}.logit_scale": 8.0, "{arch}.residual_scale": 0.22, "{arch}.embedding_scale": 12.0,
+        "{arch}.attention.scale": 0.015625,
+    }
+    return _write_loadable(path, "granitehybrid", n_layer=len(kv_heads), n_embd=n_embd, n_head=n_head,
+                           n_head_kv=list(kv_heads), n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors,
+                           **{"vocab": "spm", **opts})
+
+
+FAMILIES["granitehybrid"] = write_granitehybrid

@@ -1612,13 +1612,21 @@ def heuristic_bytes(model: ModelProfile, devices: Sequence[Device], layer_dev: S
         is_out = (out_dev if out_dev is not None else n_dev) == d
         base = (masks + hp.n_embd * T_ * 4) * copies if d == n_dev else (masks * copies if layers else 0)
         phases = [0]
-        if layers:
-            n_head = max(hp.n_head[il] for il in layers)
-            n_kv_max = max(n_kv_swa if hp.is_swa[il] else n_kv_full for il in layers)
+        attn_layers = [il for il in layers if not hp.is_recurrent[il]]  # a hybrid's recurrent layers hold no KQ
+        if attn_layers:
+            n_head = max(hp.n_head[il] for il in attn_layers)
+            n_kv_max = max(n_kv_swa if hp.is_swa[il] else n_kv_full for il in attn_layers)
             if not flash:
                 phases.append(n_kv_max * T_ * n_head * 4 + hp.n_embd * T_ * 8)
+        if layers:
             n_ff = max(hp.n_ff[il] for il in layers)
             phases.append((3 * n_ff + 2 * hp.n_embd) * T_ * 4)
+        if hp.ssm_d_inner and any(hp.is_recurrent[il] for il in layers):
+            # a Mamba-2 block (mamba-base.cpp build_mamba2_layer): the in-projection, the conv
+            # input and output, the scan's y, all f32 per token
+            conv_dim = hp.ssm_d_inner + 2 * max(hp.ssm_n_group, 1) * hp.ssm_d_state
+            d_in_proj = hp.ssm_d_inner + conv_dim + hp.ssm_dt_rank
+            phases.append((d_in_proj + 2 * conv_dim + 2 * hp.ssm_d_inner) * T_ * 4)
         if d in expert_devs:
             phases.append((3 * hp.n_ff_exp + 2 * hp.n_embd) * n_used * T_ * 4)
         if is_out:
