@@ -154,7 +154,8 @@ def _write_loadable(path: Path, arch: str, *, n_layer: int, n_embd: int, n_head:
     w.add_block_count(n_layer)
     w.add_context_length(32768)
     w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
+    if "{arch}.feed_forward_length" not in keys:  # a per-layer array comes with the keys
+        w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-6)
@@ -713,3 +714,47 @@ def write_granitehybrid(
 
 
 FAMILIES["granitehybrid"] = write_granitehybrid
+
+
+def write_nemotron_h(
+    path: Path, *, n_embd: int = 512, n_head: int = 8, kinds: str = "MFAFMF", head_dim: int = 64, n_ff: int = 1408,
+    d_inner: int = 1024, d_state: int = 64, n_group: int = 1, n_ssm_head: int = 16, d_conv: int = 4,
+    n_vocab: int = 32000, **opts,
+) -> Path:
+    """A nemotron_h (src/models/nemotron-h.cpp): blocks of three kinds, ``kinds`` one letter
+    each: M a Mamba-2 block (no KV heads, no FFN: recurrent), A attention only (KV heads, no FFN),
+    F an MLP only (ffn_up / ffn_down, squared ReLU). Per-block ``head_count_kv`` and
+    ``feed_forward_length`` arrays say which."""
+    conv_dim = d_inner + 2 * n_group * d_state
+    hd = head_dim
+    tensors = _embeddings(n_embd, n_vocab, False)
+    kv_heads, ffs = [], []
+    for il, kind in enumerate(kinds):
+        b = f"blk.{il}."
+        tensors.append((b + "attn_norm.weight", (n_embd,)))
+        kv_heads.append(2 if kind == "A" else 0)
+        ffs.append(n_ff if kind == "F" else 0)
+        if kind == "M":
+            tensors += [
+                (b + "ssm_in.weight", (n_embd, d_inner + conv_dim + n_ssm_head)),
+                (b + "ssm_conv1d.weight", (d_conv, conv_dim)), (b + "ssm_conv1d.bias", (conv_dim,)),
+                (b + "ssm_dt.bias", (n_ssm_head,)), (b + "ssm_a", (1, n_ssm_head)), (b + "ssm_d", (1, n_ssm_head)),
+                (b + "ssm_norm.weight", (d_inner // n_group, n_group)), (b + "ssm_out.weight", (d_inner, n_embd)),
+            ]
+        elif kind == "A":
+            tensors += [(b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, 2 * hd)),
+                        (b + "attn_v.weight", (n_embd, 2 * hd)), (b + "attn_output.weight", (n_head * hd, n_embd))]
+        else:
+            tensors += [(b + "ffn_up.weight", (n_embd, n_ff)), (b + "ffn_down.weight", (n_ff, n_embd))]
+    keys = {
+        "{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": d_inner, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": n_ssm_head, "{arch}.ssm.group_count": n_group,
+        "{arch}.attention.layer_norm_epsilon": 1e-5, "{arch}.feed_forward_length": ffs,
+    }
+    return _write_loadable(path, "nemotron_h", n_layer=len(kinds), n_embd=n_embd, n_head=n_head,
+                           n_head_kv=kv_heads, n_ff=0, n_vocab=n_vocab, keys=keys, tensors=tensors,
+                           **{"vocab": "spm", **opts})
+
+
+FAMILIES["nemotron_h"] = write_nemotron_h

@@ -456,6 +456,9 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
     n_shortconv = _int_key(md, f"{arch}.shortconv.l_cache", path, 0)
     if arch in recurrent_archs:
         is_recurrent = (True,) * n_layer
+    elif arch in ("nemotron_h", "nemotron_h_moe"):
+        # nemotron-h.cpp load_arch_hparams: recurrent iff no KV heads AND no FFN (else attention or MLP)
+        is_recurrent = tuple(h == 0 and f == 0 for h, f in zip(n_head_kv, n_ff))
     elif ssm_d_inner and any(h == 0 for h in n_head_kv):
         is_recurrent = tuple(h == 0 for h in n_head_kv)  # hybrid: no KV heads means a recurrent layer
     elif n_shortconv and any(h == 0 for h in n_head_kv):

@@ -1612,7 +1612,8 @@ def heuristic_bytes(model: ModelProfile, devices: Sequence[Device], layer_dev: S
         is_out = (out_dev if out_dev is not None else n_dev) == d
         base = (masks + hp.n_embd * T_ * 4) * copies if d == n_dev else (masks * copies if layers else 0)
         phases = [0]
-        attn_layers = [il for il in layers if not hp.is_recurrent[il]]  # a hybrid's recurrent layers hold no KQ
+        # a hybrid's recurrent (and nemotron-h's MLP-only) layers hold no KQ
+        attn_layers = [il for il in layers if not hp.is_recurrent[il] and hp.n_head_kv[il] > 0]
         if attn_layers:
             n_head = max(hp.n_head[il] for il in attn_layers)
             n_kv_max = max(n_kv_swa if hp.is_swa[il] else n_kv_full for il in attn_layers)
