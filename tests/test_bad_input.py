@@ -367,3 +367,12 @@ def test_device_descriptions_from_llama_cpp_are_cleaned():
     text = "Available devices:\n  CUDA0: NVIDIA\x1b[2J RTX\u202e 3090 (24135 MiB, 23800 MiB free)\n"
     (dev,) = parse_list_devices(text)
     assert dev.description == "NVIDIA[2J RTX? 3090"
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_non_finite_float_in_a_key_the_replay_reads(tmp_path, value):
+    # benchmarks/fuzz.py case 44693 of 100000 (seed 1): int(inf) in the compute-graph replay
+    h = _set(F.synthetic("qwen3moe", n_expert=4, n_expert_used=2), "qwen3moe.expert_gating_func",
+             F.FLOAT32, F.enc_scalar(F.FLOAT32, value))
+    result = plan(read_model(_write(h, tmp_path), require_data=False), fleet_from_spec(FLEET), PlanOptions())
+    assert all(d.compute_bytes > 0 for d in result.devices)

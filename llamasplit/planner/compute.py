@@ -410,7 +410,9 @@ class _Builder:
     # -- helpers ------------------------------------------------------------------------------
     def key(self, name: str, default: float | int = 0) -> float | int:
         value = self.md.get(f"{self.arch}.{name}", default)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+        # NaN or inf in a damaged header: the default (int(inf) crashed the replay in the fuzzer)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+        return value if ok else default
 
     def w(self, name: str) -> T | None:
         """A weight tensor (a leaf in a weights buffer on its device), or None if the model lacks it."""
