@@ -54,3 +54,19 @@ def test_bench_measures_workers_and_plan_uses_it(smollm2_path, tmp_path, capsys)
     assert main(["plan", str(smollm2_path), "--inventory", str(path), "-c", "4096", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["speed_basis"] == "measured" and data["decode_tok_s"] > 0 and data["prefill_tok_s"] > 0
+
+
+def test_a_tensor_plan_runs_and_checks(smollm2_path, tmp_path, capsys):
+    """plan -sm tensor over two real workers, then run --plan --check: llama.cpp's Meta buffers
+    match the plan (the issue's example, with a plan instead of "does not fit")."""
+    from procs import free_port
+
+    with rpc_workers(2, threads=1) as workers:
+        eps = ",".join(w.endpoint for w in workers)
+        assert main(["plan", str(smollm2_path), "--rpc", eps, "-sm", "tensor", "-c", "4096", "--json"]) == 0
+        plan_file = tmp_path / "tensor.json"
+        plan_file.write_text(capsys.readouterr().out)
+        rc = main(["run", "--plan", str(plan_file), "--check", "--port", str(free_port()), "--timeout", "240"])
+        err = capsys.readouterr().err
+        assert rc == 0, err[-1500:]
+        assert "Meta(" in err and "all within tolerance" in err
