@@ -43,7 +43,7 @@ def test_list_devices_of_two_real_rpc_workers():
         assert 0 <= d.free_bytes <= d.total_bytes
         assert d.id.startswith(f"rpc:{d.host}#")
     assert [d.id for d in fleet.devices] == [d.id for d in devices]
-    assert fleet.source == "local+rpc"
+    assert fleet.source == "cpu+rpc"  # no GPU here: the CPU fleet, RPC workers first
     first, last = fleet.devices[0], fleet.devices[-1]
     assert fleet.link(first.id, last.id).kind is LinkKind.NETWORK
 

@@ -197,7 +197,8 @@ def stack(smollm2_path, gemma3_path, tmp_path_factory, llama_bin):
     }
     runs: dict[str, Run] = {}
     env = {**os.environ, "GGML_RPC_DEBUG": "1"}  # each worker logs its alloc_buffer / get_tensor commands
-    with rpc_workers(3, env=env) as workers:
+    # the logs are read whole (marks into them): no head-and-tail cut, which the debug lines would hit
+    with rpc_workers(3, env=env, max_log_bytes=1 << 40) as workers:
         # the runs the speed model is fitted to and judged on are swept TIMING_REPS times, each
         # keeping its fastest: a slow spell on this shared box then hits every configuration alike
         for rep in range(TIMING_REPS):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.llamacpp.binaries import find_binary
-from llamasplit.runner.logs import LogPump, new_log
+from llamasplit.runner.logs import MAX_LOG_BYTES, LogPump, new_log
 
 LOOPBACK = "127.0.0.1"
 
@@ -100,11 +100,14 @@ class ManagedProcess:
         return self.proc.returncode
 
 
-def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None) -> ManagedProcess:
+def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None,
+          max_log_bytes: int = MAX_LOG_BYTES) -> ManagedProcess:
     """Start ``argv`` in a new process group, output to ``log_path`` (a temp file by default).
 
+    ``max_log_bytes`` bounds the log (head plus latest tail, see ``runner.logs``); a caller that reads
+    the whole output afterwards (a test of GGML_RPC_DEBUG's command lines) raises it.
     On Linux the child also gets SIGKILL if we die without stopping it (see ``_die_with_parent_hook``)."""
-    return _start(argv, env=env, log_path=log_path, attached=False)
+    return _start(argv, env=env, log_path=log_path, attached=False, max_log_bytes=max_log_bytes)
 
 
 def spawn_attached(
@@ -116,7 +119,8 @@ def spawn_attached(
 
 
 def _start(
-    argv: Sequence[str], *, env: Mapping[str, str] | None, log_path: Path | None, attached: bool, stdin: bool = False
+    argv: Sequence[str], *, env: Mapping[str, str] | None, log_path: Path | None, attached: bool, stdin: bool = False,
+    max_log_bytes: int = MAX_LOG_BYTES,
 ) -> ManagedProcess:
     if log_path is None:
         log_path = new_log(Path(argv[0]).name)
@@ -137,7 +141,7 @@ def _start(
         os.close(write_fd)
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
     os.close(write_fd)
-    return ManagedProcess(list(argv), proc, log_path, _pump=LogPump(read_fd, log_path))
+    return ManagedProcess(list(argv), proc, log_path, _pump=LogPump(read_fd, log_path, max_bytes=max_log_bytes))
 
 
 _PR_SET_PDEATHSIG = 1
@@ -244,6 +248,7 @@ def start_rpc_worker(
     devices: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
+    max_log_bytes: int = MAX_LOG_BYTES,
 ) -> ManagedProcess:
     """Start one ``ggml-rpc-server`` and wait until it listens."""
     port = port or free_port(host)
@@ -252,7 +257,7 @@ def start_rpc_worker(
         argv += ["-t", str(threads)]
     if devices:
         argv += ["-d", ",".join(devices)]
-    worker = spawn(argv, env=env)
+    worker = spawn(argv, env=env, max_log_bytes=max_log_bytes)
     worker.endpoint = f"{host}:{port}"
     try:
         wait_for_port(host, port, timeout_s, worker.proc)
@@ -266,12 +271,13 @@ def start_rpc_worker(
 
 
 @contextlib.contextmanager
-def rpc_workers(n: int, *, host: str = LOOPBACK, threads: int | None = 1, env: Mapping[str, str] | None = None) -> Iterator[list[ManagedProcess]]:
+def rpc_workers(n: int, *, host: str = LOOPBACK, threads: int | None = 1, env: Mapping[str, str] | None = None,
+                max_log_bytes: int = MAX_LOG_BYTES) -> Iterator[list[ManagedProcess]]:
     """``n`` RPC workers on free loopback ports, all stopped on exit."""
     workers: list[ManagedProcess] = []
     try:
         for _ in range(n):
-            workers.append(start_rpc_worker(host=host, threads=threads, env=env))
+            workers.append(start_rpc_worker(host=host, threads=threads, env=env, max_log_bytes=max_log_bytes))
         yield workers
     finally:
         for w in workers:
