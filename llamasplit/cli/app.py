@@ -62,21 +62,3 @@ def _flags_without_metavar() -> None:
 
 
 _flags_without_metavar()
-
-
-def _flags_without_metavar() -> None:
-    """Typer's rich help writes ``<bool>`` after every on/off flag (``--json <bool>``), as if it took
-    a value; a flag's help shows no type, as click's own help does."""
-    from typer.core import TyperOption
-
-    shown = TyperOption.display_type_rich
-
-    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
-        if self.is_flag and self.metavar is None:
-            return None
-        return shown(self, ctx)
-
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
-
-
-_flags_without_metavar()
