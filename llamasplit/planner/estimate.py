@@ -18,18 +18,18 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
 from llamasplit.planner import cuda_rules, kv, repack
+from llamasplit.planner.f32 import f32, prefix_fractions
 from llamasplit.planner.repack import CpuFeatures
 from llamasplit.planner.settings import LlamaSettings
 
@@ -341,8 +341,10 @@ def layer_devices(n_layer: int, n_devices: int, n_gpu_layers: int | None, split:
     ngl = n_layer + 1 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
     if n_devices == 0:
         return [None] * (n_layer + 1)
-    sums = np.cumsum(np.asarray(split, dtype=np.float32), dtype=np.float32)
-    splits = (sums / sums[-1]).astype(np.float32)
+    try:
+        splits = prefix_fractions(split)
+    except ValueError as exc:
+        raise UsageError("--tensor-split must give some device a positive share", remedy="e.g. -ts 1,1") from exc
     i_gpu_start = max(n_layer + 1 - ngl, 0)
     act = min(ngl, n_layer + 1)
     out: list[int | None] = []
@@ -350,8 +352,8 @@ def layer_devices(n_layer: int, n_devices: int, n_gpu_layers: int | None, split:
         if il < i_gpu_start or il - i_gpu_start >= act:
             out.append(None)
             continue
-        frac = np.float32(il - i_gpu_start) / np.float32(act)
-        out.append(int(np.searchsorted(splits, frac, side="right")))
+        frac = f32(f32(il - i_gpu_start) / f32(act))
+        out.append(bisect.bisect_right(splits, frac))
     return out
 
 
