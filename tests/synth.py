@@ -280,6 +280,29 @@ def write_qwen3moe(
                            n_ff=n_ff_exp * n_expert_used, n_vocab=n_vocab, keys=keys, tensors=tensors, **opts)
 
 
+
+def _dense_first_moe_ffn(il: int, n_dense: int, n_embd: int, n_ff: int, n_expert: int, n_ff_exp: int,
+                         n_shared: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The FFN of block ``il`` in deepseek2 and glm4moe: dense for the first ``n_dense`` blocks, then
+    routed experts (sigmoid router with its bias) plus ``n_shared`` shared experts."""
+    if il < n_dense:
+        return [
+            (f"blk.{il}.ffn_gate.weight", (n_embd, n_ff)),
+            (f"blk.{il}.ffn_up.weight", (n_embd, n_ff)),
+            (f"blk.{il}.ffn_down.weight", (n_ff, n_embd)),
+        ]
+    return [
+        (f"blk.{il}.ffn_gate_inp.weight", (n_embd, n_expert)),
+        (f"blk.{il}.exp_probs_b.bias", (n_expert,)),
+        (f"blk.{il}.ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
+        (f"blk.{il}.ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+        (f"blk.{il}.ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
+        (f"blk.{il}.ffn_gate_shexp.weight", (n_embd, n_ff_exp * n_shared)),
+        (f"blk.{il}.ffn_up_shexp.weight", (n_embd, n_ff_exp * n_shared)),
+        (f"blk.{il}.ffn_down_shexp.weight", (n_ff_exp * n_shared, n_embd)),
+    ]
+
+
 def write_deepseek2(
     path: Path, *, n_layer: int = 4, n_dense: int = 1, n_embd: int = 512, n_head: int = 8,
     kv_lora_rank: int = 256, qk_nope: int = 64, qk_rope: int = 64, v_head: int = 64,
@@ -306,23 +329,7 @@ def write_deepseek2(
             (f"blk.{il}.attn_output.weight", (n_head * v_head, n_embd)),
             (f"blk.{il}.ffn_norm.weight", (n_embd,)),
         ]
-        if il < n_dense:
-            tensors += [
-                (f"blk.{il}.ffn_gate.weight", (n_embd, n_ff)),
-                (f"blk.{il}.ffn_up.weight", (n_embd, n_ff)),
-                (f"blk.{il}.ffn_down.weight", (n_ff, n_embd)),
-            ]
-        else:
-            tensors += [
-                (f"blk.{il}.ffn_gate_inp.weight", (n_embd, n_expert)),
-                (f"blk.{il}.exp_probs_b.bias", (n_expert,)),
-                (f"blk.{il}.ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
-                (f"blk.{il}.ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
-                (f"blk.{il}.ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
-                (f"blk.{il}.ffn_gate_shexp.weight", (n_embd, n_ff_exp * n_shared)),
-                (f"blk.{il}.ffn_up_shexp.weight", (n_embd, n_ff_exp * n_shared)),
-                (f"blk.{il}.ffn_down_shexp.weight", (n_ff_exp * n_shared, n_embd)),
-            ]
+        tensors += _dense_first_moe_ffn(il, n_dense, n_embd, n_ff, n_expert, n_ff_exp, n_shared)
     keys = {
         "{arch}.rope.dimension_count": qk_rope,
         "{arch}.attention.key_length": kv_lora_rank + qk_rope,
@@ -375,23 +382,7 @@ def write_glm4moe(
             (f"blk.{il}.attn_output.weight", (n_head * hd, n_embd)),
             (f"blk.{il}.post_attention_norm.weight", (n_embd,)),
         ]
-        if il < n_dense:
-            tensors += [
-                (f"blk.{il}.ffn_gate.weight", (n_embd, n_ff)),
-                (f"blk.{il}.ffn_up.weight", (n_embd, n_ff)),
-                (f"blk.{il}.ffn_down.weight", (n_ff, n_embd)),
-            ]
-        else:
-            tensors += [
-                (f"blk.{il}.ffn_gate_inp.weight", (n_embd, n_expert)),
-                (f"blk.{il}.exp_probs_b.bias", (n_expert,)),
-                (f"blk.{il}.ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
-                (f"blk.{il}.ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
-                (f"blk.{il}.ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
-                (f"blk.{il}.ffn_gate_shexp.weight", (n_embd, n_ff_exp * n_shared)),
-                (f"blk.{il}.ffn_up_shexp.weight", (n_embd, n_ff_exp * n_shared)),
-                (f"blk.{il}.ffn_down_shexp.weight", (n_ff_exp * n_shared, n_embd)),
-            ]
+        tensors += _dense_first_moe_ffn(il, n_dense, n_embd, n_ff, n_expert, n_ff_exp, n_shared)
         if il >= n_layer:
             tensors += [
                 (f"blk.{il}.nextn.eh_proj.weight", (2 * n_embd, n_embd)),

@@ -327,8 +327,15 @@ def plan_speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], est
     return layer_split_speed(model, fleet, devices, est, prompt_tokens=prompt_tokens, n_ubatch=n_ubatch)
 
 
-def _tok_s(seconds: float | None) -> float | None:
-    return None if not seconds else 1.0 / seconds
+def _fleet_and_model_notes(model: ModelProfile, fleet: Fleet) -> list[str]:
+    """What every plan says about simulated hardware and an arch whose graph is not replayed."""
+    notes = []
+    if fleet.simulated:
+        notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
+    if not replayable(model):
+        notes.append(f"compute estimated, not replayed: llamasplit does not follow {model.arch}'s graph "
+                     "(compute buffers from a closed-form guide, mostly a little above llama.cpp's)")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,11 +475,7 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
             f"what-if: {model.file_type_name} weights computed from the {model.quantized_from} file; make it with "
             f"llama-quantize --allow-requantize {model.source_path} {model.path} {model.file_type_name}"
         )
-    if fleet.simulated:
-        notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
-    if not replayable(model):
-        notes.append(f"compute estimated, not replayed: llamasplit does not follow {model.arch}'s graph "
-                     "(compute buffers from a closed-form guide, mostly a little above llama.cpp's)")
+    notes += _fleet_and_model_notes(model, fleet)
     bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
     speed_order = [d.name for d in devices]  # the names the speed model saw, before renaming
     devices = _renamed(devices)
@@ -576,11 +579,7 @@ def _tensor_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Pla
     if speed.unknown:
         notes.append("speed not predicted: " + ", ".join(speed.unknown) + " has no measured or stated speed "
                      "(measure it with `llamasplit bench --rpc ... --save inventory.json`, then plan --inventory)")
-    if fleet.simulated:
-        notes.append(f"simulated fleet ({fleet.source}): numbers are for that hardware, not this machine")
-    if not replayable(model):
-        notes.append(f"compute estimated, not replayed: llamasplit does not follow {model.arch}'s graph "
-                     "(compute buffers from a closed-form guide, mostly a little above llama.cpp's)")
+    notes += _fleet_and_model_notes(model, fleet)
     bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
     renamed = _renamed(devices)
     return Plan(
