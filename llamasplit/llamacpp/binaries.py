@@ -100,8 +100,11 @@ def fetch_source(progress: Callable[[str], None], env: Mapping[str, str] | None 
     root.mkdir(parents=True, exist_ok=True)
     progress(f"llamasplit: downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} source from PyPI")
     with tempfile.TemporaryDirectory(dir=root, prefix=".sdist-") as tmp:
+        # --no-binary for this package only: ":all:" also applies to the build backend pip installs to
+        # read the sdist's metadata, and building scikit-build-core's own build chain from sources
+        # took minutes on a fresh machine
         argv = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
             "--dest", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
         ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
