@@ -7,9 +7,24 @@ from __future__ import annotations
 
 from llamasplit.runner.processes import free_port, rpc_workers, run_to_end, spawn, start_rpc_worker
 
-__all__ = ["free_port", "rpc_workers", "run_to_end", "spawn", "start_rpc_worker", "endpoints"]
+__all__ = ["free_port", "rpc_workers", "run_to_end", "spawn", "start_rpc_worker", "endpoints", "plan_of_a_corrupt_model"]
 
 
 def endpoints(workers) -> list[str]:
     """``host:port`` of each worker, in order."""
     return [w.endpoint for w in workers]
+
+
+def plan_of_a_corrupt_model(main, capsys, model, rpc: str, tmp_path):
+    """A real plan of ``model`` over ``rpc``, saved as ``plan.json`` with its model path pointed at a
+    file that is not a GGUF: what ``run --plan`` then loads fails inside llama.cpp."""
+    import json
+
+    assert main(["plan", str(model), "--rpc", rpc, "-c", "1024", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOT A GGUF" + bytes(4096))
+    data["model"]["path"] = str(bad)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(data))
+    return plan_file

@@ -3,7 +3,6 @@ cache's logs folder, are removed after a good end and kept (and named) after a f
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import free_port, start_rpc_worker
+from procs import plan_of_a_corrupt_model, free_port, start_rpc_worker
 from test_runner_real import CLI, THREADS, _complete, _gone, _wait_for
 
 from llamasplit.cli import main
@@ -50,13 +49,7 @@ def test_run_with_extra_port_serves_and_is_waited_for_there(smollm2_path, tmp_pa
 def test_a_failed_run_keeps_its_log_and_names_it(smollm2_path, tmp_path, capsys):
     worker = start_rpc_worker(threads=1)
     try:
-        assert main(["plan", str(smollm2_path), "--rpc", worker.endpoint, "-c", "1024", "--json"]) == 0
-        data = json.loads(capsys.readouterr().out)
-        bad = tmp_path / "bad.gguf"
-        bad.write_bytes(b"NOT A GGUF" + bytes(4096))
-        data["model"]["path"] = str(bad)
-        plan_file = tmp_path / "plan.json"
-        plan_file.write_text(json.dumps(data))
+        plan_file = plan_of_a_corrupt_model(main, capsys, smollm2_path, worker.endpoint, tmp_path)
         assert main(["run", "--plan", str(plan_file), "--port", str(free_port()), "--", *THREADS]) == 1
         err = capsys.readouterr().err
         log = Path(re.search(r"full log: (\S+\.log)", err).group(1))

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from procs import free_port, start_rpc_worker
+from procs import plan_of_a_corrupt_model, free_port, start_rpc_worker
 
 import llamasplit
 from llamasplit.cli import main
@@ -275,13 +275,7 @@ def test_missing_binary_is_one_line(smollm2_path, workers, capsys):
 
 
 def test_a_bad_model_file_fails_with_llama_cpp_s_reason(smollm2_path, workers, tmp_path, capsys):
-    assert main(["plan", str(smollm2_path), "--rpc", _rpc(workers), "-c", "1024", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"NOT A GGUF" + bytes(4096))
-    data["model"]["path"] = str(bad)
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(data))
+    plan_file = plan_of_a_corrupt_model(main, capsys, smollm2_path, _rpc(workers), tmp_path)
     rc = main(["run", "--plan", str(plan_file), "--port", str(free_port()), "--", *THREADS])
     assert rc == 1
     line = _one_error_line(capsys.readouterr().err)
