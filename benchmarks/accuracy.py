@@ -51,9 +51,9 @@ from llamasplit.errors import LlamasplitError  # noqa: E402
 from llamasplit.llamacpp.binaries import find_binary, want_amx  # noqa: E402
 from llamasplit.llamacpp.oracle import fit_print  # noqa: E402
 from llamasplit.model.profile import ModelProfile, read_model  # noqa: E402
-from llamasplit.planner.estimate import estimate  # noqa: E402
-from llamasplit.planner.repack import CpuFeatures  # noqa: E402
-from llamasplit.planner.settings import LlamaSettings  # noqa: E402
+from llamasplit.memory.estimate import estimate  # noqa: E402
+from llamasplit.memory.repack import CpuFeatures  # noqa: E402
+from llamasplit.memory.settings import LlamaSettings  # noqa: E402
 from llamasplit.realmodels import fetch_model  # noqa: E402
 from llamasplit.runner.processes import rpc_workers, run_to_end  # noqa: E402
 
@@ -187,7 +187,7 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
     ``record`` the oracle's figures written as the fast tier's golden file."""
     import json
 
-    from llamasplit.planner.compute import replayable
+    from llamasplit.memory.compute import replayable
 
     t0 = time.perf_counter()
     per_family: dict[str, list[tuple[bool, bool]]] = {f: [] for f in families}

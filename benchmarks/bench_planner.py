@@ -17,7 +17,7 @@ from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.errors import NoFeasiblePlan
 from llamasplit.model.shapes import dense_profile, moe_profile
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 
 
 def options(ctx: int) -> PlanOptions:

@@ -22,8 +22,8 @@ from pathlib import Path
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.model.shapes import dense_profile
 from llamasplit.planner.recommend import recommend
-from llamasplit.planner.settings import LlamaSettings
-from llamasplit.planner.tensor_split import estimate_tensor
+from llamasplit.memory.settings import LlamaSettings
+from llamasplit.memory.tensor_split import estimate_tensor
 
 
 def timing() -> dict:

@@ -38,7 +38,7 @@ def seeds(full_vocab: bool) -> list[fuzzgguf.Header]:
 def _options():
     from llamasplit.devices.fleet import fleet_from_spec
     from llamasplit.planner.plan import PlanOptions
-    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.memory.settings import LlamaSettings
 
     fleet = fleet_from_spec("3090,3060-12g")
     fixed = PlanOptions(settings=LlamaSettings(n_ctx=4096, n_gpu_layers=3), fixed=frozenset({"n_ctx", "n_gpu_layers"}))

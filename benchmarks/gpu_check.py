@@ -10,7 +10,7 @@ offload; with two GPUs also ``-ts 1,1`` and ``-sm tensor``) it compares per devi
 - ``fitp``: ``llama-fit-params -fitp on`` (llama.cpp's own dry run, whole MiB; not under -sm tensor);
 - ``real``: llama-server's buffer lines after load (``-lv 4``);
 - ``nvml``: NVML's memory for llama-server's pid on that GPU after load, against our
-  model + context + compute + overhead: the check of ``planner/cuda_rules.py``'s estimates
+  model + context + compute + overhead: the check of ``memory/cuda_rules.py``'s estimates
   (context, cuBLAS, pool) that llama.cpp's breakdown leaves out;
 
 and, for the first flag set, the first GPU again behind a real ``llamasplit worker`` on loopback
@@ -49,8 +49,9 @@ from llamasplit.errors import LlamasplitError  # noqa: E402
 from llamasplit.llamacpp.binaries import find_binary  # noqa: E402
 from llamasplit.llamacpp.oracle import parse_fit_print  # noqa: E402
 from llamasplit.model.profile import ModelProfile, read_model  # noqa: E402
-from llamasplit.planner.estimate import HOST, estimate  # noqa: E402
-from llamasplit.planner.settings import LlamaSettings  # noqa: E402
+from llamasplit.memory.estimate import estimate  # noqa: E402
+from llamasplit.memory.weights import HOST  # noqa: E402
+from llamasplit.memory.settings import LlamaSettings  # noqa: E402
 from llamasplit.runner.processes import free_port, run_to_end, spawn  # noqa: E402
 from llamasplit.runner.verify import parse_buffers  # noqa: E402
 
@@ -333,7 +334,7 @@ def _server_rows(case: Case, profile: ModelProfile, devices: Sequence[Device], r
         real_bytes[key] = b.size_bytes if b.kind == "compute" else real_bytes.get(key, 0) + b.size_bytes
     real = {k: v / MiB for k, v in real_bytes.items()}
     if s.split_mode == "tensor":
-        from llamasplit.planner.tensor_split import estimate_tensor
+        from llamasplit.memory.tensor_split import estimate_tensor
 
         te = estimate_tensor(profile, devices, s)
         meta = next((b.buffer for b in buffers if b.buffer.startswith("Meta(")), None)

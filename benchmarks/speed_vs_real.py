@@ -31,9 +31,9 @@ from llamasplit.devices.nvml import local_host
 from llamasplit.devices.sources import network_links
 from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.model.profile import read_model
-from llamasplit.planner.estimate import estimate
+from llamasplit.memory.estimate import estimate
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.realmodels import fetch_model
 from llamasplit.runner.processes import start_rpc_worker
 from llamasplit.speed.measure import in_sample, measure_fleet, run_llama_bench

@@ -32,7 +32,7 @@ from typing import Any
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.planner.plan import DEFAULT_MARGIN_BYTES, Plan, PlanOptions
-from llamasplit.planner.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
+from llamasplit.memory.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
 from llamasplit.units import parse_size
 
 __all__ = ["plan", "load", "serve", "plan_options"]

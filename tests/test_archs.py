@@ -11,10 +11,10 @@ from synth import write_glm4moe, write_llama_dense, write_model
 
 from llamasplit.devices.device import Fleet, HostInfo
 from llamasplit.model.profile import Block, Role, TensorInfo, read_model
-from llamasplit.planner.estimate import estimate
+from llamasplit.memory.estimate import estimate
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.repack import AMX, CPU_REPACK, CpuFeatures, extra_alloc_bytes, extra_buffer
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.repack import AMX, CPU_REPACK, CpuFeatures, extra_alloc_bytes, extra_buffer
+from llamasplit.memory.settings import LlamaSettings
 
 MiB = 1024 * 1024
 

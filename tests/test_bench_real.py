@@ -16,8 +16,8 @@ from llamasplit.devices.nvml import local_host
 from llamasplit.devices.sources import network_links
 from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.model.profile import read_model
-from llamasplit.planner.estimate import estimate
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.estimate import estimate
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.speed.measure import N_GEN, N_PROMPT, measure_fleet, run_llama_bench
 from llamasplit.speed.model import layer_split_speed
 from llamasplit.speed.probe import PROBES, TYPE_PROBES, probe_path

@@ -1,4 +1,4 @@
-"""CUDA's allocation rules and overheads (planner/cuda_rules.py), each against its arithmetic by hand,
+"""CUDA's allocation rules and overheads (memory/cuda_rules.py), each against its arithmetic by hand,
 and the estimator using them for local CUDA devices and RPC workers that serve one."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from llamasplit.devices.device import Device
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.gguf_constants import GGMLQuantizationType as Q
 from llamasplit.model.profile import read_model
-from llamasplit.planner import cuda_rules as R
-from llamasplit.planner.estimate import estimate
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory import cuda_rules as R
+from llamasplit.memory.estimate import estimate
+from llamasplit.memory.settings import LlamaSettings
 
 MiB = 1024 * 1024
 

@@ -6,8 +6,9 @@ import pytest
 from gguf.constants import GGMLQuantizationType as Q
 
 from llamasplit.model.profile import Block, HParams, Role, TensorInfo, swa_layers
-from llamasplit.planner import kv
-from llamasplit.planner.estimate import alloc_bytes, layer_devices
+from llamasplit.memory import kv
+from llamasplit.memory.estimate import layer_devices
+from llamasplit.memory.weights import alloc_bytes
 
 
 def _t(shape, qtype, n_bytes):

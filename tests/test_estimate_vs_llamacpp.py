@@ -30,9 +30,9 @@ from llamasplit.devices.device import Device
 from llamasplit.llamacpp.binaries import find_binary, want_amx
 from llamasplit.llamacpp.oracle import fit_print
 from llamasplit.model.profile import read_model
-from llamasplit.planner.estimate import estimate
-from llamasplit.planner.repack import CpuFeatures
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.estimate import estimate
+from llamasplit.memory.repack import CpuFeatures
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.runner.processes import run_to_end
 from procs import endpoints, rpc_workers
 

@@ -12,7 +12,7 @@ import time
 import fuzzgguf
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.planner.plan import PlanOptions
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 
 CASES = 3000
 BUDGET_S = 40.0  # on a slow, shared machine the slice stops early rather than run long

@@ -27,10 +27,10 @@ from synth import FAMILIES
 
 from llamasplit.devices.device import Device
 from llamasplit.model.profile import read_model
-from llamasplit.planner.compute import replayable
-from llamasplit.planner.estimate import estimate
-from llamasplit.planner.repack import CpuFeatures
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.compute import replayable
+from llamasplit.memory.estimate import estimate
+from llamasplit.memory.repack import CpuFeatures
+from llamasplit.memory.settings import LlamaSettings
 
 MiB = 1024 * 1024
 GOLDEN = Path(__file__).with_name("golden") / "fit_params.json"

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_check as G  # noqa: E402
 from fake_nvml import FakeNvml, rtx3090, rtx4060ti16  # noqa: E402
 from llamasplit.devices.nvml import NvmlSource  # noqa: E402
-from llamasplit.planner.settings import LlamaSettings  # noqa: E402
+from llamasplit.memory.settings import LlamaSettings  # noqa: E402
 
 UUID_A = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
 UUID_B = "GPU-bbbbbbbb-0000-0000-0000-000000000002"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from llamasplit.errors import ModelReadError
 from llamasplit.model.gguf_reader import read_header
 from llamasplit.model.profile import Block, Role, read_model
-from llamasplit.planner.kv import kv_bytes_per_token
+from llamasplit.memory.kv import kv_bytes_per_token
 from synth import write_model
 
 

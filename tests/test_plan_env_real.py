@@ -11,7 +11,7 @@ from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.llamacpp.oracle import parse_fit_print
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 from procs import endpoints, rpc_workers, run_to_end
 
 pytestmark = pytest.mark.llamacpp

@@ -10,9 +10,9 @@ from llamasplit.cli import main
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.errors import NoFeasiblePlan
 from llamasplit.model.profile import read_model
-from llamasplit.planner.estimate import estimate, layer_devices
+from llamasplit.memory.estimate import estimate, layer_devices
 from llamasplit.planner.plan import Plan, PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 
 MiB = 1024 * 1024
 

@@ -12,7 +12,7 @@ from llamasplit.api import plan_options
 from llamasplit.devices.device import Device, Fleet, HostInfo
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.runner.launch import (
     LaunchOptions, build_argv, child_env, conflicting_args, dropped_env, explain_failure, loading_stage,
 )

@@ -17,8 +17,8 @@ from llamasplit.devices.device import Device, Fleet, HostInfo
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.devices.measured import MeasuredSpeed
 from llamasplit.model.profile import read_model
-from llamasplit.planner.estimate import estimate
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.estimate import estimate
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.speed import calibration as C
 from llamasplit.speed.data import coefficients
 from llamasplit.speed.model import device_speed, host_speed, layer_split_speed

@@ -14,7 +14,7 @@ from llamasplit.devices.inventory import save_inventory
 from llamasplit.devices.measured import MeasuredSpeed
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, auto_plan, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.speed.measure import BenchResult, Features, fit_device
 
 GiB = 1 << 30

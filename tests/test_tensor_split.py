@@ -17,12 +17,12 @@ from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import read_model
 from llamasplit.model.shapes import dense_profile
-from llamasplit.planner import comm
+from llamasplit.speed import comm
 from llamasplit.planner import recommend as R
 from llamasplit.speed import links
 from llamasplit.speed import model as speed
-from llamasplit.planner.settings import LlamaSettings
-from llamasplit.planner.tensor_split import (
+from llamasplit.memory.settings import LlamaSettings
+from llamasplit.memory.tensor_split import (
     Axis, DENIED_ARCHS, arch_status, check_tensor_mode, compat_record, device_alloc_bytes, estimate_tensor, kv_slices,
     refuse_row_mode, weight_slices,
 )
@@ -288,7 +288,7 @@ def test_fit_recovers_known_parameters(synthetic):
                 work = speed.tensor_workload(synthetic, estimate_tensor(synthetic, devices, s), names,
                                             comm.Algorithm.BUTTERFLY_HOST, prompt_tokens=100)
             else:
-                from llamasplit.planner.estimate import estimate
+                from llamasplit.memory.estimate import estimate
 
                 work = speed.layer_workload(synthetic, estimate(synthetic, devices, s), names, prompt_tokens=100)
             cal = speed.Calibration(truth_speed, truth_link, 2.0, 0.0)

@@ -34,11 +34,11 @@ import pytest
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import read_model
-from llamasplit.planner import comm
+from llamasplit.speed import comm
 from llamasplit.speed import model as speed
-from llamasplit.planner.estimate import estimate
-from llamasplit.planner.settings import LlamaSettings
-from llamasplit.planner.tensor_split import arch_status, check_tensor_mode, compat_record, estimate_tensor
+from llamasplit.memory.estimate import estimate
+from llamasplit.memory.settings import LlamaSettings
+from llamasplit.memory.tensor_split import arch_status, check_tensor_mode, compat_record, estimate_tensor
 from synth import write_model
 from procs import endpoints, rpc_workers, run_to_end
 

@@ -14,7 +14,7 @@ from llamasplit.devices.nvml import NvmlSource
 from llamasplit.errors import DeviceQueryError
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.runner.watch import render, sample, watch
 
 MiB = 1024 * 1024

@@ -26,7 +26,7 @@ from llamasplit.devices.workerinfo import (
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, plan
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.settings import LlamaSettings
 
 
 def _free_port_pair() -> int:

@@ -13,7 +13,7 @@ from llamasplit.cli.modelarg import read_cli_model
 from llamasplit.model.remote import is_url
 from llamasplit.model import profile_cache
 from llamasplit.model.profile import ModelProfile
-from llamasplit.planner.kv import kv_bytes_per_token
+from llamasplit.memory.kv import kv_bytes_per_token
 from llamasplit.units import format_size
 
 WHAT_IF_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "IQ4_XS", "Q2_K")

@@ -16,7 +16,7 @@ from llamasplit.devices.device import Fleet
 from llamasplit.errors import NoFeasiblePlan, UsageError
 from llamasplit.model.profile_cache import read_model
 from llamasplit.planner.plan import PlanOptions, alternatives, plan
-from llamasplit.planner.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
+from llamasplit.memory.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
 from llamasplit.units import parse_size
 
 
@@ -115,7 +115,7 @@ def plan_cmd(
     if split_mode in ("auto", "row"):
         from llamasplit.cli.tensor import format_recommendation
         from llamasplit.planner.recommend import recommend
-        from llamasplit.planner.tensor_split import refuse_row_mode
+        from llamasplit.memory.tensor_split import refuse_row_mode
 
         hw = _fleet(fleet, inventory, rpc)
         if split_mode == "row":

@@ -24,7 +24,7 @@ from llamasplit.cli.app import app, say
 from llamasplit.cli.plan import _fleet, build_options
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.planner.plan import Plan, plan
-from llamasplit.planner.settings import BINARIES
+from llamasplit.memory.settings import BINARIES
 from llamasplit.runner.launch import (
     DEFAULT_PORT, take_address,
     SERVER, LaunchOptions, Server, StatusLine, binary_kind, build_argv, child_env, conflicting_args, default_binary,

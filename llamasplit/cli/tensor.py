@@ -13,7 +13,7 @@ from llamasplit.cli import options as O
 from llamasplit.cli.app import app, say
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, read_model
-from llamasplit.planner import comm as C
+from llamasplit.speed import comm as C
 from llamasplit.planner import recommend as R
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -187,7 +187,7 @@ def recommend_cmd(
 ) -> None:
     """Single device, layer split, tensor split or one replica per GPU: predicted prefill and decode, and which."""
     from llamasplit.devices.sources import resolve_fleet
-    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.memory.settings import LlamaSettings
     from llamasplit.units import parse_size
 
     profile = load_model(model, hf, hf_file)

@@ -23,11 +23,12 @@ from typing import Any
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import ModelProfile
-from llamasplit.planner import kv
-from llamasplit.planner.estimate import HOST, Estimate, estimate, with_host_extras
-from llamasplit.planner.compute import replayable
-from llamasplit.planner.repack import CpuFeatures
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory import kv
+from llamasplit.memory.estimate import Estimate, estimate, with_host_extras
+from llamasplit.memory.weights import HOST
+from llamasplit.memory.compute import replayable
+from llamasplit.memory.repack import CpuFeatures
+from llamasplit.memory.settings import LlamaSettings
 from llamasplit.speed.model import HOST_NAME, IDLE, SpeedEstimate, device_speed, layer_split_speed
 from llamasplit.units import GiB, format_size
 
@@ -74,7 +75,7 @@ class DevicePlan:
     serves_source: str | None = None
     """Where ``serves`` came from: ``published``, ``described`` or ``assumed-cpu``."""
     overhead_parts: dict[str, int] | None = None
-    """``overhead_bytes`` by part: ``cuda_context``, ``cublas_workspace``, ``pool``, ``nccl`` (planner/cuda_rules.py)."""
+    """``overhead_bytes`` by part: ``cuda_context``, ``cublas_workspace``, ``pool``, ``nccl`` (memory/cuda_rules.py)."""
     speed_basis: str | None = None
     """Where this device's speed comes from: ``measured``, ``calibrated``, ``datasheet`` or ``assumed``
     (``None``: it holds no layers, or its speed is unknown)."""
@@ -173,7 +174,7 @@ class Plan:
         }
         if s.tensor_split is not None and n_dev:
             kwargs["tensor_split"] = list(s.tensor_split)
-        from llamasplit.planner.kv import cache_type
+        from llamasplit.memory.kv import cache_type
 
         if s.type_k != "f16":
             kwargs["type_k"] = int(cache_type(s.type_k))
@@ -280,7 +281,7 @@ class Plan:
                 lines.append(f"{d.name}: {d.description}, sized as {d.serves} ({d.serves_source})")
         if any(d.overhead_bytes for d in self.devices):
             lines.append("overhead: memory outside llama.cpp's breakdown (CUDA context, cuBLAS workspace, pool; "
-                         "the host's logits buffer); llamasplit/planner/cuda_rules.py cites each figure")
+                         "the host's logits buffer); llamasplit/memory/cuda_rules.py cites each figure")
         lines.extend(f"note: {n}" for n in self.notes)
         env = " ".join(f"{k}={v}" for k, v in self.cuda_env().items())
         lines.append("command: " + (env + " " if env else "") + " ".join(_quote(a) for a in self.argv()))
@@ -372,7 +373,7 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     hp = model.hparams
     notes: list[str] = []
     if s.split_mode == "row":
-        from llamasplit.planner.tensor_split import refuse_row_mode
+        from llamasplit.memory.tensor_split import refuse_row_mode
 
         refuse_row_mode(fleet.devices)
     if s.split_mode == "tensor":
@@ -535,8 +536,8 @@ def auto_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Plan:
 def _tensor_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Plan:
     """``-sm tensor``: every tensor split over all the fleet's devices (llama.cpp's Meta device),
     the longest context that fits (or the one fixed), and its speed when it can be predicted."""
-    from llamasplit.planner.comm import allreduce_algorithm
-    from llamasplit.planner.tensor_split import check_tensor_mode, estimate_tensor
+    from llamasplit.speed.comm import allreduce_algorithm
+    from llamasplit.memory.tensor_split import check_tensor_mode, estimate_tensor
     from llamasplit.speed.links import group_link
     from llamasplit.speed.model import tensor_split_speed
 

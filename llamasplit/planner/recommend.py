@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import UsageError
 from llamasplit.model.locate import llama_model_args
-from llamasplit.planner.comm import ALLREDUCES_PER_LAYER, allreduce_algorithm
+from llamasplit.speed.comm import ALLREDUCES_PER_LAYER, allreduce_algorithm
 from llamasplit.speed.links import group_link
 from llamasplit.speed.model import SpeedEstimate, layer_split_speed, tensor_split_speed
 
@@ -119,10 +119,10 @@ def recommend(
     import dataclasses as dc
 
     from llamasplit.errors import NoFeasiblePlan
-    from llamasplit.planner.estimate import estimate
+    from llamasplit.memory.estimate import estimate
     from llamasplit.planner.plan import PlanOptions, plan
-    from llamasplit.planner.settings import LlamaSettings
-    from llamasplit.planner.tensor_split import arch_status, estimate_tensor
+    from llamasplit.memory.settings import LlamaSettings
+    from llamasplit.memory.tensor_split import arch_status, estimate_tensor
 
     settings = settings or LlamaSettings(n_ctx=4096)
     if settings.n_ctx is None:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from llamasplit.planner.estimate import HOST
+from llamasplit.memory.weights import HOST
 from llamasplit.planner.plan import Plan
 from llamasplit.units import MiB
 

@@ -101,8 +101,8 @@ def row_fleet(row: BenchRow) -> Fleet:
 
 def predict_row(row: BenchRow, coeffs: dict[str, Any] | None = None) -> float | None:
     """The speed model's tok/s for the row (``None``: prefill of a GPU without a stated FLOP rate)."""
-    from llamasplit.planner.estimate import estimate
-    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.memory.estimate import estimate
+    from llamasplit.memory.settings import LlamaSettings
     from llamasplit.speed.model import layer_split_speed
 
     if not row.decode and row.fp16_tflops is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from llamasplit.devices.device import Device, Fleet, Link, LinkKind
 
 def _loopback() -> dict[str, float]:
-    from llamasplit.planner.tensor_split import compat_record
+    from llamasplit.memory.tensor_split import compat_record
 
     return compat_record()["calibration"]["rpc_loopback"]
 

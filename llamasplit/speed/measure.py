@@ -101,8 +101,8 @@ class Features:
 
 def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_GEN) -> Features:
     """Our estimator's view of a llama-bench run with everything on one device (or the CPU)."""
-    from llamasplit.planner.estimate import estimate
-    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.memory.estimate import estimate
+    from llamasplit.memory.settings import LlamaSettings
     from llamasplit.speed.model import layer_workload
 
     dev = Device("bench", "BENCH0", "bench", "RPC", 1 << 40, 1 << 40)
@@ -262,8 +262,8 @@ def measure_fleet(
 
 def _measure_hop(fleet: Fleet, eps: list[str], pair: list[Device], model, binary, progress) -> Fleet:
     """SmolLM2 split evenly over two workers: its time beyond the two shares is one boundary's cost."""
-    from llamasplit.planner.estimate import estimate
-    from llamasplit.planner.settings import LlamaSettings
+    from llamasplit.memory.estimate import estimate
+    from llamasplit.memory.settings import LlamaSettings
     from llamasplit.speed.model import layer_split_speed
 
     name, path, m = model

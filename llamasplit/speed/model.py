@@ -20,7 +20,7 @@ A device none of this applies to (an RPC worker nobody measured) has an unknown 
 prediction is ``None``, never a guess and never a reason to call a configuration infeasible.
 
 Layer split runs its stages one after another with an activation hop between them; tensor split
-runs every device at once on its slices, with two all-reduces per layer (``planner/comm.py``).
+runs every device at once on its slices, with two all-reduces per layer (``speed/comm.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from llamasplit.devices.device import Device, Fleet, HostInfo
 from llamasplit.errors import UsageError
-from llamasplit.planner.comm import ACTIVATION_BYTES, ALLREDUCES_PER_LAYER, Algorithm, allreduce_seconds
+from llamasplit.speed.comm import ACTIVATION_BYTES, ALLREDUCES_PER_LAYER, Algorithm, allreduce_seconds
 from llamasplit.speed.data import coefficients
 from llamasplit.speed.links import LinkCost, device_link, host_link
 
@@ -419,7 +419,7 @@ def layer_workload(
     """Layer split: each device reads and multiplies the layers ``est`` put on it (``estimate()``).
 
     With ``host``, the layers left on the CPU are a first stage in an extra column (``HOST_NAME``)."""
-    from llamasplit.planner.estimate import _tables
+    from llamasplit.memory.weights import _tables
 
     hp = model.hparams
     n = len(est.devices)
@@ -476,7 +476,7 @@ def _type_name(ggml_type: int) -> str:
 def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, prompt_tokens: int = 512, kv_fill: float = KV_FILL) -> Workload:
     """Tensor split: per layer an attention and an FFN stage (then the output), each device working
     on its slices (``estimate_tensor()``), two all-reduces per layer on the Meta device."""
-    from llamasplit.planner.tensor_split import kv_slices
+    from llamasplit.memory.tensor_split import kv_slices
 
     hp = model.hparams
     n = len(test.devices)

@@ -45,11 +45,11 @@ from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, TensorInfo
-from llamasplit.planner import kv
-from llamasplit.planner.f32 import f32, prefix_sums
-from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, HOST
-from llamasplit.planner.estimate import DeviceEstimate, cuda_overhead, estimate, fattn_pool_high_water, _tables
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory import kv
+from llamasplit.memory.f32 import f32, prefix_sums
+from llamasplit.memory.estimate import DeviceEstimate, cuda_overhead, estimate, fattn_pool_high_water
+from llamasplit.memory.weights import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, HOST, _tables
+from llamasplit.memory.settings import LlamaSettings
 
 # ---------------------------------------------------------------------------------------------
 # what llama.cpp accepts

@@ -80,10 +80,10 @@ from llamasplit.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from llamasplit.devices.device import Device
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
-from llamasplit.planner.estimate import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, _override_map, _tables
-from llamasplit.planner import cuda_rules
-from llamasplit.planner.kv import KvLayout, cache_type
-from llamasplit.planner.settings import LlamaSettings
+from llamasplit.memory.weights import CPU_ALIGNMENT, CUDA_ALIGNMENT, CUDA_MATRIX_ROW_PADDING, _override_map, _tables
+from llamasplit.memory import cuda_rules
+from llamasplit.memory.kv import KvLayout, cache_type
+from llamasplit.memory.settings import LlamaSettings
 
 # --------------------------------------------------------------------------------------------
 # a small ggml: tensors with shapes, strides and sources
