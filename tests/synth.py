@@ -749,3 +749,71 @@ def write_nemotron_h(
 
 
 FAMILIES["nemotron_h"] = write_nemotron_h
+
+
+def write_qwen3next(
+    path: Path, *, n_layer: int = 4, n_nextn: int = 0, full_attn_interval: int = 2, n_embd: int = 512,
+    n_head: int = 8, n_head_kv: int = 2, head_dim: int = 64, d_state: int = 64, n_k_heads: int = 4,
+    n_v_heads: int = 8, d_conv: int = 4, n_expert: int = 16, n_expert_used: int = 4, n_ff_exp: int = 256,
+    n_ff_shexp: int = 256, n_vocab: int = 32000, **opts,
+) -> Path:
+    """A qwen3next (src/models/qwen3next.cpp ``load_arch_tensors``): blocks ``il`` with
+    ``(il + 1) % full_attn_interval != 0`` are gated delta-net linear attention (``attn_qkv`` of
+    ``2 key_dim + value_dim``, ``attn_gate``, ``ssm_conv1d``, ``ssm_dt``, ``ssm_a``, ``ssm_ba``,
+    ``ssm_norm``, ``ssm_out``; key_dim = ``d_state x n_k_heads`` = 256, value_dim = ``d_state x
+    n_v_heads`` = 512, so ``ssm.inner_size`` = 512), the others gated full attention (``attn_q``
+    of ``2 x n_head x head_dim``: query and gate, Q/K norms); every block ``post_attention_norm``
+    then 16 softmax-routed experts plus a sigmoid-gated shared expert; ``n_nextn`` MTP blocks
+    (a full-attention block plus ``nextn.*``) after the trunk.
+
+    F16 bytes: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB; per block experts 3 x 16 x 256 x 512 x 2
+    = 12 MiB, shared expert 0.75 MiB; linear attention (1024 + 512 + 16 + 512) x 512 x 2 = 2 MiB,
+    full attention (1024 + 256 + 512) x 512 x 2 = 1.75 MiB.
+    """
+    hd = head_dim
+    key_dim, value_dim = d_state * n_k_heads, d_state * n_v_heads
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il in range(n_layer + n_nextn):
+        b = f"blk.{il}."
+        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "post_attention_norm.weight", (n_embd,))]
+        if il < n_layer and (il + 1) % full_attn_interval != 0:
+            tensors += [
+                (b + "attn_qkv.weight", (n_embd, 2 * key_dim + value_dim)), (b + "attn_gate.weight", (n_embd, value_dim)),
+                (b + "ssm_conv1d.weight", (d_conv, 2 * key_dim + value_dim)), (b + "ssm_dt.bias", (n_v_heads,)),
+                (b + "ssm_a", (n_v_heads,)), (b + "ssm_ba.weight", (n_embd, 2 * n_v_heads)),
+                (b + "ssm_norm.weight", (d_state,)), (b + "ssm_out.weight", (value_dim, n_embd)),
+            ]
+        else:
+            tensors += [
+                (b + "attn_q.weight", (n_embd, 2 * n_head * hd)), (b + "attn_k.weight", (n_embd, n_head_kv * hd)),
+                (b + "attn_v.weight", (n_embd, n_head_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd)),
+                (b + "attn_q_norm.weight", (hd,)), (b + "attn_k_norm.weight", (hd,)),
+            ]
+        tensors += [
+            (b + "ffn_gate_inp.weight", (n_embd, n_expert)),
+            (b + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
+            (b + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+            (b + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
+            (b + "ffn_gate_inp_shexp.weight", (n_embd,)),
+            (b + "ffn_gate_shexp.weight", (n_embd, n_ff_shexp)), (b + "ffn_up_shexp.weight", (n_embd, n_ff_shexp)),
+            (b + "ffn_down_shexp.weight", (n_ff_shexp, n_embd)),
+        ]
+        if il >= n_layer:
+            tensors += [(b + "nextn.eh_proj.weight", (2 * n_embd, n_embd)), (b + "nextn.enorm.weight", (n_embd,)),
+                        (b + "nextn.hnorm.weight", (n_embd,)), (b + "nextn.shared_head_norm.weight", (n_embd,))]
+    keys = {
+        "{arch}.rope.dimension_count": hd // 4, "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.expert_count": n_expert, "{arch}.expert_used_count": n_expert_used,
+        "{arch}.expert_feed_forward_length": n_ff_exp, "{arch}.expert_shared_feed_forward_length": n_ff_shexp,
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": value_dim, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": n_v_heads, "{arch}.ssm.group_count": n_k_heads,
+        "{arch}.full_attention_interval": full_attn_interval,
+    }
+    if n_nextn:
+        keys["{arch}.nextn_predict_layers"] = n_nextn
+    return _write_loadable(path, "qwen3next", n_layer=n_layer + n_nextn, n_embd=n_embd, n_head=n_head,
+                           n_head_kv=n_head_kv, n_ff=n_ff_exp, n_vocab=n_vocab, keys=keys, tensors=tensors,
+                           **{"vocab": "spm", **opts})
+
+
+FAMILIES["qwen3next"] = write_qwen3next

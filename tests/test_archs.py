@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from gguf import GGML_QUANT_SIZES
 from gguf.constants import GGMLQuantizationType as Q
-from synth import write_glm4moe, write_llama_dense, write_model
+from synth import write_glm4moe, write_llama_dense, write_model, write_qwen3next
 
 from llamasplit.devices.device import Fleet, HostInfo
 from llamasplit.model.profile import Block, Role, TensorInfo, read_model
@@ -41,6 +41,24 @@ def test_nextn_block_weights_are_skipped_but_the_block_keeps_its_place(tmp_path)
     assert len(est.layer_device) == hp.n_layer + 1
     # and has no KV cache: 4 trunk layers x (K + V) 128 x 4096 x 2 bytes
     assert est.host.context_bytes == 4 * 2 * 128 * 4096 * 2
+
+
+
+def test_qwen3next_linear_attention_blocks_hold_a_state_the_others_a_kv_cache(tmp_path):
+    """src/models/qwen3next.cpp load_arch_hparams: block i is recurrent iff (i + 1) %
+    full_attention_interval != 0 and it is a trunk block; llama-model.cpp create_memory gives the
+    hybrid memory filter_attn = trunk and not recurrent, filter_recr = trunk and recurrent."""
+    model = read_model(write_qwen3next(tmp_path / "q.gguf", n_nextn=1, header_only=True), require_data=False)
+    hp = model.hparams
+    assert hp.is_recurrent == (True, False, True, False, False)  # the MTP block (4) is neither
+    est = estimate(model, [], LlamaSettings(n_ctx=4096, binary="llama-completion"))
+    # KV: blocks 1 and 3, (K + V) 2 heads x 64 x 4096 cells x 2 bytes = 2 MiB each (llama.cpp: 4.00 MiB);
+    # state, one sequence, F32, blocks 0 and 2: conv (4 - 1) x (512 + 2 x 4 x 64) = 3072 values,
+    # delta-net state 64 x 512 = 32768 values (llama.cpp: RS 0.27 MiB = R 0.02 + S 0.25)
+    assert est.host.context_bytes == 2 * 2 * 128 * 4096 * 2 + 2 * (3 * 1024 + 64 * 512) * 4
+    # llama-server: 4 slots, 4 state cells
+    est4 = estimate(model, [], LlamaSettings(n_ctx=4096))
+    assert est4.host.context_bytes == 2 * 2 * 128 * 4096 * 2 + 4 * 2 * (3 * 1024 + 64 * 512) * 4
 
 
 # --- the CPU's extra buffer types (planner.repack) ---------------------------------------------

@@ -393,6 +393,28 @@ def _int_key(md: dict[str, Any], key: str, path: str, default: int | None = None
     return value
 
 
+GATED_DELTA_NET_ARCHS = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4}
+"""Hybrids of gated delta-net (linear attention, a recurrent state) and full-attention blocks, with
+the default ``full_attention_interval`` of their ``load_arch_hparams`` (src/models/qwen3next.cpp,
+qwen35.cpp, qwen35moe.cpp)."""
+
+
+def _gated_delta_net_layers(md: dict[str, Any], arch: str, n_layer: int, path: str) -> tuple[bool, ...]:
+    """src/models/qwen3next.cpp ``load_arch_hparams``: ``attention.recurrent_layers`` (one value or
+    one per block) if the file has it, else block ``i`` is recurrent iff it is a trunk block
+    (``i < n_layer()``: not NextN/MTP) and ``(i + 1) % full_attention_interval != 0``."""
+    key = f"{arch}.attention.recurrent_layers"
+    given = _meta(md, key)
+    if given is not None:
+        return tuple(bool(v) for v in _per_layer(given, n_layer, key, path))
+    interval = _int_key(md, f"{arch}.full_attention_interval", path, GATED_DELTA_NET_ARCHS[arch])
+    if interval < 1:
+        raise ModelReadError(f"{path}: {arch}.full_attention_interval is {interval}; it must be at least 1",
+                             remedy="the file is damaged or was converted wrongly")
+    n_trunk = n_layer - _int_key(md, Keys.LLM.NEXTN_PREDICT_LAYERS.format(arch=arch), path, 0)
+    return tuple(i < n_trunk and (i + 1) % interval != 0 for i in range(n_layer))
+
+
 def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path: str) -> HParams:
     k = Keys
     n_layer = _int_key(md, k.LLM.BLOCK_COUNT.format(arch=arch), path)
@@ -456,6 +478,8 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
     n_shortconv = _int_key(md, f"{arch}.shortconv.l_cache", path, 0)
     if arch in recurrent_archs:
         is_recurrent = (True,) * n_layer
+    elif arch in GATED_DELTA_NET_ARCHS:
+        is_recurrent = _gated_delta_net_layers(md, arch, n_layer, path)
     elif arch in ("nemotron_h", "nemotron_h_moe"):
         # nemotron-h.cpp load_arch_hparams: recurrent iff no KV heads AND no FFN (else attention or MLP)
         is_recurrent = tuple(h == 0 and f == 0 for h, f in zip(n_head_kv, n_ff))
