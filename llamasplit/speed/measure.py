@@ -181,17 +181,40 @@ def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]
     return main, typed, ("smollm2", Path(fetch_model("smollm2")))
 
 
-def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResult]]) -> dict[str, list[float]]:
-    """Per weight type: the decode bandwidth and prefill rate its probe implies, given the
-    device's fixed costs."""
-    out = {}
-    for qtype, f, r in runs:
+def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResult]],
+                 reference: tuple[Features, BenchResult] | None = None) -> dict[str, list[float]]:
+    """Per weight type: its decode bandwidth and prefill rate. With ``reference`` (the same probe
+    shape in Q4_0, the main probes' type): the main rates scaled by the type's speed over the
+    reference's, so the shape's own effects cancel (``probe.TYPE_REFERENCE``); without it, the rates
+    the probe implies given the device's fixed costs.
+
+    >>> m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=100.0, layer_us=0.0, token_us=0.0)
+    >>> ref = (Features(50e6, 10e9, 8), BenchResult("ref", 50e6 / 16e9, 10e9 / 80e9, 128, 32))
+    >>> q41 = ("Q4_1", Features(55e6, 10e9, 8), BenchResult("q41", 55e6 / 16e9, 10e9 / 40e9, 128, 32))
+    >>> _typed_rates(m, [q41], ref)  # as fast a read as Q4_0 on that shape, half its prefill rate
+    {'Q4_1': [10.0, 50.0]}
+    >>> _typed_rates(m, [q41])
+    {'Q4_1': [16.0, 40.0]}
+    """
+    def implied(f: Features, r: BenchResult) -> tuple[float, float] | None:
         fixed = f.layers * m.layer_us * 1e-6 + m.token_us * 1e-6
         dec = r.decode_s - fixed
         pre = (r.prefill_s - fixed) if r.prefill_s is not None else None
         if dec <= 0 or not pre or pre <= 0:
+            return None
+        return f.bytes_per_token / dec, f.prompt_flops / pre
+
+    base = implied(*reference) if reference is not None else None
+    out = {}
+    for qtype, f, r in runs:
+        rates = implied(f, r)
+        if rates is None:
             continue
-        out[qtype] = [round(f.bytes_per_token / dec / 1e9, 4), round(f.prompt_flops / pre / 1e9, 3)]
+        if base is not None:
+            bw, fl = m.decode_gb_s * 1e9 * rates[0] / base[0], m.prefill_gflops * 1e9 * rates[1] / base[1]
+        else:
+            bw, fl = rates
+        out[qtype] = [round(bw / 1e9, 4), round(fl / 1e9, 3)]
     return out
 
 
@@ -199,13 +222,15 @@ def measure_fleet(
     fleet: Fleet, *, binary: str | Path, progress: Callable[[str], None] = lambda _: None, host: bool = True,
     hop: bool = True, models: Sequence[tuple[str, Path]] | None = None,
     type_models: Sequence[tuple[str, Path]] | None = None, hop_model: tuple[str, Path] | None = None,
-    log: list | None = None,
+    log: list | None = None, type_reference: Path | None = None,
 ) -> Fleet:
     """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
     worker-to-worker hop on their links. ``models`` (the Q4_0 probes), ``type_models`` ((weight
     type, probe)) and ``hop_model`` replace ``bench_models()``'s. ``log`` collects (device, model,
-    Features, BenchResult) of every run."""
+    Features, BenchResult) of every run. ``type_reference`` is the type probes' shape in Q4_0
+    (default ``probe.TYPE_REFERENCE``), run once per device when there are type probes."""
     from llamasplit.model.profile import read_model
+    from llamasplit.speed.probe import TYPE_REFERENCE, probe_path
 
     if models is None or type_models is None or hop_model is None:
         d_main, d_typed, d_hop = bench_models(progress)
@@ -214,9 +239,14 @@ def measure_fleet(
         hop_model = d_hop if hop_model is None else hop_model
     main = [(name, path, read_model(path)) for name, path in models]
     typed = [(q, path, read_model(path)) for q, path in type_models]
+    ref_model = None
+    if typed:
+        ref_path = type_reference or probe_path(TYPE_REFERENCE)
+        ref_model = (ref_path, read_model(ref_path))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
     how = (f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS} on {', '.join(n for n, _, _ in main)}"
-           + (f" and {', '.join(q for q, _, _ in typed)} probes" if typed else "") + f", {when}")
+           + (f" and {', '.join(q for q, _, _ in typed)} probes (relative to Q4_0 on their shape)" if typed else "")
+           + f", {when}")
 
     def measure(label: str, on_host: bool, rpc: list[str], threads: int | None) -> MeasuredSpeed:
         obs = []
@@ -231,8 +261,12 @@ def measure_fleet(
         for q, path, m in typed:
             progress(f"{label}: {q} probe")
             runs.append((q, features(m, on_host=on_host), run_llama_bench(binary, path, rpc=rpc, ngl=ngl)))
+        reference = None
+        if runs and ref_model is not None:
+            progress(f"{label}: Q4_0 reference probe")
+            reference = (features(ref_model[1], on_host=on_host), run_llama_bench(binary, ref_model[0], rpc=rpc, ngl=ngl))
         if runs:
-            speed = dataclasses.replace(speed, types=_typed_rates(speed, runs) or None)
+            speed = dataclasses.replace(speed, types=_typed_rates(speed, runs, reference) or None)
         if log is not None:
             log.extend((label, n, f, r) for (n, _, _), (f, r) in zip(main, obs))
             log.extend((label, f"probe-{q}", f, r) for q, f, r in runs)

@@ -46,6 +46,13 @@ TYPE_PROBES = tuple(
 speed (on x86 the CPU backend repacks Q4_0, Q4_K, IQ4_NL and Q8_0 for its SIMD units, not Q4_1 or
 Q6_K). No Q4_K probe: with all-zero weights it ran ten times slower than real Q4_K weights here."""
 
+TYPE_REFERENCE = ProbeShape("probe-q4_0-ref", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192)
+"""The type probes' shape in Q4_0, the type the main probes measure. A type's rates are the main
+rates times its probe's speed over this one's: measured on the same shape, so what the shape itself
+does to the speed (a working set that partly fits a CPU's cache, short rows) cancels. Taken as
+absolute rates instead, a 48 MB Q4_1 probe read at 15.9 GB/s on this 2-core VM, where the 97 MB
+SmolLM2 of the same type decodes at about 8: the host's SmolLM2 prediction was 2x too fast."""
+
 
 def write_probe(path: str | Path, shape: ProbeShape) -> Path:
     """Write ``shape`` as a GGUF at ``path`` (atomically: a temporary file renamed into place)."""
