@@ -1,0 +1,393 @@
+"""The multimodal projector (``--mmproj FILE``): where llama.cpp puts it and how much it takes.
+
+Read from the pinned llama.cpp (``tools/mtmd``, ``tools/server``, ``common/arg.cpp``):
+
+- **The file.** A GGUF of arch ``clip`` (``clip_model_loader``): ``clip.projector_type`` (or
+  ``clip.vision.projector_type``), ``clip.has_vision_encoder``, ``clip.vision.*`` hparams
+  (``load_hparams``). We plan the vision encoder; an audio-only projector is read but its compute
+  is not modelled.
+- **The device** (``clip_ctx::clip_ctx``): with ``use_gpu`` (``--mmproj-offload``, the default)
+  and no ``-mmdev``/``-dev`` device, ``ggml_backend_init_by_type(GPU)``: the FIRST GPU-type device
+  in ggml's registry (``ggml_backend_dev_by_type``). The registry lists the built-in backends'
+  devices first (``ggml_backend_registry``: CUDA, Metal, ... before the CPU) and appends each
+  ``--rpc`` server when the flag is parsed (``common/arg.cpp add_rpc_devices`` ->
+  ``ggml_backend_register``); an RPC device's type is GPU (``ggml_backend_rpc_device_get_type``).
+  So: CUDA0 if there is a local GPU, else the first ``--rpc`` worker, else the CPU. This differs
+  from the model's order, which puts RPC devices first (``llama_prepare_model_devices``).
+  ``--no-mmproj-offload`` (``params.mmproj_use_gpu = false``) keeps it on the CPU. With ``-dev``,
+  ``common_params_parse`` defaults ``mmproj_device`` to ``devices.front()``.
+- **Weights** (``load_tensors``): every tensor the projector type reads, in ONE buffer of the
+  chosen backend's default buffer type (``ggml_backend_alloc_ctx_tensors_from_buft``: each tensor
+  padded to the buffer's alignment, CUDA's padding of quantised rows included). llama-server logs
+  no buffer line for them; ``load_hparams`` logs ``model size`` (the unpadded sum of every tensor
+  in the file).
+- **Compute** (``clip_model_loader::warmup`` -> ``reserve_compute_meta``): the graph for a dummy
+  image of ``warmup_image_size`` square (``get_dummy_batch``; ``image_size`` unless the projector
+  type sets it), reserved with ``ggml_backend_sched_reserve`` on ``[device, CPU]`` (one copy, op
+  offload on). Logged as ``reserve_compute_meta: %10s compute buffer size = %8.2f MiB`` for every
+  backend with more than 1 byte. With ``-fa auto`` (``CLIP_FLASH_ATTN_TYPE_AUTO``) flash attention
+  is tried first and kept if the device runs ``FLASH_ATTN_EXT`` (``ggml_backend_supports_op``:
+  always on the CPU and over RPC, which answers true for every op; on CUDA by head size).
+  Inputs (``inp_raw``, the image, f32) start on the CPU (``ggml_backend_sched_backend_id_from_cur``).
+- ``llama-server --fit on`` adds the projector's weights and compute to the fit margin of its
+  device (``server_context::load_model``, ``mtmd_get_memory_usage``).
+
+The compute graph is replayed (``memory/graph``: scheduler and allocator) for the
+SigLIP-based projector types whose graph is ``clip_graph_siglip`` with ``build_vit``
+(``tools/mtmd/models/siglip.cpp``): ``gemma3`` here. Other types get no compute figure (None) and
+a note; their weights are still exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamasplit.devices.device import Device
+from llamasplit.errors import ModelReadError
+from llamasplit.gguf_constants import GGMLQuantizationType
+from llamasplit.memory import cuda_rules, kv
+from llamasplit.memory.graph.allocator import allocate_graph
+from llamasplit.memory.graph.ggml import F16, F32, Graph, Ops, T
+from llamasplit.memory.graph.scheduler import Backend, backends_of, schedule
+from llamasplit.memory.weights import CPU_ALIGNMENT
+from llamasplit.model.gguf_reader import RawTensor, read_header
+from llamasplit.untrusted import printable
+
+REPLAYED_TYPES = frozenset({"gemma3"})
+"""Projector types whose warmup graph is replayed (``clip_get_graph_builder`` -> ``clip_graph_siglip``)."""
+
+MAX_IMAGE_SIZE = 8192
+"""``load_hparams`` sanity check: ``image_size`` above 8192 is refused (int32 overflow of n_patches)."""
+
+_FFN_OPS = ("gelu", "silu", "gelu_quick")
+
+
+@dataclass(frozen=True)
+class ProjectorProfile:
+    """What a projector file says: its type, the vision tower's shape, its tensors."""
+
+    path: str
+    proj_type: str
+    has_vision: bool
+    has_audio: bool
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    d_head: int
+    n_ff: int
+    n_layer: int
+    image_size: int
+    patch_size: int
+    n_merge: int
+    ffn_op: str
+    tensors: tuple[RawTensor, ...]
+    file_bytes: int
+
+    @property
+    def weight_bytes(self) -> int:
+        """``load_hparams``' ``model size``: the unpadded sum of every tensor (MiB in llama-server's log)."""
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def warmup_image_size(self) -> int:
+        """``get_dummy_batch``'s square image side (``hparams.warmup_image_size``; gemma3: ``image_size``)."""
+        return self.image_size
+
+    def tensor(self, name: str) -> RawTensor | None:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        return None
+
+
+def _fail(path: str | Path, what: str) -> ModelReadError:
+    return ModelReadError(f"{path}: not a usable multimodal projector: {what}",
+                          remedy="give the mmproj GGUF that belongs to this model (arch 'clip', e.g. mmproj-*.gguf)")
+
+
+def read_projector(path: str | Path) -> ProjectorProfile:
+    """Read a projector's header (bounded like every GGUF we read: ``model.gguf_reader``)."""
+    header = read_header(path)
+    md = header.metadata
+    arch = md.get("general.architecture")
+    if arch != "clip":
+        shown = printable(str(arch), limit=40) if arch is not None else "none"
+        raise _fail(path, f"its architecture is {shown!r}, not 'clip' (is this the text model?)")
+
+    def flag(key: str) -> bool:
+        v = md.get(key, False)
+        return bool(v) if isinstance(v, bool) else False
+
+    has_vision, has_audio = flag("clip.has_vision_encoder"), flag("clip.has_audio_encoder")
+    if not (has_vision or has_audio):
+        raise _fail(path, "it has neither a vision nor an audio encoder (clip.has_vision_encoder)")
+    proj = md.get("clip.projector_type") or md.get("clip.vision.projector_type" if has_vision else "clip.audio.projector_type")
+    if not isinstance(proj, str) or not proj:
+        raise _fail(path, "no clip.projector_type")
+    prefix = "vision" if has_vision else "audio"
+
+    def num(key: str, default: int | None = None, low: int = 0, high: int = 1 << 20) -> int:
+        v = md.get(key, default)
+        if v is None:
+            raise _fail(path, f"missing {key}")
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise _fail(path, f"{key} = {printable(str(v), limit=40)} is not a count in [{low}, {high}]")
+        return v
+
+    n_embd = num(f"clip.{prefix}.embedding_length", low=1)
+    n_head = num(f"clip.{prefix}.attention.head_count", low=0)
+    n_head_kv = num(f"clip.{prefix}.attention.head_count_kv", n_head)
+    head_dim = num(f"clip.{prefix}.attention.head_dim", 0)
+    d_head = head_dim if head_dim > 0 else (n_embd // n_head if n_head > 0 else 0)  # clip_graph::clip_graph
+    n_ff = num(f"clip.{prefix}.feed_forward_length")
+    n_layer = num(f"clip.{prefix}.block_count", high=4096)
+    image_size = patch_size = 0
+    n_merge = 1
+    if has_vision:
+        image_size = num("clip.vision.image_size", high=MAX_IMAGE_SIZE)
+        patch_size = num("clip.vision.patch_size", low=1, high=65535)
+        # gemma3's default pooling is 4 per side (load_hparams, PROJECTOR_TYPE_GEMMA3)
+        n_merge = num("clip.vision.projector.scale_factor", 4 if proj == "gemma3" else 1, low=1, high=65535)
+    ffn_op = "gelu" if flag("clip.use_gelu") else "silu" if flag("clip.use_silu") else "gelu_quick"
+    return ProjectorProfile(
+        path=str(path), proj_type=proj, has_vision=has_vision, has_audio=has_audio, n_embd=n_embd, n_head=n_head,
+        n_head_kv=n_head_kv, d_head=d_head, n_ff=n_ff, n_layer=n_layer, image_size=image_size,
+        patch_size=patch_size, n_merge=n_merge, ffn_op=ffn_op, tensors=header.tensors, file_bytes=header.file_bytes,
+    )
+
+
+def find_beside(model_path: str | Path) -> Path | None:
+    """A projector next to a local model: ``mmproj*.gguf`` in the model's folder (the first by
+    name), as llama.cpp's ``-hf`` picks one from a repo (``common/download.cpp``: a file whose
+    name contains ``mmproj``). None if there is none (or the model is remote)."""
+    p = Path(model_path)
+    if "://" in str(model_path) or not p.parent.is_dir():
+        return None
+    found = sorted(q for q in p.parent.iterdir() if q.is_file() and q.name.lower().startswith("mmproj")
+                   and q.name.lower().endswith(".gguf") and q != p)
+    return found[0] if found else None
+
+
+def projector_device(devices: Sequence[Device], offload: bool = True) -> int | None:
+    """Index in ``devices`` (llama.cpp's model order) of the device the projector goes to; None = CPU.
+
+    ``ggml_backend_dev_by_type(GPU)`` over the registry: local GPUs first, then ``--rpc`` workers in
+    the order given (see the module docstring).
+    """
+    if not offload:
+        return None
+    local = [i for i, d in enumerate(devices) if d.backend.upper() not in ("RPC", "CPU")]
+    if local:
+        return local[0]
+    rpc = [i for i, d in enumerate(devices) if d.backend.upper() == "RPC"]
+    return rpc[0] if rpc else None
+
+
+@dataclass(frozen=True)
+class ProjectorEstimate:
+    """The projector's memory: weights on one backend, compute there and on the CPU."""
+
+    proj_type: str
+    device_index: int | None
+    """Index into the devices given; None = the CPU."""
+    weights_bytes: int
+    compute_bytes: int | None
+    """Compute buffer on the projector's device (the CPU when it is there); None = not modelled."""
+    host_compute_bytes: int | None
+    """The CPU's compute buffer when the projector is on a device (the image input); 0 when on the CPU."""
+    flash_attn: bool
+    image_size: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def device_bytes(self) -> int:
+        """What the projector's device holds (weights + compute)."""
+        return self.weights_bytes + (self.compute_bytes or 0)
+
+
+def _weights_backend(devices: Sequence[Device], index: int | None) -> str:
+    return "CPU" if index is None else devices[index].alloc_backend
+
+
+def weights_bytes(profile: ProjectorProfile, backend: str) -> int:
+    """The projector's weights buffer on ``backend`` (``ggml_backend_alloc_ctx_tensors_from_buft``:
+    each tensor's alloc size padded to the buffer type's alignment)."""
+    total = 0
+    for t in profile.tensors:
+        if backend == "CUDA":
+            total += kv.pad(cuda_rules.tensor_alloc_bytes(t.ggml_type, t.shape[0], t.n_bytes), cuda_rules.ALIGNMENT)
+        else:
+            total += kv.pad(t.n_bytes, CPU_ALIGNMENT)
+    return total
+
+
+def _flash(profile: ProjectorProfile, flash_attn: str, backend: Backend) -> bool:
+    """``warmup``: ``-fa auto`` tries flash attention and keeps it if the device runs the op."""
+    if flash_attn == "off":
+        return False
+    if flash_attn == "on":
+        return True
+    if backend.kind == "CUDA":
+        return profile.d_head in cuda_rules.FATTN_HEAD_SIZES and cuda_rules.FATTN_HEAD_SIZES[profile.d_head] is None
+    return True
+
+
+def _siglip_graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
+    """``clip_graph_siglip::build`` for gemma3 (``build_inp``, ``build_vit``, the pooled projection)
+    at the warmup image, in ggml's op order; weights are leaves owned by backend ``owner``."""
+    g = Graph()
+    o = Ops(g)
+    weights: dict[str, T] = {}
+    by_name = {t.name: t for t in profile.tensors}
+
+    def w(name: str, required: bool = True) -> T | None:
+        if name in weights:
+            return weights[name]
+        info = by_name.get(name)
+        if info is None:
+            if required:
+                raise _fail(profile.path, f"missing tensor {name}")
+            return None
+        t = T(g, "NONE", info.ggml_type, info.shape)
+        t.name, t.owner, t.weights = name, owner, True
+        weights[name] = t
+        return t
+
+    sz, P, E = profile.warmup_image_size, profile.patch_size, profile.n_embd
+    npx = sz // P
+    n_pos = npx * npx
+    H, Hkv, D = profile.n_head, profile.n_head_kv, profile.d_head
+    if n_pos <= 0 or H <= 0 or D <= 0:
+        raise _fail(profile.path, f"image {sz} / patch {P} gives no patches, or no attention heads")
+    # build_inp_raw + build_inp: ggml_conv_2d = im2col (f16) -> mul_mat -> reshape -> cont(permute)
+    inp_raw = o.input("inp_raw", F32, [sz, sz, 3, 1])
+    kernel = w("v.patch_embd.weight")
+    assert kernel is not None
+    if kernel.ne[0] != P or kernel.ne[1] != P or kernel.ne[2] != 3:
+        raise _fail(profile.path, f"v.patch_embd.weight is {kernel.ne[:4]}, not {P} x {P} x 3 x n_embd")
+    col_t = F32 if kernel.type == int(GGMLQuantizationType.BF16) else F16
+    im2col = o.new("IM2COL", col_t, [3 * P * P, npx, npx, 1], kernel, inp_raw)
+    a2 = o.reshape(im2col, im2col.ne[0], npx * npx)
+    k2 = o.reshape(kernel, P * P * 3, kernel.ne[3])
+    res = o.mul_mat(a2, k2)
+    res = o.reshape(res, npx, npx, 1, kernel.ne[3])
+    inp = o.cont(o.permute(res, 0, 1, 3, 2))
+    inp = o.reshape(inp, n_pos, E, 1)
+    inp = o.cont(o.transpose(inp))
+    bias = w("v.patch_embd.bias", False)
+    if bias is not None:
+        inp = o.binary("ADD", inp, bias)
+    # build_vit
+    pos = w("v.position_embd.weight", False)
+    if pos is not None:
+        inp = o.binary("ADD", inp, pos)
+    inp = o.reshape(inp, E, n_pos)
+    inpL = inp
+
+    def norm(cur: T, wn: str, bn: str) -> T:
+        cur = o.dup("NORM", cur, cur)  # ggml_norm (NORM_TYPE_NORMAL)
+        mw, mb = w(wn, False), w(bn, False)
+        if mw is not None:
+            cur = o.binary("MUL", cur, mw)
+        if mb is not None:
+            cur = o.binary("ADD", cur, mb)
+        return cur
+
+    def mm(cur: T, stem: str) -> T:
+        cur = o.mul_mat(w(stem + ".weight"), cur)  # type: ignore[arg-type]
+        b = w(stem + ".bias", False)
+        return o.binary("ADD", cur, b) if b is not None else cur
+
+    pre = w("v.pre_ln.weight", False)
+    if pre is not None:
+        inpL = norm(inpL, "v.pre_ln.weight", "v.pre_ln.bias")
+    for il in range(profile.n_layer):
+        b = f"v.blk.{il}."
+        cur = norm(inpL, b + "ln1.weight", b + "ln1.bias")
+        q = o.reshape(mm(cur, b + "attn_q"), D, H, n_pos, 1)
+        k = o.reshape(mm(cur, b + "attn_k"), D, Hkv, n_pos, 1)
+        v = o.reshape(mm(cur, b + "attn_v"), D, Hkv, n_pos, 1)
+        # build_attn: ggml_build_forward_order(q), (k), (v) fixes their order in the graph
+        for t in (q, k, v):
+            g.expand(t)
+        qp = o.permute(q, 0, 2, 1, 3)
+        kp = o.permute(k, 0, 2, 1, 3)
+        if flash:
+            vp = o.permute(v, 0, 2, 1, 3)
+            kc = o.cast(kp, F16)
+            vc = o.cast(vp, F16)
+            cur = o.flash_attn_ext(qp, kc, vc, None)
+            cur = o.reshape(cur, cur.ne[0] * cur.ne[1], cur.ne[2] * cur.ne[3])
+        else:
+            vc = o.cont(o.permute(v, 1, 2, 0, 3))
+            kq = o.mul_mat(kp, qp)
+            kq = o.soft_max(kq, None)
+            kqv = o.mul_mat(vc, kq)
+            cur = o.permute(kqv, 0, 2, 1, 3)
+            cur = o.cont(cur, cur.ne[0] * cur.ne[1], cur.ne[2] * cur.ne[3])
+        cur = mm(cur, b + "attn_out")
+        cur = o.binary("ADD", cur, inpL)
+        inpL = cur
+        cur = norm(cur, b + "ln2.weight", b + "ln2.bias")
+        cur = mm(cur, b + "ffn_up")
+        if w(b + "ffn_gate.weight", False) is not None:
+            raise _fail(profile.path, "a gated vision FFN is not replayed")
+        cur = o.unary("UNARY", cur)  # ggml_gelu / ggml_silu / ggml_gelu_quick
+        cur = mm(cur, b + "ffn_down")
+        cur = o.binary("ADD", inpL, cur)
+        inpL = cur
+    if w("v.post_ln.weight", False) is not None:
+        inpL = norm(inpL, "v.post_ln.weight", "v.post_ln.bias")
+    cur = o.reshape(inpL, E, n_pos, 1)
+    # gemma3: avg-pool the patch grid by n_merge, RMS norm, project
+    k_sz = profile.n_merge
+    cur = o.transpose(cur)
+    cur = o.cont(cur, npx, npx, E, 1)
+    side = (npx - k_sz) // k_sz + 1  # ggml_calc_pool_output_size, no padding
+    if side <= 0:
+        raise _fail(profile.path, f"scale_factor {k_sz} is larger than the {npx}-patch side")
+    cur = o.new("POOL_2D", F32, [side, side, E, 1], cur)
+    cur = o.reshape(cur, side * side, E, 1)
+    cur = o.cont(o.transpose(cur))
+    cur = o.rms_norm(cur)
+    cur = o.binary("MUL", cur, w("mm.soft_emb_norm.weight"))  # type: ignore[arg-type]
+    proj = w("mm.input_projection.weight")
+    assert proj is not None
+    pt = o.cont(o.transpose(proj))
+    cur = o.mul_mat(pt, cur)
+    g.expand(cur)
+    return g
+
+
+def estimate_projector(profile: ProjectorProfile, devices: Sequence[Device], *, offload: bool = True,
+                       flash_attn: str = "auto") -> ProjectorEstimate:
+    """The projector's weights and warmup compute on the device llama.cpp picks from ``devices``."""
+    index = projector_device(devices, offload)
+    backend = _weights_backend(devices, index)
+    w_bytes = weights_bytes(profile, backend)
+    notes: list[str] = []
+    if index is None:
+        backends = [Backend("CPU", CPU_ALIGNMENT, False, True)]
+    else:
+        backends = backends_of([devices[index]])
+    owner = 0
+    flash = _flash(profile, flash_attn, backends[owner])
+    compute: int | None = None
+    host: int | None = None
+    if not profile.has_vision:
+        notes.append(f"projector {profile.proj_type}: audio encoder compute not modelled")
+    elif profile.proj_type not in REPLAYED_TYPES:
+        notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact, warmup compute "
+                     "not modelled (replayed: " + ", ".join(sorted(REPLAYED_TYPES)) + ")")
+    else:
+        graph = _siglip_graph(profile, owner, flash)
+        nodes, node_b, leafs, leaf_b = schedule(graph, backends, {}, 1)
+        sizes = allocate_graph(nodes, node_b, leafs, leaf_b, backends, len(graph.all))
+        compute = sizes[0]
+        host = 0 if index is None else sizes[-1]
+    return ProjectorEstimate(
+        proj_type=profile.proj_type, device_index=index, weights_bytes=w_bytes, compute_bytes=compute,
+        host_compute_bytes=host, flash_attn=flash, image_size=profile.warmup_image_size, notes=tuple(notes),
+    )
