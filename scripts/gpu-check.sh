@@ -39,7 +39,7 @@ build="$HOME/.cache/llamasplit/llama.cpp-0.3.36/build-cuda-sm${archs//;/-}"
 step "building llama.cpp with CUDA for sm_$archs in $build (log: $build.log)"
 {
   cmake -S "$src" -B "$build" "${flags[@]}" -DCMAKE_CUDA_ARCHITECTURES="$archs"
-  ninja -C "$build" -j "$(nproc)" llama-server llama-fit-params ggml-rpc-server
+  ninja -C "$build" -j "$(nproc)" llama-server llama-fit-params ggml-rpc-server llama-bench
 } >"$build.log" 2>&1 || { tail -20 "$build.log" >&2; echo "gpu-check: the CUDA build failed; see $build.log" >&2; exit 1; }
 export LLAMASPLIT_LLAMA_CPP_BIN="$build/bin"
 export CUDA_DEVICE_ORDER=PCI_BUS_ID
@@ -48,4 +48,8 @@ step "fetching the fixture models"
 .venv/bin/llamasplit fetch-models >/dev/null
 step "comparing (llamasplit, llama-fit-params, llama-server, NVML, nvidia-smi)"
 .venv/bin/python benchmarks/gpu_check.py "$@"
+if [[ " $* " != *" --quick "* ]]; then
+  step "measuring each GPU with llamasplit bench (llama-bench -dev CUDAn on the probe models)"
+  .venv/bin/llamasplit bench --no-host
+fi
 step "done"

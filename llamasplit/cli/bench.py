@@ -37,7 +37,7 @@ def bench_cmd(
     no_host: bool = typer.Option(False, "--no-host", help="Do not measure the host CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured fleet as JSON (stdout)."),
 ) -> None:
-    """Measure the host CPU and each RPC worker with llama-bench (about a minute per device)."""
+    """Measure the host CPU, each local GPU and each RPC worker with llama-bench (about a minute per device)."""
     from llamasplit.devices.inventory import inventory_dict, save_inventory
     from llamasplit.devices.sources import resolve_fleet
     from llamasplit.llamacpp.binaries import find_binary
@@ -50,9 +50,10 @@ def bench_cmd(
         if rpc:
             raise
         fleet = host_fleet()
-    local_gpus = [d for d in fleet.devices if d.backend.upper() != "RPC"]
-    if local_gpus:
-        say(f"llamasplit: {len(local_gpus)} local GPU(s) are not measured yet (their speed stays calibrated/datasheet)")
+    unmeasurable = [d for d in fleet.devices if d.backend.upper() != "RPC" and not (d.backend.upper() == "CUDA" and d.cuda_index is not None)]
+    if unmeasurable:
+        say(f"llamasplit: {len(unmeasurable)} device(s) with no llama.cpp device name are not measured "
+            "(their speed stays calibrated/datasheet)")
     measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"llamasplit: bench: {m}"), host=not no_host)
     if save:
         path = save_inventory(measured, save)

@@ -64,19 +64,39 @@ def parse_llama_bench(text: str) -> dict[str, tuple[float, int, int]]:
     return out
 
 
-def run_llama_bench(
+def bench_argv(
     binary: str | Path, model: str | Path, *, rpc: Sequence[str] = (), ngl: int, tensor_split: Sequence[float] | None = None,
-    n_prompt: int = N_PROMPT, n_gen: int = N_GEN, repetitions: int = REPETITIONS, timeout_s: float = 600.0,
-) -> BenchResult:
-    """Run llama-bench once (a prefill test and a decode test) and return the averages."""
-    from llamasplit.runner.processes import run_to_end
+    n_prompt: int = N_PROMPT, n_gen: int = N_GEN, repetitions: int = REPETITIONS, device: str | None = None,
+) -> list[str]:
+    """llama-bench's argv for one prefill and one decode test.
 
+    >>> bench_argv("llama-bench", "m.gguf", ngl=99, device="CUDA1", repetitions=2)
+    ['llama-bench', '-m', 'm.gguf', '-p', '128', '-n', '32', '-r', '2', '-ngl', '99', '-o', 'json', '-dev', 'CUDA1']
+    >>> bench_argv("llama-bench", "m.gguf", ngl=99, rpc=["a:1", "b:2"], tensor_split=[1, 2.5])[-4:]
+    ['--rpc', 'a:1,b:2', '-ts', '1/2.5']
+    """
     argv = [str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
             "-ngl", str(ngl), "-o", "json"]
+    if device:
+        argv += ["-dev", device]
     if rpc:
         argv += ["--rpc", ",".join(rpc)]
     if tensor_split:
         argv += ["-ts", "/".join(f"{x:g}" for x in tensor_split)]
+    return argv
+
+
+def run_llama_bench(
+    binary: str | Path, model: str | Path, *, rpc: Sequence[str] = (), ngl: int, tensor_split: Sequence[float] | None = None,
+    n_prompt: int = N_PROMPT, n_gen: int = N_GEN, repetitions: int = REPETITIONS, timeout_s: float = 600.0,
+    device: str | None = None,
+) -> BenchResult:
+    """Run llama-bench once (a prefill test and a decode test) and return the averages. ``device``
+    is a llama.cpp device name (``CUDA0``) that takes every offloaded layer (``-dev``)."""
+    from llamasplit.runner.processes import run_to_end
+
+    argv = bench_argv(binary, model, rpc=rpc, ngl=ngl, tensor_split=tensor_split, n_prompt=n_prompt, n_gen=n_gen,
+                      repetitions=repetitions, device=device)
     done = run_to_end(argv, timeout_s=timeout_s)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -248,23 +268,24 @@ def measure_fleet(
            + (f" and {', '.join(q for q, _, _ in typed)} probes (relative to Q4_0 on their shape)" if typed else "")
            + f", {when}")
 
-    def measure(label: str, on_host: bool, rpc: list[str], threads: int | None) -> MeasuredSpeed:
+    def measure(label: str, on_host: bool, rpc: list[str], threads: int | None, dev: str | None = None) -> MeasuredSpeed:
         obs = []
         ngl = 0 if on_host else 99
         for name, path, m in main:
             progress(f"{label}: {name}")
             n_prompt = prompt_tokens(name)
             obs.append((features(m, on_host=on_host, n_prompt=n_prompt or N_PROMPT),
-                        run_llama_bench(binary, path, rpc=rpc, ngl=ngl, n_prompt=n_prompt)))
+                        run_llama_bench(binary, path, rpc=rpc, ngl=ngl, n_prompt=n_prompt, device=dev)))
         speed = fit_device(obs, threads=threads, how=how)
         runs = []
         for q, path, m in typed:
             progress(f"{label}: {q} probe")
-            runs.append((q, features(m, on_host=on_host), run_llama_bench(binary, path, rpc=rpc, ngl=ngl)))
+            runs.append((q, features(m, on_host=on_host), run_llama_bench(binary, path, rpc=rpc, ngl=ngl, device=dev)))
         reference = None
         if runs and ref_model is not None:
             progress(f"{label}: Q4_0 reference probe")
-            reference = (features(ref_model[1], on_host=on_host), run_llama_bench(binary, ref_model[0], rpc=rpc, ngl=ngl))
+            reference = (features(ref_model[1], on_host=on_host), run_llama_bench(binary, ref_model[0], rpc=rpc, ngl=ngl,
+                                                                                   device=dev))
         if runs:
             speed = dataclasses.replace(speed, types=_typed_rates(speed, runs, reference) or None)
         if log is not None:
@@ -276,6 +297,10 @@ def measure_fleet(
     if host:
         out_host = dataclasses.replace(fleet.host, measured=measure("CPU", True, [], fleet.host.cpu_cores))
     devices = list(fleet.devices)
+    for i, d in enumerate(devices):
+        if d.backend.upper() == "CUDA" and d.cuda_index is not None:
+            # a local GPU alone: llama-bench -dev CUDAn -ngl 99 (CUDA's own device order, as cuda_index holds it)
+            devices[i] = dataclasses.replace(d, measured=measure(d.name, False, [], None, dev=f"CUDA{d.cuda_index}"))
     endpoints = {}
     for i, d in enumerate(devices):
         if d.backend.upper() != "RPC":
