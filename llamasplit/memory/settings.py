@@ -12,6 +12,14 @@ from llamasplit.errors import UsageError
 
 BINARIES = ("llama-server", "llama-completion", "llama-cli", "llama-cpp-python", "llama-fit-params")
 
+SPEC_TYPES = ("none", "draft-simple", "draft-mtp", "draft-eagle3", "draft-dflash", "draft-dspark", "ngram-simple",
+              "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
+"""The names common/speculative.cpp's ``common_speculative_type_from_name`` accepts for --spec-type."""
+
+SPEC_BINARIES = ("llama-server", "llama-cli")
+"""The binaries that take --spec-type (common/arg.cpp: ``set_examples({LLAMA_EXAMPLE_SPECULATIVE,
+LLAMA_EXAMPLE_SERVER, LLAMA_EXAMPLE_CLI})``; llama-completion and llama-fit-params reject it)."""
+
 EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 """The tensors --cpu-moe sends to the CPU (common/common.h LLM_FFN_EXPS_REGEX)."""
 
@@ -48,6 +56,9 @@ class LlamaSettings:
     repack: bool = True
     """``-nr/--no-repack`` turns it off: no extra CPU buffer types (AMX, CPU_REPACK) for the CPU's weights."""
     binary: str = "llama-server"
+    spec_type: str | None = None
+    """--spec-type; the one with a memory cost of its own here is ``draft-mtp`` (multi-token
+    prediction with the model's NextN blocks: ``memory.mtp``). ``None``: no speculative decoding."""
 
     def __post_init__(self) -> None:
         if self.split_mode not in ("none", "layer", "row", "tensor"):
@@ -56,6 +67,11 @@ class LlamaSettings:
             raise UsageError(f"flash attention {self.flash_attn!r} is not one of on, off, auto")
         if self.binary not in BINARIES:
             raise UsageError(f"binary {self.binary!r} is not one of {', '.join(BINARIES)}")
+        if self.spec_type is not None and any(t not in SPEC_TYPES for t in self.spec_type.split(",")):
+            raise UsageError(f"--spec-type {self.spec_type!r} is not a comma-separated list of types llama.cpp knows",
+                             remedy=f"use {', '.join(SPEC_TYPES)}")
+        if self.spec_type is not None and self.binary not in SPEC_BINARIES:
+            raise UsageError(f"--spec-type is not a flag of {self.binary}", remedy=f"plan for {' or '.join(SPEC_BINARIES)}")
         if self.n_ubatch <= 0 or self.n_batch <= 0:
             raise UsageError("batch sizes must be positive")
         _count("--ctx", self.n_ctx, remedy="give a context length in tokens (0: the model's training context)")
@@ -155,6 +171,8 @@ class LlamaSettings:
             args += ["-nr"]
         if not self.use_mmap:
             args += ["-lm", "none"]  # this llama.cpp replaced --no-mmap with --load-mode
+        if self.spec_type is not None:
+            args += ["--spec-type", self.spec_type]
         return args
 
 

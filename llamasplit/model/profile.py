@@ -280,6 +280,8 @@ class ModelProfile:
     """Set on what-if profiles: the file type this profile was re-typed from."""
     source_path: str | None = None
     """Set on what-if profiles: the real file (``path`` is then the file llama-quantize would write)."""
+    load_mtp: bool = False
+    """The NextN/MTP blocks' weights are loaded too (``--spec-type draft-mtp``: ``memory.mtp.with_mtp``)."""
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -299,7 +301,7 @@ class ModelProfile:
         (``load_tensors`` places ``n_layer_all + 1`` layers), so only their weights go.
         """
         first_nextn = self.hparams.n_layer_kv
-        if not self.hparams.n_layer_nextn:
+        if not self.hparams.n_layer_nextn or self.load_mtp:
             return self.tensors
         return tuple(t for t in self.tensors if not (t.layer is not None and t.layer >= first_nextn))
 
