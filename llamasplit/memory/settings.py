@@ -20,6 +20,9 @@ SPEC_BINARIES = ("llama-server", "llama-cli")
 """The binaries that take --spec-type (common/arg.cpp: ``set_examples({LLAMA_EXAMPLE_SPECULATIVE,
 LLAMA_EXAMPLE_SERVER, LLAMA_EXAMPLE_CLI})``; llama-completion and llama-fit-params reject it)."""
 
+MMPROJ_BINARIES = ("llama-server", "llama-cli")
+"""The binaries that take --mmproj (common/arg.cpp ``mmproj_examples``: server, cli, mtmd, tts)."""
+
 EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 """The tensors --cpu-moe sends to the CPU (common/common.h LLM_FFN_EXPS_REGEX)."""
 
@@ -55,6 +58,10 @@ class LlamaSettings:
     use_mmap: bool = True
     repack: bool = True
     """``-nr/--no-repack`` turns it off: no extra CPU buffer types (AMX, CPU_REPACK) for the CPU's weights."""
+    mmproj: str | None = None
+    """--mmproj FILE: the multimodal projector loaded beside the model (``memory.mmproj``)."""
+    mmproj_offload: bool = True
+    """--no-mmproj-offload turns it off: the projector stays on the CPU (common/arg.cpp ``mmproj_use_gpu``)."""
     binary: str = "llama-server"
     spec_type: str | None = None
     """--spec-type; the one with a memory cost of its own here is ``draft-mtp`` (multi-token
@@ -72,6 +79,8 @@ class LlamaSettings:
                              remedy=f"use {', '.join(SPEC_TYPES)}")
         if self.spec_type is not None and self.binary not in SPEC_BINARIES:
             raise UsageError(f"--spec-type is not a flag of {self.binary}", remedy=f"plan for {' or '.join(SPEC_BINARIES)}")
+        if self.mmproj is not None and self.binary not in MMPROJ_BINARIES:
+            raise UsageError(f"--mmproj is not a flag of {self.binary}", remedy=f"plan for {' or '.join(MMPROJ_BINARIES)}")
         if self.n_ubatch <= 0 or self.n_batch <= 0:
             raise UsageError("batch sizes must be positive")
         _count("--ctx", self.n_ctx, remedy="give a context length in tokens (0: the model's training context)")
@@ -171,6 +180,10 @@ class LlamaSettings:
             args += ["-nr"]
         if not self.use_mmap:
             args += ["-lm", "none"]  # this llama.cpp replaced --no-mmap with --load-mode
+        if self.mmproj is not None:
+            args += ["--mmproj", self.mmproj]
+            if not self.mmproj_offload:
+                args += ["--no-mmproj-offload"]
         if self.spec_type is not None:
             args += ["--spec-type", self.spec_type]
         return args
