@@ -187,7 +187,7 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
     ``record`` the oracle's figures written as the fast tier's golden file."""
     import json
 
-    from llamasplit.memory.compute import replayable
+    from llamasplit.memory.graph import replayable
 
     t0 = time.perf_counter()
     per_family: dict[str, list[tuple[bool, bool]]] = {f: [] for f in families}

@@ -27,7 +27,7 @@ from synth import FAMILIES
 
 from llamasplit.devices.device import Device
 from llamasplit.model.profile import read_model
-from llamasplit.memory.compute import replayable
+from llamasplit.memory.graph import replayable
 from llamasplit.memory.estimate import estimate
 from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings

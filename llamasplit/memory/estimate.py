@@ -30,7 +30,7 @@ from llamasplit.memory import cuda_rules, kv, repack
 from llamasplit.memory.f32 import f32, prefix_fractions
 from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings
-from llamasplit.memory.compute import compute_bytes, heuristic_bytes
+from llamasplit.memory.graph import compute_bytes, heuristic_bytes
 from llamasplit.memory.weights import HOST, _Tables, _Weights, _backend, _override_map, _tables, alloc_bytes
 
 MiB = 1024 * 1024

@@ -1,6 +1,6 @@
 """Weight tensors as llama.cpp creates them: each tensor's slot (input, a layer, output), its
 allocation size on a backend, and the ``-ot`` overrides. Shared by the weights placement
-(``estimate.py``) and the graph replay (``compute.py``), which imports nothing else from the
+(``estimate.py``) and the graph replay (``graph/``), which imports nothing else from the
 estimate (so the two no longer import each other)."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from llamasplit.model.profile import ModelProfile
 from llamasplit.memory import kv
 from llamasplit.memory.estimate import Estimate, estimate, with_host_extras
 from llamasplit.memory.weights import HOST
-from llamasplit.memory.compute import replayable
+from llamasplit.memory.graph import replayable
 from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings
 from llamasplit.speed.model import HOST_NAME, IDLE, SpeedEstimate, device_speed, layer_split_speed

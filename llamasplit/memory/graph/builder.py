@@ -1,0 +1,10 @@
+"""``Builder``: the common part and every block, what an arch's ``build`` function works with."""
+
+from __future__ import annotations
+
+from llamasplit.memory.graph.attention import Attention
+from llamasplit.memory.graph.ffn import Ffn
+
+
+class Builder(Attention, Ffn):
+    """Builds one arch's worst-case graph the way llama.cpp's llm_graph_context does."""
