@@ -44,6 +44,13 @@ ALIASES = {
 }
 """The CLI's short names for ``LlamaSettings`` fields."""
 _SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(LlamaSettings))
+COMPANION_OPTIONS = {
+    "md": "md", "draft": "md", "ngld": "ngld", "devd": "devd", "ctkd": "ctkd", "ctvd": "ctvd", "otd": "otd",
+    "cmoed": "cmoed", "ncmoed": "ncmoed", "draft_n_max": "draft_n_max", "lora": "lora", "lora_scaled": "lora_scaled",
+}
+"""A draft model (``draft="d.gguf"`` or ``md=``, with the CLI's ``ngld``, ``devd``, ``ctkd``, ``ctvd``,
+``otd``, ``cmoed``, ``ncmoed``, ``draft_n_max``) and LoRA adapters (``lora="a.gguf"`` or a list,
+``lora_scaled="a.gguf:0.5"``), planned with the model (``memory.companions``)."""
 _SPLIT_MODES = ("none", "layer", "row", "tensor")
 
 
@@ -79,25 +86,39 @@ def plan_options(**options: Any) -> PlanOptions:
     ['n_ctx']
     """
     margin = options.pop("margin", None)
+    side = {COMPANION_OPTIONS[k]: options.pop(k) for k in list(options) if k in COMPANION_OPTIONS}
     kw: dict[str, Any] = {}
     for key, value in options.items():
         name = ALIASES.get(key, key)
         if name not in _SETTINGS_FIELDS:
             raise UsageError(
                 f"unknown plan option {key!r}",
-                remedy="use one of " + ", ".join([*_SETTINGS_FIELDS, *ALIASES, "margin"]),
+                remedy="use one of " + ", ".join([*_SETTINGS_FIELDS, *ALIASES, "margin", *COMPANION_OPTIONS]),
             )
         kw[name] = _value(name, value)
     settings = LlamaSettings(**kw)
+    if isinstance(side.get("lora"), (str, os.PathLike)):
+        side["lora"] = [os.fspath(side["lora"])]
+    if isinstance(side.get("lora_scaled"), str):
+        side["lora_scaled"] = [side["lora_scaled"]]
+    if side.get("md") is not None:
+        side["md"] = os.fspath(side["md"])
+    if side.get("ngld") is not None:
+        side["ngld"] = str(side["ngld"])
+    if isinstance(side.get("devd"), (list, tuple)):
+        side["devd"] = ",".join(side["devd"]) or "none"
+    from llamasplit.memory.companions import companions_from_flags
+
     return PlanOptions(
         settings=settings,
         fixed=frozenset(k for k in kw if k != "binary"),
         margin_bytes=DEFAULT_MARGIN_BYTES if margin is None else parse_size(margin),
+        companions=companions_from_flags(**side),
     )
 
 
 def _is_plan_option(key: str) -> bool:
-    return key in _SETTINGS_FIELDS or key in ALIASES or key == "margin"
+    return key in _SETTINGS_FIELDS or key in ALIASES or key == "margin" or key in COMPANION_OPTIONS
 
 
 def read_fleet(devices: Any = None, rpc: str | Sequence[str] | None = None) -> Fleet:
@@ -264,7 +285,9 @@ def serve(
             the_plan = model
         else:
             options.setdefault("binary", SERVER)
-            the_plan = plan(model, devices, rpc=endpoints or None, **options)
+            # the workers as given: a description after "=" (b:50052=3090) sizes that worker's device
+            given = endpoints if workers else rpc
+            the_plan = plan(model, devices, rpc=given or None, **options)
         launch_options = LaunchOptions(binary=binary, host=host, port=port or 0, extra_args=tuple(extra_args),
                                        ready_timeout_s=ready_timeout_s)
         # extra_args=["--port", P]: llama-server serves on P (the last --port wins), so wait for it there

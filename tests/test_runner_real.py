@@ -167,12 +167,14 @@ def test_check_gemma3_uneven_split_over_rpc(gemma3_path, workers, capsys):
 
 
 def test_serve_api_predicted_vs_actual_and_completion(smollm2_path, workers):
-    with llamasplit.serve(smollm2_path, rpc=[w.endpoint for w in workers], ts=(2, 1), ctx=1024,
+    # the first worker described on the spec (as the CPU it is): the plan keeps the description
+    with llamasplit.serve(smollm2_path, rpc=[f"{workers[0].endpoint}=cpu", workers[1].endpoint], ts=(2, 1), ctx=1024,
                           extra_args=THREADS) as srv:
         report = srv.report()
         assert report.ok, report.table()
         plan = srv.plan
         assert [d.name for d in plan.devices] == ["RPC0", "RPC1"]
+        assert plan.devices[0].serves_source == "described" and plan.devices[1].serves_source != "described"
         for d in plan.devices:
             assert abs(report.row(d.name, "model").actual_bytes - d.model_bytes) <= 1 * MiB
             assert abs(report.row(d.name, "context").actual_bytes - d.context_bytes) <= 1 * MiB
