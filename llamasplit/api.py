@@ -117,6 +117,20 @@ def plan_options(**options: Any) -> PlanOptions:
     )
 
 
+def attach_projector(options: PlanOptions, model_location: str, *, hf: str | None = None,
+                     hf_file: str | None = None) -> PlanOptions:
+    """``options`` with the projector its ``settings.mmproj`` names read and planned beside the model
+    (``model.projector.locate_projector``: a file, a URL, or ``auto``); unchanged without one."""
+    spec = options.settings.mmproj
+    if spec is None:
+        return options
+    from llamasplit.model.projector import locate_projector
+
+    where, projector = locate_projector(spec, model_location, hf=hf, hf_file=hf_file)
+    return dataclasses.replace(options, settings=options.settings.replace(mmproj=where),
+                               companions=dataclasses.replace(options.companions, mmproj=projector))
+
+
 def _is_plan_option(key: str) -> bool:
     return key in _SETTINGS_FIELDS or key in ALIASES or key == "margin" or key in COMPANION_OPTIONS
 
@@ -158,12 +172,15 @@ def plan(model: str | os.PathLike[str] | None = None, devices: Any = None, *, rp
 
     ``model`` is a path or an ``http(s)://`` URL of a ``.gguf``; or give ``hf="user/repo[:quant]"``
     (and ``hf_file``) as llama.cpp's ``-hf``: remote models are planned from their headers alone.
+    ``mmproj="FILE"`` (or a URL, or ``"auto"``: beside the model or in the ``-hf`` repo) plans a
+    multimodal projector with it (``mmproj_offload=False``: on the CPU).
     """
     from llamasplit.model.locate import open_model
     from llamasplit.planner.plan import plan as make_plan
 
     opts = plan_options(**options)
     profile = open_model(model, hf=hf, hf_file=hf_file)
+    opts = attach_projector(opts, profile.path, hf=hf, hf_file=hf_file)
     return make_plan(profile, read_fleet(devices, rpc), opts)
 
 

@@ -40,9 +40,10 @@ a note; their weights are still exact.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import ModelReadError
@@ -52,123 +53,11 @@ from llamasplit.memory.graph.allocator import allocate_graph
 from llamasplit.memory.graph.ggml import F16, F32, Graph, Ops, T
 from llamasplit.memory.graph.scheduler import Backend, backends_of, schedule
 from llamasplit.memory.weights import CPU_ALIGNMENT
-from llamasplit.model.gguf_reader import RawTensor, read_header
+from llamasplit.model.projector import ProjectorProfile, _fail
 from llamasplit.untrusted import printable
 
 REPLAYED_TYPES = frozenset({"gemma3"})
 """Projector types whose warmup graph is replayed (``clip_get_graph_builder`` -> ``clip_graph_siglip``)."""
-
-MAX_IMAGE_SIZE = 8192
-"""``load_hparams`` sanity check: ``image_size`` above 8192 is refused (int32 overflow of n_patches)."""
-
-_FFN_OPS = ("gelu", "silu", "gelu_quick")
-
-
-@dataclass(frozen=True)
-class ProjectorProfile:
-    """What a projector file says: its type, the vision tower's shape, its tensors."""
-
-    path: str
-    proj_type: str
-    has_vision: bool
-    has_audio: bool
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    d_head: int
-    n_ff: int
-    n_layer: int
-    image_size: int
-    patch_size: int
-    n_merge: int
-    ffn_op: str
-    tensors: tuple[RawTensor, ...]
-    file_bytes: int
-
-    @property
-    def weight_bytes(self) -> int:
-        """``load_hparams``' ``model size``: the unpadded sum of every tensor (MiB in llama-server's log)."""
-        return sum(t.n_bytes for t in self.tensors)
-
-    @property
-    def warmup_image_size(self) -> int:
-        """``get_dummy_batch``'s square image side (``hparams.warmup_image_size``; gemma3: ``image_size``)."""
-        return self.image_size
-
-    def tensor(self, name: str) -> RawTensor | None:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        return None
-
-
-def _fail(path: str | Path, what: str) -> ModelReadError:
-    return ModelReadError(f"{path}: not a usable multimodal projector: {what}",
-                          remedy="give the mmproj GGUF that belongs to this model (arch 'clip', e.g. mmproj-*.gguf)")
-
-
-def read_projector(path: str | Path) -> ProjectorProfile:
-    """Read a projector's header (bounded like every GGUF we read: ``model.gguf_reader``)."""
-    header = read_header(path)
-    md = header.metadata
-    arch = md.get("general.architecture")
-    if arch != "clip":
-        shown = printable(str(arch), limit=40) if arch is not None else "none"
-        raise _fail(path, f"its architecture is {shown!r}, not 'clip' (is this the text model?)")
-
-    def flag(key: str) -> bool:
-        v = md.get(key, False)
-        return bool(v) if isinstance(v, bool) else False
-
-    has_vision, has_audio = flag("clip.has_vision_encoder"), flag("clip.has_audio_encoder")
-    if not (has_vision or has_audio):
-        raise _fail(path, "it has neither a vision nor an audio encoder (clip.has_vision_encoder)")
-    proj = md.get("clip.projector_type") or md.get("clip.vision.projector_type" if has_vision else "clip.audio.projector_type")
-    if not isinstance(proj, str) or not proj:
-        raise _fail(path, "no clip.projector_type")
-    prefix = "vision" if has_vision else "audio"
-
-    def num(key: str, default: int | None = None, low: int = 0, high: int = 1 << 20) -> int:
-        v = md.get(key, default)
-        if v is None:
-            raise _fail(path, f"missing {key}")
-        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-            raise _fail(path, f"{key} = {printable(str(v), limit=40)} is not a count in [{low}, {high}]")
-        return v
-
-    n_embd = num(f"clip.{prefix}.embedding_length", low=1)
-    n_head = num(f"clip.{prefix}.attention.head_count", low=0)
-    n_head_kv = num(f"clip.{prefix}.attention.head_count_kv", n_head)
-    head_dim = num(f"clip.{prefix}.attention.head_dim", 0)
-    d_head = head_dim if head_dim > 0 else (n_embd // n_head if n_head > 0 else 0)  # clip_graph::clip_graph
-    n_ff = num(f"clip.{prefix}.feed_forward_length")
-    n_layer = num(f"clip.{prefix}.block_count", high=4096)
-    image_size = patch_size = 0
-    n_merge = 1
-    if has_vision:
-        image_size = num("clip.vision.image_size", high=MAX_IMAGE_SIZE)
-        patch_size = num("clip.vision.patch_size", low=1, high=65535)
-        # gemma3's default pooling is 4 per side (load_hparams, PROJECTOR_TYPE_GEMMA3)
-        n_merge = num("clip.vision.projector.scale_factor", 4 if proj == "gemma3" else 1, low=1, high=65535)
-    ffn_op = "gelu" if flag("clip.use_gelu") else "silu" if flag("clip.use_silu") else "gelu_quick"
-    return ProjectorProfile(
-        path=str(path), proj_type=proj, has_vision=has_vision, has_audio=has_audio, n_embd=n_embd, n_head=n_head,
-        n_head_kv=n_head_kv, d_head=d_head, n_ff=n_ff, n_layer=n_layer, image_size=image_size,
-        patch_size=patch_size, n_merge=n_merge, ffn_op=ffn_op, tensors=header.tensors, file_bytes=header.file_bytes,
-    )
-
-
-def find_beside(model_path: str | Path) -> Path | None:
-    """A projector next to a local model: ``mmproj*.gguf`` in the model's folder (the first by
-    name), as llama.cpp's ``-hf`` picks one from a repo (``common/download.cpp``: a file whose
-    name contains ``mmproj``). None if there is none (or the model is remote)."""
-    p = Path(model_path)
-    if "://" in str(model_path) or not p.parent.is_dir():
-        return None
-    found = sorted(q for q in p.parent.iterdir() if q.is_file() and q.name.lower().startswith("mmproj")
-                   and q.name.lower().endswith(".gguf") and q != p)
-    return found[0] if found else None
-
 
 def projector_device(devices: Sequence[Device], offload: bool = True) -> int | None:
     """Index in ``devices`` (llama.cpp's model order) of the device the projector goes to; None = CPU.
@@ -199,16 +88,11 @@ class ProjectorEstimate:
     """The CPU's compute buffer when the projector is on a device (the image input); 0 when on the CPU."""
     flash_attn: bool
     image_size: int
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def device_bytes(self) -> int:
         """What the projector's device holds (weights + compute)."""
         return self.weights_bytes + (self.compute_bytes or 0)
-
-
-def _weights_backend(devices: Sequence[Device], index: int | None) -> str:
-    return "CPU" if index is None else devices[index].alloc_backend
 
 
 def weights_bytes(profile: ProjectorProfile, backend: str) -> int:
@@ -365,29 +249,55 @@ def estimate_projector(profile: ProjectorProfile, devices: Sequence[Device], *, 
                        flash_attn: str = "auto") -> ProjectorEstimate:
     """The projector's weights and warmup compute on the device llama.cpp picks from ``devices``."""
     index = projector_device(devices, offload)
-    backend = _weights_backend(devices, index)
-    w_bytes = weights_bytes(profile, backend)
-    notes: list[str] = []
-    if index is None:
-        backends = [Backend("CPU", CPU_ALIGNMENT, False, True)]
-    else:
-        backends = backends_of([devices[index]])
+    backends = (Backend("CPU", CPU_ALIGNMENT, False, True),) if index is None else tuple(backends_of([devices[index]]))
+    return dataclasses.replace(_estimate_on(profile, backends, flash_attn), device_index=index)
+
+
+@functools.lru_cache(maxsize=64)
+def _estimate_on(profile: ProjectorProfile, backends: tuple[Backend, ...], flash_attn: str) -> ProjectorEstimate:
+    """The projector on ``backends[0]`` (the CPU last); cached: the planner asks once per trial split."""
+    index = None if len(backends) == 1 else 0
+    w_bytes = weights_bytes(profile, "CPU" if index is None else backends[0].alloc or backends[0].kind)
     owner = 0
     flash = _flash(profile, flash_attn, backends[owner])
     compute: int | None = None
     host: int | None = None
-    if not profile.has_vision:
-        notes.append(f"projector {profile.proj_type}: audio encoder compute not modelled")
-    elif profile.proj_type not in REPLAYED_TYPES:
-        notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact, warmup compute "
-                     "not modelled (replayed: " + ", ".join(sorted(REPLAYED_TYPES)) + ")")
-    else:
+    if profile.has_vision and profile.proj_type in REPLAYED_TYPES:
         graph = _siglip_graph(profile, owner, flash)
-        nodes, node_b, leafs, leaf_b = schedule(graph, backends, {}, 1)
-        sizes = allocate_graph(nodes, node_b, leafs, leaf_b, backends, len(graph.all))
+        nodes, node_b, leafs, leaf_b = schedule(graph, list(backends), {}, 1)
+        sizes = allocate_graph(nodes, node_b, leafs, leaf_b, list(backends), len(graph.all))
         compute = sizes[0]
         host = 0 if index is None else sizes[-1]
     return ProjectorEstimate(
         proj_type=profile.proj_type, device_index=index, weights_bytes=w_bytes, compute_bytes=compute,
-        host_compute_bytes=host, flash_attn=flash, image_size=profile.warmup_image_size, notes=tuple(notes),
+        host_compute_bytes=host, flash_attn=flash, image_size=profile.warmup_image_size,
     )
+
+
+def output_embd(profile: ProjectorProfile) -> int | None:
+    """``clip_n_mmproj_embd``: the width of the embeddings the projector hands the text model
+    (gemma3: ``mm.input_projection.weight`` ne[0]); None where we do not know the type's rule."""
+    if profile.proj_type == "gemma3":
+        t = profile.tensor("mm.input_projection.weight")
+        return t.shape[0] if t is not None else None
+    return None
+
+
+def check_projector(profile: ProjectorProfile, model) -> list[str]:
+    """What llama.cpp refuses (one ModelReadError line) and the notes a plan with this projector gets.
+
+    ``mtmd_context::mtmd_context``: "mismatch between text model (n_embd = %d) and mmproj (n_embd = %d)".
+    """
+    width = output_embd(profile)
+    if width is not None and width != model.hparams.n_embd:
+        raise ModelReadError(
+            f"{profile.path}: the projector makes {width}-wide embeddings, the model takes {model.hparams.n_embd} "
+            "(llama.cpp refuses it: tools/mtmd/mtmd.cpp, mismatch between text model and mmproj)",
+            remedy="give the mmproj file made for this model")
+    notes = []
+    if not profile.has_vision:
+        notes.append(f"projector {printable(profile.proj_type, limit=40)}: audio only, its compute is not modelled")
+    elif profile.proj_type not in REPLAYED_TYPES:
+        notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact, warmup compute not "
+                     "modelled (replayed: " + ", ".join(sorted(REPLAYED_TYPES)) + ")")
+    return notes

@@ -181,7 +181,8 @@ class LlamaSettings:
         if not self.use_mmap:
             args += ["-lm", "none"]  # this llama.cpp replaced --no-mmap with --load-mode
         if self.mmproj is not None:
-            args += ["--mmproj", self.mmproj]
+            # a projector planned from its remote header: llama.cpp downloads it (common/arg.cpp --mmproj-url)
+            args += ["-mmu" if self.mmproj.lower().startswith(("http://", "https://")) else "--mmproj", self.mmproj]
             if not self.mmproj_offload:
                 args += ["--no-mmproj-offload"]
         if self.spec_type is not None:

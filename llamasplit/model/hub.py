@@ -139,6 +139,40 @@ def find_best_model(files: list[HubFile], tag: str | None) -> HubFile | None:
     return None
 
 
+def _quant_bits(path: str) -> int:
+    """llama.cpp's ``extract_quant_bits``: the first number in the split-info tag (Q4_0 -> 4, F16 -> 16), else 0."""
+    m = re.search(r"[0-9]+", tag_of(path))
+    return int(m.group(0)) if m else 0
+
+
+def find_best_mmproj(paths: list[str], model: str) -> str | None:
+    """llama.cpp's ``find_best_mmproj`` (``find_best_sibling(files, model, "mmproj")``): among the
+    ``.gguf`` paths containing ``mmproj`` in a folder on the model's path, the deepest shared folder,
+    then the quantization bits closest to the model's; the first in listing order on a tie.
+
+    >>> find_best_mmproj(["m-Q4_K_M.gguf", "mmproj-m-f16.gguf", "mmproj-m-Q8_0.gguf"], "m-Q4_K_M.gguf")
+    'mmproj-m-Q8_0.gguf'
+    >>> find_best_mmproj(["a/m-Q4_0.gguf", "b/mmproj-f16.gguf"], "a/m-Q4_0.gguf") is None
+    True
+    """
+    model_dir = model.split("/")[:-1]
+    bits = _quant_bits(model)
+    best, best_key = None, None
+    for path in paths:
+        if not path.endswith(".gguf") or "mmproj" not in path:
+            continue
+        sib_dir = path.split("/")[:-1]
+        depth = 0
+        while depth < min(len(model_dir), len(sib_dir)) and model_dir[depth] == sib_dir[depth]:
+            depth += 1
+        if depth != len(sib_dir):
+            continue  # the projector's folder must be the model's or one above it
+        key = (depth, -abs(_quant_bits(path) - bits))
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best
+
+
 def split_files(files: list[HubFile], primary: HubFile) -> list[HubFile]:
     """llama.cpp's ``get_split_files``: every shard of ``primary``'s model (itself alone when not split)."""
     info = split_info(primary.path)
