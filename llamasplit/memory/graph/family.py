@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llamasplit.memory.graph.builder import Builder
-    from llamasplit.model.profile import HParams
+    from llamasplit.model.profile import HParams, ModelProfile
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class Family:
     """The router's gating when ``{arch}.expert_gating_func`` is unset: softmax, sigmoid, softmax_weight."""
     mla: bool = False
     """deepseek2's multi-head latent attention when the header has ``kv_lora_rank``."""
+    replayable: Callable[[ModelProfile], bool] | None = None
+    """A family whose build knows its recurrent (or otherwise special) layers says itself whether
+    it can replay a model; ``None``: the generic check of ``replay.replayable``."""
 
 
 DECODER = Family()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from llamasplit.memory.graph import (
     cohere2, deepseek2, exaone, gemma, glm4moe, gptoss, granite, internlm2, layernorm, llama, llama4, mistral3,
-    olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, stablelm, starcoder2,
+    olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, qwen3next, stablelm, starcoder2,
 )
 from llamasplit.memory.graph.family import DECODER, Family
 
 _MODULES = (
     llama, qwen2, qwen3, qwen3moe, mistral3, gemma, phi3, gptoss, glm4moe, deepseek2, granite, cohere2, olmo2,
-    llama4, olmoe, exaone, internlm2, starcoder2, stablelm, layernorm,
+    llama4, olmoe, exaone, internlm2, starcoder2, stablelm, layernorm, qwen3next,
 )
 
 ARCHS: dict[str, Family] = {}

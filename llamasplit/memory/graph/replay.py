@@ -23,6 +23,9 @@ def replayable(model: ModelProfile) -> bool:
     layer has attention (Q/K/V, fused QKV, or deepseek2's MLA) and an FFN (dense or experts)."""
     hp = model.hparams
     names = {t.name for t in model.tensors}
+    own = family_of(model.arch).replayable
+    if own is not None and model.arch not in NOT_REPLAYED:
+        return "token_embd.weight" in names and own(model)
     if "token_embd.weight" not in names or any(hp.is_recurrent) or model.arch in NOT_REPLAYED:
         return False
     mla = hp.is_mla and family_of(model.arch).mla
