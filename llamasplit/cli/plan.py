@@ -15,6 +15,7 @@ from llamasplit.cli.modelarg import read_cli_model
 from llamasplit.devices.device import Fleet
 from llamasplit.errors import NoFeasiblePlan, UsageError
 from llamasplit.model.profile_cache import read_model
+from llamasplit.memory.companions import companions_from_flags
 from llamasplit.planner.plan import PlanOptions, alternatives, plan
 from llamasplit.memory.settings import LlamaSettings, parse_gpu_layers, parse_tensor_split
 from llamasplit.units import parse_size
@@ -34,7 +35,7 @@ def _fleet(fleet_spec: str | None, inventory: str | None, rpc: str | None) -> Fl
 def build_options(
     *, ctx: int | None, ngl: str | None, ts: str | None, ctk: str, ctv: str, fa: str, ub: int, b: int,
     np_: int | None, binary: str, margin: str, swa_full: bool, nkvo: bool, no_mmap: bool, ot: list[str] | None,
-    cpu_moe: bool, n_cpu_moe: int,
+    cpu_moe: bool, n_cpu_moe: int, mmproj: str | None = None, no_mmproj_offload: bool = False,
 ) -> PlanOptions:
     """Map CLI flags onto settings, remembering which ones the user fixed."""
     fixed: set[str] = set()
@@ -58,7 +59,7 @@ def build_options(
     settings = LlamaSettings(
         type_k=ctk, type_v=ctv, flash_attn=fa, n_ubatch=ub, n_batch=b, n_parallel=np_, binary=binary,
         swa_full=swa_full, offload_kqv=not nkvo, use_mmap=not no_mmap, overrides=tuple(overrides),
-        cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe, **kw,
+        cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe, mmproj=mmproj, mmproj_offload=not no_mmproj_offload, **kw,
     )
     default_margin, per_device = parse_margins(margin)
     return PlanOptions(settings=settings, fixed=frozenset(fixed), margin_bytes=default_margin, margin_overrides=per_device)
@@ -110,6 +111,19 @@ def plan_cmd(
     quant: str = typer.Option(None, "--quant", help="Plan for this model at another quantization (e.g. Q3_K_M), computed from this file."),
     quants: bool = typer.Option(False, "--quants", help="Compare the common quantizations side by side."),
     split_mode: O.SplitMode = "layer",
+    md: O.Md = None,
+    ngld: O.Ngld = None,
+    devd: O.Devd = None,
+    ctkd: O.Ctkd = "f16",
+    ctvd: O.Ctvd = "f16",
+    otd: O.Otd = None,
+    cmoed: O.Cmoed = False,
+    ncmoed: O.Ncmoed = 0,
+    draft_n_max: O.DraftNMax = 3,
+    lora: O.Lora = None,
+    lora_scaled: O.LoraScaled = None,
+    mmproj: O.Mmproj = None,
+    no_mmproj_offload: O.NoMmprojOffload = False,
 ) -> None:
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
     if split_mode in ("auto", "row"):
@@ -130,15 +144,23 @@ def plan_cmd(
     options = build_options(
         ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=binary, margin=margin,
         swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
+        mmproj=mmproj, no_mmproj_offload=no_mmproj_offload,
     )
     if split_mode != "layer":
         options = dataclasses.replace(options, settings=options.settings.replace(split_mode=split_mode))
+    options = dataclasses.replace(options, companions=companions_from_flags(
+        md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,
+        draft_n_max=draft_n_max, lora=lora, lora_scaled=lora_scaled))
     if quants and hf and ":" not in hf and not hf_file and not quant:
         from llamasplit.cli.variants import rank_repo
 
         print(rank_repo(hf, _fleet(fleet, inventory, rpc), options, as_json=as_json))
         return
     profile = read_cli_model(model, hf, hf_file, local_reader=read_model)
+    if options.settings.mmproj is not None:
+        from llamasplit.api import attach_projector
+
+        options = attach_projector(options, profile.path, hf=hf, hf_file=hf_file)
     if quant:
         profile = profile.requantized(quant)
     hw = _fleet(fleet, inventory, rpc)

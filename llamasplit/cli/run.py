@@ -21,7 +21,7 @@ import typer
 from llamasplit.cli import options as O
 
 from llamasplit.cli.app import app, say
-from llamasplit.cli.plan import _fleet, build_options
+from llamasplit.cli.plan import _fleet, build_options, companions_from_flags
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.planner.plan import Plan, plan
 from llamasplit.memory.settings import BINARIES
@@ -151,6 +151,19 @@ def run_cmd(
     cpu_moe: O.CpuMoe = False,
     n_cpu_moe: O.NCpuMoe = 0,
     split_mode: O.SplitMode = "layer",
+    md: O.Md = None,
+    ngld: O.Ngld = None,
+    devd: O.Devd = None,
+    ctkd: O.Ctkd = "f16",
+    ctvd: O.Ctvd = "f16",
+    otd: O.Otd = None,
+    cmoed: O.Cmoed = False,
+    ncmoed: O.Ncmoed = 0,
+    draft_n_max: O.DraftNMax = 3,
+    lora: O.Lora = None,
+    lora_scaled: O.LoraScaled = None,
+    mmproj: O.Mmproj = None,
+    no_mmproj_offload: O.NoMmprojOffload = False,
     binary: str = typer.Option(None, "--binary", help="llama-server (default), llama-completion, llama-cli, or a path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
     check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
@@ -195,8 +208,16 @@ def run_cmd(
         options = build_options(
             ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=kind or SERVER,
             margin=margin, swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
+            mmproj=mmproj, no_mmproj_offload=no_mmproj_offload,
         )
+        options = dataclasses.replace(options, companions=companions_from_flags(
+            md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,
+            draft_n_max=draft_n_max, lora=lora, lora_scaled=lora_scaled))
         profile = read_model(model) if model else remote_profile
+        if options.settings.mmproj is not None:
+            from llamasplit.api import attach_projector
+
+            options = attach_projector(options, profile.path, hf=hf, hf_file=hf_file)
         the_plan = _plan_split(profile, _fleet(fleet, inventory, rpc), options, split_mode)
     run_binary = binary or default_binary(the_plan)
     if binary_kind(run_binary) != the_plan.settings.binary and the_plan.settings.binary in BINARIES:

@@ -57,15 +57,23 @@ class DeviceEstimate:
     """Host only: weights in the CPU's extra buffer types (``AMX``, ``CPU_REPACK``; ``planner.repack``),
     bytes by buffer type. Not in ``model_bytes`` (llama-fit-params' Host row leaves them out), in
     ``total_bytes`` (the real allocation has them)."""
+    companion_parts: dict[str, int] = field(default_factory=dict)
+    """What models loaded beside this one hold here (``memory.companions``: a draft model's
+    ``draft_model``/``draft_context``/``draft_compute``/``draft_output``, LoRA adapters' ``lora``),
+    bytes by part; in ``total_bytes``, not in the main model's categories."""
 
     @property
     def extra_bytes(self) -> int:
         return sum(self.extra_buffers.values())
 
     @property
+    def companion_bytes(self) -> int:
+        return sum(self.companion_parts.values())
+
+    @property
     def total_bytes(self) -> int:
         return (self.model_bytes + self.extra_bytes + self.context_bytes + self.compute_bytes + self.output_bytes
-                + self.overhead_bytes)
+                + self.overhead_bytes + self.companion_bytes)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -77,6 +85,7 @@ class DeviceEstimate:
             "overhead_bytes": self.overhead_bytes,
             "overhead_parts": dict(self.overhead_parts),
             "extra_buffers": dict(self.extra_buffers),
+            "companion_parts": dict(self.companion_parts),
             "total_bytes": self.total_bytes,
             "layers": list(self.layers),
         }

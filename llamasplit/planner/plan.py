@@ -24,6 +24,7 @@ from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import ModelProfile
 from llamasplit.memory import kv
+from llamasplit.memory.companions import Companions, DraftSpec, LoraAdapter, estimate_with_companions
 from llamasplit.memory.estimate import Estimate, estimate, with_host_extras
 from llamasplit.memory.weights import HOST
 from llamasplit.memory.graph import replayable
@@ -51,6 +52,8 @@ class PlanOptions:
     margin_bytes: int = DEFAULT_MARGIN_BYTES
     margin_overrides: tuple[tuple[str, int], ...] = ()
     """Per-device margins by device name."""
+    companions: Companions = field(default_factory=Companions)
+    """A draft model (``-md``) and LoRA adapters (``--lora``) loaded beside the model, planned with it."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ class DevicePlan:
     speed_basis: str | None = None
     """Where this device's speed comes from: ``measured``, ``calibrated``, ``datasheet`` or ``assumed``
     (``None``: it holds no layers, or its speed is unknown)."""
+    companion_parts: dict[str, int] | None = None
+    """What the draft model and LoRA adapters hold here, by part (``memory.companions``:
+    ``draft_model``, ``draft_context``, ``draft_compute``, ``draft_output``, ``lora``,
+    ``lora_compute``); in ``total_bytes``."""
+
+    @property
+    def companion_bytes(self) -> int:
+        return sum((self.companion_parts or {}).values())
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -104,6 +115,10 @@ class Plan:
     """Predicted prompt processing speed for a ``PREFILL_TOKENS``-token prompt."""
     speed_basis: str | None = None
     """The weakest basis among the devices that hold layers (``None``: speed unknown)."""
+    draft: DraftSpec | None = None
+    """The draft model's flags (``-md ...``), planned with the model."""
+    loras: tuple[LoraAdapter, ...] = ()
+    """LoRA adapters (``--lora``), planned with the model."""
 
     def to_llama_args(self) -> list[str]:
         """llama.cpp flags for this plan (after ``-m MODEL``)."""
@@ -111,7 +126,24 @@ class Plan:
         rpc = [d.device_id.split(":", 1)[1] for d in self.devices if d.device_id and d.device_id.startswith("rpc:")]
         if rpc:
             args += ["--rpc", ",".join(dict.fromkeys(ep.split("#")[0] for ep in rpc))]
+        for adapter in self.loras:
+            args += adapter.to_args()
+        if self.draft is not None:
+            args += self.draft.to_args()
         return args
+
+    def env_leftover_args(self) -> list[str]:
+        """The plan's flags that have no ``LLAMA_ARG_*`` variable (``--lora``, ``-devd``, ``-otd``):
+        the environment form passes them as flags."""
+        args, out, i = self.to_llama_args(), [], 0
+        while i < len(args):
+            n = _NO_ENV_FLAGS.get(args[i])
+            if n is not None:
+                out += args[i : i + 1 + n]
+                i += 1 + n
+                continue
+            i += 1 if _ENV_OF_FLAG.get(args[i], ("", None))[1] is not None else 2
+        return out
 
     def cuda_env(self) -> dict[str, str]:
         """The variables that make llama.cpp's CUDA0..n exactly this plan's CUDA devices, in order:
@@ -136,6 +168,9 @@ class Plan:
         i = 0
         while i < len(args):
             flag = args[i]
+            if flag in _NO_ENV_FLAGS:
+                i += 1 + _NO_ENV_FLAGS[flag]  # env_leftover_args passes it as a flag
+                continue
             name, value = _ENV_OF_FLAG[flag]
             if value is None:
                 value, i = args[i + 1], i + 2
@@ -180,6 +215,15 @@ class Plan:
             kwargs["type_k"] = int(cache_type(s.type_k))
         if s.type_v != "f16":
             kwargs["type_v"] = int(cache_type(s.type_v))
+        if self.draft is not None:
+            raise UsageError("llama-cpp-python 0.3.36 loads no draft model (its draft_model is prompt lookup)",
+                             remedy="serve the plan with llama-server (llamasplit.serve / llamasplit run)")
+        if len(self.loras) > 1:
+            raise UsageError("llama-cpp-python 0.3.36 takes one LoRA adapter (lora_path)",
+                             remedy="serve the plan with llama-server, or give one adapter")
+        if self.loras:
+            kwargs["lora_path"] = self.loras[0].path
+            kwargs["lora_scale"] = self.loras[0].scale
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +251,8 @@ class Plan:
             "llama_env": self.to_llama_env(),
             "fleet": self.fleet.to_dict(),
             "notes": list(self.notes),
+            "draft": self.draft.to_dict() if self.draft is not None else None,
+            "loras": [a.to_dict() for a in self.loras],
         }
 
     def to_json(self) -> str:
@@ -237,6 +283,8 @@ class Plan:
             notes=tuple(data.get("notes", ())),
             prefill_tok_s=data.get("prefill_tok_s"),
             speed_basis=data.get("speed_basis"),
+            draft=DraftSpec.from_dict(data["draft"]) if data.get("draft") else None,
+            loras=tuple(LoraAdapter.from_dict(a) for a in data.get("loras") or ()),
         )
 
     @classmethod
@@ -249,8 +297,11 @@ class Plan:
     def summary(self) -> str:
         """A human-readable table: devices, memory, layers, speed, and the command."""
         lines = [f"{self.model_name or self.model_path} ({self.arch}), context {self.n_ctx}"]
+        side_label = "+".join(w for w, on in (("draft", self.draft is not None), ("lora", bool(self.loras)),
+                                                 ("mmproj", self.settings.mmproj is not None)) if on)
+        side = bool(side_label)
         header = (f"{'device':<22} {'layers':>9} {'model':>11} {'context':>11} {'compute':>11} {'overhead':>11} "
-                  f"{'total':>11} {'free':>11} {'left':>11}")
+                  + (f"{side_label:>11} " if side else "") + f"{'total':>11} {'free':>11} {'left':>11}")
         lines.append(header)
         for d in (*self.devices, self.host):
             if d.layers:
@@ -262,7 +313,8 @@ class Plan:
             lines.append(
                 f"{d.name:<22} {layer_txt:>9} {format_size(d.model_bytes):>11} {format_size(d.context_bytes):>11} "
                 f"{format_size(d.compute_bytes):>11} {format_size(d.overhead_bytes + d.output_bytes):>11} "
-                f"{format_size(d.total_bytes):>11} {format_size(d.free_bytes):>11} "
+                + (f"{format_size(d.companion_bytes):>11} " if side else "")
+                + f"{format_size(d.total_bytes):>11} {format_size(d.free_bytes):>11} "
                 f"{format_size(left) if left is not None else '?':>11}"
             )
         if self.decode_tok_s:
@@ -282,12 +334,31 @@ class Plan:
         if any(d.overhead_bytes for d in self.devices):
             lines.append("overhead: memory outside llama.cpp's breakdown (CUDA context, cuBLAS workspace, pool; "
                          "the host's logits buffer); llamasplit/memory/cuda_rules.py cites each figure")
+        lines.extend(self._companion_lines())
         lines.extend(f"note: {n}" for n in self.notes)
         env = " ".join(f"{k}={v}" for k, v in self.cuda_env().items())
         lines.append("command: " + (env + " " if env else "") + " ".join(_quote(a) for a in self.argv()))
         env_form = {**self.cuda_env(), **self.to_llama_env()}
-        lines.append("as environment: " + " ".join(f"{k}={_quote(v)}" for k, v in env_form.items()) + f" {self.settings.binary}")
+        leftover = "".join(" " + _quote(a) for a in self.env_leftover_args())
+        lines.append("as environment: " + " ".join(f"{k}={_quote(v)}" for k, v in env_form.items())
+                     + f" {self.settings.binary}{leftover}")
         return "\n".join(lines)
+
+    def _companion_lines(self) -> list[str]:
+        """What the draft model and the LoRA adapters cost, device by device."""
+        out = []
+        for what, parts in (("draft model", ("draft_model", "draft_context", "draft_compute", "draft_output")),
+                            ("LoRA", ("lora", "lora_compute")),
+                            ("projector", ("mmproj_model", "mmproj_compute"))):
+            cells = []
+            for d in (*self.devices, self.host):
+                got = {k: v for k, v in (d.companion_parts or {}).items() if k in parts and v}
+                if got:
+                    cells.append(f"{d.name} " + " + ".join(f"{format_size(v)} {k.split('_', 1)[-1] if '_' in k else 'weights'}"
+                                                          for k, v in got.items()))
+            if cells:
+                out.append(f"{what}: " + "; ".join(cells))
+        return out
 
 
 _ENV_OF_FLAG: dict[str, tuple[str, str | None]] = {
@@ -301,7 +372,15 @@ _ENV_OF_FLAG: dict[str, tuple[str, str | None]] = {
     "-ctk": ("LLAMA_ARG_CACHE_TYPE_K", None), "-ctv": ("LLAMA_ARG_CACHE_TYPE_V", None),
     "-fa": ("LLAMA_ARG_FLASH_ATTN", None), "--swa-full": ("LLAMA_ARG_SWA_FULL", "1"),
     "-nkvo": ("LLAMA_ARG_KV_OFFLOAD", "0"), "-lm": ("LLAMA_ARG_LOAD_MODE", None), "--rpc": ("LLAMA_ARG_RPC", None),
+    "--mmproj": ("LLAMA_ARG_MMPROJ", None), "-mmu": ("LLAMA_ARG_MMPROJ_URL", None), "--no-mmproj-offload": ("LLAMA_ARG_MMPROJ_OFFLOAD", "0"),
+    # the draft model's (common/arg.cpp set_env of each --spec-draft-* option)
+    "-md": ("LLAMA_ARG_SPEC_DRAFT_MODEL", None), "-ngld": ("LLAMA_ARG_N_GPU_LAYERS_DRAFT", None),
+    "-ctkd": ("LLAMA_ARG_SPEC_DRAFT_CACHE_TYPE_K", None), "-ctvd": ("LLAMA_ARG_SPEC_DRAFT_CACHE_TYPE_V", None),
+    "-cmoed": ("LLAMA_ARG_SPEC_DRAFT_CPU_MOE", "1"), "-ncmoed": ("LLAMA_ARG_SPEC_DRAFT_N_CPU_MOE", None),
+    "--spec-draft-n-max": ("LLAMA_ARG_SPEC_DRAFT_N_MAX", None), "--spec-type": ("LLAMA_ARG_SPEC_TYPE", None),
 }
+_NO_ENV_FLAGS: dict[str, int] = {"--lora": 1, "--lora-scaled": 1, "-devd": 1, "-otd": 1}
+"""Flags without an environment variable (common/arg.cpp: no ``set_env``), by the values they take."""
 
 
 def _quote(arg: str) -> str:
@@ -362,7 +441,7 @@ def _host_short(est: Estimate, fleet: Fleet) -> int:
     if avail is None:
         return 0
     need = (est.host.model_bytes + est.host.extra_bytes + est.host.context_bytes + est.host.compute_bytes
-            + est.host.output_bytes)
+            + est.host.output_bytes + est.host.companion_bytes)
     return max(0, need - avail)
 
 
@@ -376,6 +455,10 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         from llamasplit.memory.tensor_split import refuse_row_mode
 
         refuse_row_mode(fleet.devices)
+    if options.companions:
+        options, side_notes = _check_companions(model, options)
+        s = options.settings
+        notes += side_notes
     if s.split_mode == "tensor":
         return _tensor_plan(model, fleet, options)
 
@@ -428,7 +511,8 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         else:
             every = tuple(range(len(devices)))
             last_failure = _Placement(
-                estimate(model, devices, trial.replace(tensor_split=trial.tensor_split or _even(devices))), trial, every
+                estimate_with_companions(model, devices, trial.replace(tensor_split=trial.tensor_split or _even(devices)),
+                                         options.companions), trial, every
             )
     if best is None:
         assert last_failure is not None
@@ -480,6 +564,10 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
     speed_order = [d.name for d in devices]  # the names the speed model saw, before renaming
     devices = _renamed(devices)
+    draft = options.companions.draft.spec if options.companions.draft is not None else None
+    if draft is not None and draft.devices:
+        renamed = dict(zip(speed_order, (d.name for d in devices)))  # -devd in the launched process's names
+        draft = dataclasses.replace(draft, devices=tuple(renamed.get(n, n) for n in draft.devices))
     return Plan(
         model_path=model.path,
         model_name=model.name,
@@ -494,7 +582,45 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         notes=tuple(notes),
         prefill_tok_s=speed.prefill_tok_s,
         speed_basis=speed.speed_basis if speed.known else None,
+        draft=draft,
+        loras=options.companions.loras,
     )
+
+
+def _check_companions(model: ModelProfile, options: PlanOptions) -> tuple[PlanOptions, list[str]]:
+    """llama.cpp's checks of a draft model and LoRA adapters against the model, and the
+    ``--spec-type`` a draft needs to be used; one UsageError line for what llama.cpp refuses."""
+    from llamasplit.memory.companions import DRAFT_SPEC_TYPE, check_lora, vocab_mismatch
+    from llamasplit.untrusted import printable
+
+    notes: list[str] = []
+    s = options.settings
+    for adapter in options.companions.loras:
+        check_lora(adapter, model)
+    if options.companions.mmproj is not None:
+        from llamasplit.memory.mmproj import check_projector
+
+        notes += check_projector(options.companions.mmproj, model)
+    d = options.companions.draft
+    if d is None:
+        return options, notes
+    if s.split_mode == "tensor":
+        raise UsageError("a draft model is not planned under -sm tensor", remedy="use -sm layer with -md")
+    if s.spec_type is None:
+        # -md alone loads the draft and drafts nothing ("no implementations specified for
+        # speculative decoding", common/speculative.cpp common_speculative_init)
+        s = s.replace(spec_type=DRAFT_SPEC_TYPE)
+        options = dataclasses.replace(options, settings=s)
+    why = vocab_mismatch(model, d.model)
+    if why is not None:
+        shown = printable(d.model.path, limit=120)
+        if DRAFT_SPEC_TYPE in s.spec_type.split(","):
+            raise UsageError(f"draft model {shown} cannot draft for {model.name or model.arch}: {why} "
+                             "(llama.cpp refuses it: common/speculative.cpp common_speculative_are_compatible)",
+                             remedy="use a draft from the same model family (same tokenizer)")
+        notes.append(f"draft model {shown}: {why}; llama.cpp loads it but cannot draft with it")
+    notes.append("speed: predicted without speculative decoding (its gain depends on how often the draft is accepted)")
+    return options, notes
 
 
 def _effective_bandwidth(d: Device) -> float:
@@ -626,15 +752,17 @@ def _place(
     hp = model.hparams
     n_slots = hp.n_layer + 1  # repeating layers + the output layer
     if not devices:
-        return _Placement(estimate(model, devices, s.replace(n_gpu_layers=0)), s.replace(n_gpu_layers=0), ())
+        return _Placement(estimate_with_companions(model, devices, s.replace(n_gpu_layers=0), options.companions),
+                          s.replace(n_gpu_layers=0), ())
     every = tuple(range(len(devices)))
     if "tensor_split" in options.fixed or ("n_gpu_layers" in options.fixed and s.tensor_split is not None):
-        est = estimate(model, devices, s)
+        est = estimate_with_companions(model, devices, s, options.companions)
         return _Placement(est, s, every) if not any(_fits(est, budgets)) else None
 
     max_ngl = s.n_gpu_layers if "n_gpu_layers" in options.fixed and s.n_gpu_layers is not None else n_slots
     max_ngl = min(max_ngl, n_slots)
-    layered = _fill(model, devices, budgets, s, max_ngl)
+    side = options.companions
+    layered = _fill(model, devices, budgets, s, max_ngl, companions=side)
     if (
         layered is not None and layered.settings.n_gpu_layers is None
         or not hp.n_expert
@@ -648,7 +776,7 @@ def _place(
     lo, hi, moe = 1, hp.n_layer, None
     while lo <= hi:
         k = (lo + hi) // 2
-        trial = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots, verify=False)
+        trial = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots, verify=False, companions=side)
         if trial is not None and trial.settings.n_gpu_layers is None:
             moe, hi = trial, k - 1
         else:
@@ -658,7 +786,7 @@ def _place(
         # experts to the CPU while the exact check still has to take whole layers off the GPUs
         k = moe.settings.n_cpu_moe
         while k <= hp.n_layer:
-            moe = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots)
+            moe = _fill(model, devices, budgets, s.replace(n_cpu_moe=k), n_slots, companions=side)
             if moe is None or moe.settings.n_gpu_layers is None:
                 break
             k += 1
@@ -676,7 +804,7 @@ def _speed(model: ModelProfile, fleet: Fleet, devices: Sequence[Device], p: _Pla
 
 def _fill(
     model: ModelProfile, devices: Sequence[Device], budgets: Sequence[int | None], s: LlamaSettings, max_ngl: int,
-    *, verify: bool = True,
+    *, verify: bool = True, companions: Companions | None = None,
 ) -> _Placement | None:
     """Slots per device for fixed settings, back to front; ``None`` when no slot fits anywhere.
 
@@ -693,7 +821,7 @@ def _fill(
         while lo < hi:
             mid = (lo + hi + 1) // 2
             trial = counts[:i] + [mid] + counts[i + 1 :]
-            est = _estimate_counts(model, devices, s, trial, fast=True)
+            est = _estimate_counts(model, devices, s, trial, fast=True, companions=companions)
             if _fits(est, budgets)[i] == 0:
                 lo = mid
             else:
@@ -712,17 +840,20 @@ def _fill(
     # A device left without a slot is dropped from the plan (fewer devices, and not in
     # CUDA_VISIBLE_DEVICES), so the exact check runs on the devices that stay.
     kept = list(range(len(devices)))
+    # a device the draft model is pinned to (-devd) stays in the plan without layers of the model
+    draft = companions.draft if companions else None
+    pinned = {i for i, d in enumerate(devices) if draft is not None and d.name in (draft.spec.devices or ())}
     for fast in (True, False) if verify else (True,):
         if not fast:
-            kept = [i for i in kept if counts[i] > 0]
+            kept = [i for i in kept if counts[i] > 0 or i in pinned]
             counts = [counts[i] for i in kept]
         devs, buds = [devices[i] for i in kept], [budgets[i] for i in kept]
-        est = _estimate_counts(model, devs, s, counts, fast=fast)
+        est = _estimate_counts(model, devs, s, counts, fast=fast, companions=companions)
         while ngl > 0 and any(short := _fits(est, buds)):
             j = max(range(len(devs)), key=lambda k: short[k])
             counts[j] -= 1
             ngl -= 1
-            est = _estimate_counts(model, devs, s, counts, fast=fast)
+            est = _estimate_counts(model, devs, s, counts, fast=fast, companions=companions)
     if ngl == 0:
         return None
     return _Placement(est, _counts_settings(model, s, counts), tuple(kept))
@@ -739,9 +870,12 @@ def _counts_settings(model: ModelProfile, s: LlamaSettings, counts: list[int]) -
 
 
 def _estimate_counts(
-    model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int], *, fast: bool = False
+    model: ModelProfile, devices: Sequence[Device], s: LlamaSettings, counts: list[int], *, fast: bool = False,
+    companions: Companions | None = None,
 ) -> Estimate:
-    return estimate(model, devices, _counts_settings(model, s, counts), fast=fast)
+    """The estimate of these per-device slot counts, with what a draft model and LoRA adapters add
+    on each device (``memory.companions``): the fit check sees both models."""
+    return estimate_with_companions(model, devices, _counts_settings(model, s, counts), companions, fast=fast)
 
 
 def _device_plan(d: Device, e, budget: int | None, basis: str | None = None) -> DevicePlan:
@@ -751,6 +885,7 @@ def _device_plan(d: Device, e, budget: int | None, basis: str | None = None) -> 
         total_bytes=e.total_bytes, free_bytes=d.free_bytes, budget_bytes=budget, layers=tuple(e.layers),
         bandwidth_gb_s=d.bandwidth_gb_s, device_id=d.id, serves=d.serves, serves_source=d.serves_source,
         overhead_parts=dict(e.overhead_parts) or None, speed_basis=basis if e.read_bytes else None,
+        companion_parts=dict(e.companion_parts) or None,
     )
 
 
@@ -762,6 +897,7 @@ def _host_plan(est: Estimate, fleet: Fleet, basis: str | None = None) -> DeviceP
         compute_bytes=h.compute_bytes, overhead_bytes=0, output_bytes=h.output_bytes, total_bytes=h.total_bytes,
         free_bytes=fleet.host.ram_available_bytes, budget_bytes=fleet.host.ram_available_bytes, layers=tuple(h.layers),
         bandwidth_gb_s=fleet.host.ram_bandwidth_gb_s, speed_basis=basis if h.read_bytes else None,
+        companion_parts=dict(h.companion_parts) or None,
     )
 
 

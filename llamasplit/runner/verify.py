@@ -40,6 +40,18 @@ _BUFFER_RE = re.compile(
     r"\b(?P<func>\w+):\s+(?P<buffer>\S+)\s+(?P<what>model|KV|RS|output|compute) buffer size\s*=\s*(?P<mib>[0-9]+(?:\.[0-9]+)?) MiB"
 )
 _CATEGORY = {"model": "model", "KV": "context", "RS": "context", "compute": "compute", "output": "output"}
+_LORA_RE = re.compile(r"\bllama_adapter_lora_init_impl:\s+(?P<buffer>\S+) LoRA buffer size\s*=\s*(?P<mib>[0-9]+(?:\.[0-9]+)?) MiB")
+DRAFT_MARK = "loading draft model"
+"""common/speculative.cpp ``common_speculative_init_result`` logs it before loading ``-md``: the
+buffer lines after it are the draft model's and its context's."""
+_CLIP_BACKEND_RE = re.compile(r"\bclip_ctx: CLIP using (?P<buffer>\S+) backend")
+_CLIP_MODEL_RE = re.compile(r"\bload_hparams: model size:\s+(?P<mib>[0-9]+(?:\.[0-9]+)?) MiB")
+CLIP_COMPUTE_FUNC = "reserve_compute_meta"
+"""tools/mtmd/clip.cpp: the projector's warmup reservation logs ``reserve_compute_meta: %10s compute
+buffer size``; its weights only ``load_hparams: model size`` (unpadded), after ``clip_ctx: CLIP using
+%s backend``. These are the projector's, not the model's."""
+SIDE_KINDS = ("draft_model", "draft_context", "draft_compute", "lora", "mmproj_model", "mmproj_compute")
+"""What is compared of a draft model, LoRA adapters and the projector (``DevicePlan.companion_parts``)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ def parse_buffers(log_text: str) -> list[BufferLine]:
     """
     out = []
     for match in _BUFFER_RE.finditer(log_text):
+        if match.group("func") == CLIP_COMPUTE_FUNC:
+            continue  # the multimodal projector's (see _side_rows)
         out.append(BufferLine(match.group("buffer"), _CATEGORY[match.group("what")], round(float(match.group("mib")) * MiB)))
     return out
 
@@ -214,6 +228,11 @@ class Verification:
                 f"{dev:<8} {where:<22} {cells[0]:>9} {cells[1]:>9} {cells[2]:>8} {cells[3]:>8} "
                 f"{cells[4]:>9} {cells[5]:>9}  {verdict}"
             )
+        for r in self.rows:
+            if r.kind in SIDE_KINDS:  # the draft model's and LoRA adapters' buffers
+                got = "?" if r.actual_bytes is None else _mib(r.actual_bytes)
+                lines.append(f"{r.device:<8} {r.kind:<22} predicted {_mib(r.predicted_bytes):>9} actual {got:>9}  "
+                             + ("ok" if r.ok else "OFF"))
         if self.ok:
             lines.append(f"all within tolerance ({TOLERANCE_TEXT})")
         else:
@@ -235,8 +254,55 @@ class Verification:
         }
 
 
+def split_draft_log(log_text: str) -> tuple[str, str]:
+    """The log before the draft model loads, and from there on (empty without a draft)."""
+    at = log_text.find(DRAFT_MARK)
+    return (log_text, "") if at < 0 else (log_text[:at], log_text[at:])
+
+
+def _side_rows(plan: Plan, draft_log: str, log_text: str) -> list[Comparison]:
+    """The draft model's and the LoRA adapters' buffers per device against ``companion_parts``."""
+    names = llama_buffer_names(plan)
+    actual: dict[tuple[str, str], int] = {}
+    if plan.draft is not None:
+        draft = actual_by_device(plan, parse_buffers(draft_log))
+        for owner, got in draft.items():
+            actual[(owner, "draft_model")] = got.model_bytes
+            actual[(owner, "draft_context")] = got.context_bytes
+            actual[(owner, "draft_compute")] = got.compute_bytes
+    for match in _LORA_RE.finditer(log_text):
+        owner = _owner(match.group("buffer"), names)
+        actual[(owner, "lora")] = actual.get((owner, "lora"), 0) + round(float(match.group("mib")) * MiB)
+    if plan.settings.mmproj is not None:
+        where = _CLIP_BACKEND_RE.search(log_text)
+        size = _CLIP_MODEL_RE.search(log_text)
+        if where is not None and size is not None:
+            owner = HOST if where.group("buffer") == "CPU" else _owner(where.group("buffer"), names)
+            actual[(owner, "mmproj_model")] = round(float(size.group("mib")) * MiB)
+        for match in _BUFFER_RE.finditer(log_text):
+            if match.group("func") == CLIP_COMPUTE_FUNC:
+                # a second reservation (flash attention refused) keeps the larger buffer (ggml-alloc.c)
+                key = (_owner(match.group("buffer"), names), "mmproj_compute")
+                actual[key] = max(actual.get(key, 0), round(float(match.group("mib")) * MiB))
+    rows = []
+    wanted = [k for k in SIDE_KINDS if (k == "lora" and plan.loras) or (k.startswith("draft") and plan.draft)
+              or (k.startswith("mmproj") and plan.settings.mmproj is not None)]
+    for d in (*plan.devices, plan.host):
+        parts = d.companion_parts or {}
+        for kind in wanted:
+            predicted = parts.get(kind, 0)
+            got = actual.get((d.name, kind), 0)
+            if predicted or got:
+                rows.append(Comparison(d.name, kind, predicted, got,
+                                       tolerance_bytes("compute" if kind.endswith("compute") else kind, predicted)))
+    return rows
+
+
 def verify(plan: Plan, log_text: str) -> Verification:
-    """Compare ``plan``'s per-device prediction with the buffers in a llama.cpp log (pure)."""
+    """Compare ``plan``'s per-device prediction with the buffers in a llama.cpp log (pure); a draft
+    model's buffers (after ``DRAFT_MARK``) and LoRA buffers are compared on their own rows."""
+    full_text = log_text
+    log_text, draft_log = split_draft_log(log_text)
     buffers = parse_buffers(log_text)
     if plan.settings.split_mode == "tensor":
         return _verify_tensor(plan, buffers)
@@ -257,6 +323,8 @@ def verify(plan: Plan, log_text: str) -> Verification:
         descriptions[name] = "not in the plan"
         for kind in KINDS:
             rows.append(Comparison(name, kind, 0, got.get(kind), tolerance_bytes(kind, 0)))
+    if buffers and (plan.draft is not None or plan.loras or plan.settings.mmproj is not None):
+        rows += _side_rows(plan, draft_log, full_text)
     return Verification(rows=tuple(rows), descriptions=descriptions, found_buffers=len(buffers))
 
 
