@@ -817,3 +817,69 @@ def write_qwen3next(
 
 
 FAMILIES["qwen3next"] = write_qwen3next
+
+
+def write_gemma3_mmproj(
+    path: Path, *, n_embd_text: int = 576, n_embd: int = 64, n_head: int = 4, n_ff: int = 128, n_layer: int = 2,
+    image_size: int = 448, patch_size: int = 14, n_merge: int = 4, matrix_type: str = "F16",
+) -> Path:
+    """A gemma3 vision projector (``clip`` arch, ``clip.projector_type = gemma3``) that llama.cpp's
+    clip loader accepts beside a text model of ``n_embd_text`` (SmolLM2: 576): a SigLIP tower of
+    ``n_layer`` blocks (layer norms with biases, Q/K/V/out with biases, a GELU MLP), the post
+    layer norm, then gemma3's projector (``tools/mtmd/models/siglip.cpp``: avg-pool by
+    ``n_merge``, RMS norm times ``mm.soft_emb_norm``, ``mm.input_projection``).
+
+    448 / 14 = 32 x 32 = 1024 patches; pooled by 4: 8 x 8 = 64 image tokens. F16 matrices:
+    patch kernel 14 x 14 x 3 x 64 x 2 = 73.5 KiB, per block 4 x 64^2 x 2 + 2 x 64 x 128 x 2 =
+    64 KiB, projection 576 x 64 x 2 = 72 KiB; F32 position embeddings 64 x 1024 x 4 = 256 KiB.
+    """
+    qtype = GGMLQuantizationType[matrix_type]
+    n_patches = (image_size // patch_size) ** 2
+    w = GGUFWriter(str(path), "clip")
+    w.add_string("clip.projector_type", "gemma3")
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.use_gelu", True)
+    w.add_uint32("clip.vision.embedding_length", n_embd)
+    w.add_uint32("clip.vision.feed_forward_length", n_ff)
+    w.add_uint32("clip.vision.block_count", n_layer)
+    w.add_uint32("clip.vision.projection_dim", n_embd_text)
+    w.add_uint32("clip.vision.attention.head_count", n_head)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w.add_uint32("clip.vision.image_size", image_size)
+    w.add_uint32("clip.vision.patch_size", patch_size)
+    w.add_uint32("clip.vision.projector.scale_factor", n_merge)
+    w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    w.add_file_type(_FILE_TYPES.get(matrix_type, 1))
+    tensors: list[tuple[str, tuple[int, ...]]] = [
+        ("v.patch_embd.weight", (patch_size, patch_size, 3, n_embd)), ("v.patch_embd.bias", (n_embd,)),
+        ("v.position_embd.weight", (n_embd, n_patches)),
+    ]
+    for il in range(n_layer):
+        b = f"v.blk.{il}."
+        for stem in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors += [(b + stem + ".weight", (n_embd, n_embd)), (b + stem + ".bias", (n_embd,))]
+        tensors += [
+            (b + "ln1.weight", (n_embd,)), (b + "ln1.bias", (n_embd,)),
+            (b + "ln2.weight", (n_embd,)), (b + "ln2.bias", (n_embd,)),
+            (b + "ffn_up.weight", (n_embd, n_ff)), (b + "ffn_up.bias", (n_ff,)),
+            (b + "ffn_down.weight", (n_ff, n_embd)), (b + "ffn_down.bias", (n_embd,)),
+        ]
+    tensors += [
+        ("v.post_ln.weight", (n_embd,)), ("v.post_ln.bias", (n_embd,)),
+        ("mm.input_projection.weight", (n_embd_text, n_embd)), ("mm.soft_emb_norm.weight", (n_embd,)),
+    ]
+    for name, ne in tensors:
+        matrix = len(ne) > 1 and name != "v.position_embd.weight"
+        typ = qtype if matrix and ne[0] % GGML_QUANT_SIZES[qtype][0] == 0 else (
+            GGMLQuantizationType.F16 if matrix else GGMLQuantizationType.F32)
+        if typ in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            w.add_tensor(name, np.zeros(tuple(reversed(ne)), dtype=np.float32 if typ == GGMLQuantizationType.F32 else np.float16))
+        else:
+            block, size = GGML_QUANT_SIZES[typ]
+            w.add_tensor(name, np.zeros((*reversed(ne[1:]), ne[0] // block * size), dtype=np.uint8), raw_dtype=typ)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
