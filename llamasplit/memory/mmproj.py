@@ -2,10 +2,10 @@
 
 Read from the pinned llama.cpp (``tools/mtmd``, ``tools/server``, ``common/arg.cpp``):
 
-- **The file.** A GGUF of arch ``clip`` (``clip_model_loader``): ``clip.projector_type`` (or
-  ``clip.vision.projector_type``), ``clip.has_vision_encoder``, ``clip.vision.*`` hparams
-  (``load_hparams``). We plan the vision encoder; an audio-only projector is read but its compute
-  is not modelled.
+- **The file** (``model.projector``): a GGUF of arch ``clip`` (``clip_model_loader``). We plan the
+  vision encoder; an audio-only projector is read but its compute is not modelled. A file with
+  both encoders (``clip_init``) loads two contexts on the same backend: their weights are all the
+  file's tensors (counted), the audio context's compute is not.
 - **The device** (``clip_ctx::clip_ctx``): with ``use_gpu`` (``--mmproj-offload``, the default)
   and no ``-mmdev``/``-dev`` device, ``ggml_backend_init_by_type(GPU)``: the FIRST GPU-type device
   in ggml's registry (``ggml_backend_dev_by_type``). The registry lists the built-in backends'
@@ -29,6 +29,10 @@ Read from the pinned llama.cpp (``tools/mtmd``, ``tools/server``, ``common/arg.c
   is tried first and kept if the device runs ``FLASH_ATTN_EXT`` (``ggml_backend_supports_op``:
   always on the CPU and over RPC, which answers true for every op; on CUDA by head size).
   Inputs (``inp_raw``, the image, f32) start on the CPU (``ggml_backend_sched_backend_id_from_cur``).
+- Not modelled: ``-mmdev DEVICE`` (we never pass it), ``--image-min/max-tokens`` (projector types
+  with dynamic sizes; gemma3's image is fixed), and on CUDA a ``-fa auto`` warmup whose flash
+  attention the device refuses: llama.cpp reserves twice and keeps the larger buffer
+  (``ggml_gallocr_reserve_n`` only grows); we replay the second (flash attention off) graph.
 - ``llama-server --fit on`` adds the projector's weights and compute to the fit margin of its
   device (``server_context::load_model``, ``mtmd_get_memory_usage``).
 
