@@ -253,3 +253,23 @@ def test_check_reads_the_projector_lines_apart(smollm2_path, proj_a):
     assert rows[("Host", "compute")].actual_bytes == round(float(f"{host.compute_bytes / MiB:.2f}") * MiB)
     assert rows[("Host", "mmproj_compute")].actual_bytes == round(17.50 * MiB)
     assert rows[("Host", "mmproj_model")].actual_bytes == round(0.52 * MiB)
+
+
+def test_auto_with_hf_takes_the_projector_llama_cpp_downloads(smollm2_path, proj_a, proj_b, tmp_path, monkeypatch):
+    from http_servers import HubServer
+
+    from llamasplit.model.projector import locate_projector
+
+    monkeypatch.setenv("LLAMASPLIT_CACHE", str(tmp_path / "ls-cache"))
+    with HubServer() as hub:
+        repo = "org/mm-GGUF"
+        hub.add(repo, "m-Q4_1.gguf", smollm2_path)
+        hub.add(repo, "mmproj-m-f16.gguf", proj_a)
+        hub.add(repo, "mmproj-m-Q8_0.gguf", proj_b)
+        hub.add(repo, "deeper/mmproj-m-Q4_0.gguf", proj_a)  # not in the model's folder or above it: never taken
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        where, p = locate_projector("auto", f"{hub.endpoint}/{repo}/resolve/main/m-Q4_1.gguf", hf=repo)
+    # find_best_mmproj: 8 bits is closer to the model's 4 than 16 is; read from its remote header
+    assert where == f"{hub.endpoint}/{repo}/resolve/main/mmproj-m-Q8_0.gguf"
+    assert (p.proj_type, p.n_embd, p.image_size) == ("gemma3", 96, 512)
+    assert weights_bytes(p, "CPU") == 703200
