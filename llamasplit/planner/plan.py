@@ -687,7 +687,7 @@ def _tensor_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Pla
     test = None
     for n_ctx in ctxs:
         trial = s.replace(n_ctx=n_ctx)
-        test = estimate_tensor(model, devices, trial)
+        test = _with_projector(estimate_tensor(model, devices, trial), devices, trial, options)
         short = {e.name: max(0, e.total_bytes - b) for e, b in zip(test.devices, budgets) if b is not None}
         if not any(short.values()):
             s = trial
@@ -718,6 +718,19 @@ def _tensor_plan(model: ModelProfile, fleet: Fleet, options: PlanOptions) -> Pla
         fleet=dataclasses.replace(fleet, devices=tuple(renamed)), notes=tuple(notes),
         prefill_tok_s=speed.prefill_tok_s, speed_basis=speed.speed_basis if speed.known else None,
     )
+
+
+def _with_projector(est, devices: Sequence[Device], s: LlamaSettings, options: PlanOptions):
+    """``est`` (a tensor-mode estimate) with the projector's bytes on its device: the projector is
+    no part of the Meta device (clip_ctx picks the first GPU-type device, memory.mmproj)."""
+    if options.companions.mmproj is None:
+        return est
+    from llamasplit.memory.companions import CompanionEstimate, with_companions
+    from llamasplit.memory.mmproj import estimate_projector
+
+    pe = estimate_projector(options.companions.mmproj, devices, offload=s.mmproj_offload, flash_attn=s.flash_attn)
+    name = HOST if pe.device_index is None else est.devices[pe.device_index].name
+    return with_companions(est, CompanionEstimate(mmproj=pe, mmproj_device_name=name))
 
 
 def _renamed(devices: Sequence[Device]) -> list[Device]:
