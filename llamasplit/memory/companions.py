@@ -274,17 +274,35 @@ def draft_settings(main: LlamaSettings, n_ctx: int, spec: DraftSpec, n_devices: 
     split_mode = "layer" if spec.devices is not None and len(spec.devices) == 1 else main.split_mode
     return main.replace(
         n_gpu_layers=spec.n_gpu_layers, overrides=spec.overrides, cpu_moe=spec.cpu_moe, n_cpu_moe=spec.n_cpu_moe,
-        type_k=spec.type_k, type_v=spec.type_v, n_ctx=n_ctx, tensor_split=ts if n_devices > 1 else None,
+        # one device takes every offloaded layer whatever the split (1.0: no free-memory read needed)
+        type_k=spec.type_k, type_v=spec.type_v, n_ctx=n_ctx, tensor_split=ts if n_devices > 1 else (1.0,) * n_devices or None,
         split_mode=split_mode, main_gpu=0 if split_mode != "none" else main.main_gpu,
     )
 
 
+def llama_device_names(devices: Sequence[Device]) -> list[str]:
+    """The names llama.cpp gives ``devices`` (what ``-devd`` takes), in its order: RPC devices are
+    ``RPC<k>``, numbered across all ``--rpc`` workers in order (ggml-rpc.cpp
+    ``ggml_backend_rpc_add_server``: ``"RPC" + std::to_string(dev_id)``, a counter over servers;
+    ``ggml_backend_dev_by_name`` compares case-insensitively); the others keep their names."""
+    out, k = [], 0
+    for d in devices:
+        if d.backend.upper() == "RPC":
+            out.append(f"RPC{k}")
+            k += 1
+        else:
+            out.append(d.name)
+    return out
+
+
 def draft_devices(devices: Sequence[Device], spec: DraftSpec) -> list[int]:
     """Indices into ``devices`` (the main model's, llama.cpp order) of the draft's devices: all of
-    them, or the ``-devd`` list in the order it is given (``parse_device_list``)."""
+    them, or the ``-devd`` list in the order it is given (``parse_device_list``), by llama.cpp's
+    names or the plan's."""
     if spec.devices is None:
         return list(range(len(devices)))
-    by_name = {d.name: i for i, d in enumerate(devices)}
+    by_name = {name: i for i, name in enumerate(llama_device_names(devices))}
+    by_name.update({d.name: i for i, d in enumerate(devices)})
     out = []
     for name in spec.devices:
         if name not in by_name:

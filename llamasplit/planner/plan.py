@@ -24,7 +24,7 @@ from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import ModelProfile
 from llamasplit.memory import kv
-from llamasplit.memory.companions import Companions, DraftSpec, LoraAdapter, estimate_with_companions
+from llamasplit.memory.companions import Companions, DraftSpec, LoraAdapter, draft_devices, estimate_with_companions
 from llamasplit.memory.estimate import Estimate, estimate, with_host_extras
 from llamasplit.memory.weights import HOST
 from llamasplit.memory.graph import replayable
@@ -563,10 +563,16 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     notes += _fleet_and_model_notes(model, fleet)
     bases = {n: b for n, b in zip(speed.devices, speed.basis) if b != IDLE}
     speed_order = [d.name for d in devices]  # the names the speed model saw, before renaming
+    fleet_order = list(devices)
     devices = _renamed(devices)
     draft = options.companions.draft.spec if options.companions.draft is not None else None
     if draft is not None and draft.devices:
-        renamed = dict(zip(speed_order, (d.name for d in devices)))  # -devd in the launched process's names
+        # -devd in the launched process's names: CUDA devices as CUDA_VISIBLE_DEVICES renumbers them
+        from llamasplit.memory.companions import llama_device_names
+
+        renamed: dict[str, str] = {}
+        for old_name, old_llama, new_llama in zip(speed_order, llama_device_names(fleet_order), llama_device_names(devices)):
+            renamed[old_name] = renamed[old_llama] = new_llama
         draft = dataclasses.replace(draft, devices=tuple(renamed.get(n, n) for n in draft.devices))
     return Plan(
         model_path=model.path,
@@ -855,7 +861,7 @@ def _fill(
     kept = list(range(len(devices)))
     # a device the draft model is pinned to (-devd) stays in the plan without layers of the model
     draft = companions.draft if companions else None
-    pinned = {i for i, d in enumerate(devices) if draft is not None and d.name in (draft.spec.devices or ())}
+    pinned = set(draft_devices(devices, draft.spec)) if draft is not None and draft.spec.devices else set()
     for fast in (True, False) if verify else (True,):
         if not fast:
             kept = [i for i in kept if counts[i] > 0 or i in pinned]

@@ -1,0 +1,170 @@
+"""A draft model and LoRA adapters against llama-server's real buffers (pinned llama.cpp).
+
+The main model is SmolLM2 (Q4_1, 30 blocks, vocab 49152); the draft a 1-block llama with
+SmolLM2's tokenizer copied (``synth_spec.write_draft_like``: llama.cpp's vocabulary check passes,
+``--spec-type draft-simple`` drafts with it); the adapter rank 8 on every ``attn_q``, ``attn_v`` and
+``ffn_down``. On the CPU and over two RPC workers, with the main model and the draft split or
+partly on the host, every draft buffer line (after "loading draft model") and every LoRA buffer
+line is the estimate's: weights and KV the same MiB as printed (``%.2f``), compute within
+max(3 %, 8 MiB). ``run --check`` then plans, launches and compares the same through the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from procs import endpoints, free_port, rpc_workers, spawn
+from synth_spec import lora_targets, write_draft_like, write_lora
+
+from llamasplit.cli import main
+from llamasplit.devices.device import Device
+from llamasplit.llamacpp.binaries import find_binary
+from llamasplit.memory.companions import Companions, Draft, DraftSpec, estimate_with_companions, read_lora
+from llamasplit.memory.settings import LlamaSettings
+from llamasplit.model.profile import read_model
+from llamasplit.runner.verify import DRAFT_MARK
+
+pytestmark = pytest.mark.llamacpp
+
+MiB = 1024 * 1024
+_BUFFER = re.compile(r"(\w+):\s+(\S+)\s+(model|KV|compute|LoRA) buffer size =\s+([\d.]+) MiB")
+_KIND = {"model": "model", "KV": "context", "compute": "compute", "LoRA": "lora"}
+
+
+@pytest.fixture(scope="module")
+def workers():
+    with rpc_workers(2) as ws:
+        eps = endpoints(ws)
+        _ENDPOINTS.update({ep: f"RPC{i}" for i, ep in enumerate(eps)})
+        yield eps
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, smollm2_path):
+    tmp = tmp_path_factory.mktemp("companions")
+    base = read_model(smollm2_path)
+    return {
+        "draft": write_draft_like(smollm2_path, tmp / "draft.gguf"),
+        "lora": write_lora(tmp / "lora.gguf", arch="llama", targets=lora_targets(base)),
+    }
+
+
+def _devices(eps: list[str]) -> list[Device]:
+    """The workers' devices as llama.cpp names them (``RPC0``, ``RPC1``: -devd takes these)."""
+    return [Device(id=f"rpc:{ep}#0", name=f"RPC{i}", description=ep, backend="RPC", total_bytes=None,
+                   free_bytes=None, host=ep) for i, ep in enumerate(eps)]
+
+
+_ENDPOINTS: dict[str, str] = {}
+
+
+def _owner(buffer: str) -> str:
+    """``Host``, or the device name of an ``RPC0[host:port]`` buffer (by its endpoint)."""
+    if buffer.startswith("CPU"):
+        return "Host"
+    return _ENDPOINTS.get(buffer[buffer.index("[") + 1 : -1], buffer) if "[" in buffer else buffer
+
+
+def _server_buffers(model, args: list[str]) -> dict[tuple[str, str, str], float]:
+    """llama-server's buffer lines once it listens: (``main``/``draft``, owner, kind) -> MiB; a
+    compute buffer reserved again (after the LoRA is set) replaces the first."""
+    port = free_port()
+    argv = [str(find_binary("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "-lv", "4", "-fit", "off", "-t", "1", *args]
+    server = spawn(argv)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            log = server.log_text()
+            if "llama_server: model loaded" in log or not server.alive():
+                break
+            time.sleep(0.2)
+        log = server.log_text()
+    finally:
+        server.stop()
+    assert "llama_server: model loaded" in log, log[-3000:]
+    out: dict[tuple[str, str, str], float] = {}
+    part = "main"
+    for line in log.splitlines():
+        if DRAFT_MARK in line:
+            part = "draft"
+        m = _BUFFER.search(line)
+        if m:
+            key = (part, _owner(m.group(2)), _KIND[m.group(3)])
+            if key[2] == "compute":
+                out[key] = float(m.group(4))  # a later reserve replaces it
+            else:
+                out[key] = out.get(key, 0.0) + float(m.group(4))
+    return out
+
+
+def _within(kind: str, predicted_bytes: int, actual_mib: float) -> bool:
+    if kind == "compute":
+        return abs(actual_mib * MiB - predicted_bytes) <= max(0.03 * predicted_bytes, 8 * MiB)
+    return f"{predicted_bytes / MiB:.2f}" == f"{actual_mib:.2f}"
+
+
+CASES = {
+    "cpu": dict(n_rpc=0),
+    "rpc": dict(n_rpc=2, ts=(1, 2)),
+    "rpc-ngl10": dict(n_rpc=2, ts=(1, 2), ngl=10),
+    "rpc-ngld0": dict(n_rpc=2, ts=(1, 2), ngld=0),
+    "rpc-devd": dict(n_rpc=2, ts=(1, 2), devd=1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_draft_buffers_match_llama_server(case, workers, files, smollm2_path):
+    c = CASES[case]
+    eps = workers[: c["n_rpc"]]
+    devices = _devices(eps)
+    devd = (devices[c["devd"]].name,) if "devd" in c else None
+    spec = DraftSpec(str(files["draft"]), n_gpu_layers=c.get("ngld"), devices=devd)
+    s = LlamaSettings(n_ctx=4096, n_gpu_layers=c.get("ngl"), tensor_split=c.get("ts"), spec_type="draft-simple")
+    comp = Companions(draft=Draft(read_model(files["draft"]), spec))
+    est = estimate_with_companions(read_model(smollm2_path), devices, s, comp)
+    # --rpc before -devd: llama.cpp resolves -devd's names while it parses, once --rpc added the devices
+    args = s.to_args() + (["--rpc", ",".join(eps)] if eps else []) + comp.to_args()
+    real = _server_buffers(smollm2_path, args)
+    predicted = {}
+    for e in (*est.devices, est.host):
+        for part in ("model", "context", "compute"):
+            n = e.companion_parts.get(f"draft_{part}", 0)
+            if n:
+                predicted[("draft", e.name, part)] = n
+    got = {k: v for k, v in real.items() if k[0] == "draft"}
+    assert sorted(got) == sorted(predicted), (got, predicted)
+    bad = {k: (predicted[k] / MiB, got[k]) for k in predicted if not _within(k[2], predicted[k], got[k])}
+    assert not bad, bad
+    if "devd" in c:  # pinned: nothing of the draft on the other worker
+        assert not any(k[1] == devices[0].name for k in got)
+
+
+def test_lora_buffers_match_llama_server(workers, files, smollm2_path):
+    devices = _devices(workers)
+    s = LlamaSettings(n_ctx=4096, n_gpu_layers=10, tensor_split=(1, 2))
+    adapter = read_lora(files["lora"])
+    est = estimate_with_companions(read_model(smollm2_path), devices, s, Companions(loras=(adapter,)))
+    real = _server_buffers(smollm2_path, s.to_args() + adapter.to_args() + ["--rpc", ",".join(workers)])
+    # blocks 20-29 on the workers (-ngl 10: the output layer and the last 9 blocks... -ts 1,2), the rest's
+    # adapters in the host's CPU_Mapped buffer type, as their base tensors
+    for e in (*est.devices, est.host):
+        assert _within("lora", e.companion_parts["lora"], real[("main", e.name, "lora")]), e.name
+        # the compute buffer reserved again with the adapter in the graph
+        total = e.compute_bytes + e.companion_parts.get("lora_compute", 0)
+        assert _within("compute", total, real[("main", e.name, "compute")]), e.name
+
+
+def test_run_check_plans_and_verifies_draft_and_lora_over_rpc(workers, files, smollm2_path, capsys):
+    port = free_port()
+    rc = main(["run", str(smollm2_path), "--rpc", ",".join(workers), "-ts", "1,2", "-c", "4096",
+               "-md", str(files["draft"]), "--lora", str(files["lora"]), "--port", str(port), "--check", "--", "-t", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-3000:]
+    table = err[err.index("predicted vs actual"):]
+    for kind in ("draft_model", "draft_context", "draft_compute", "lora"):
+        rows = [line for line in table.splitlines() if f" {kind} " in line]
+        assert rows and all(line.endswith("ok") for line in rows), (kind, table)
+    assert "all within tolerance" in table
