@@ -822,6 +822,7 @@ FAMILIES["qwen3next"] = write_qwen3next
 def write_gemma3_mmproj(
     path: Path, *, n_embd_text: int = 576, n_embd: int = 64, n_head: int = 4, n_ff: int = 128, n_layer: int = 2,
     image_size: int = 448, patch_size: int = 14, n_merge: int = 4, matrix_type: str = "F16",
+    proj_type: str = "gemma3",
 ) -> Path:
     """A gemma3 vision projector (``clip`` arch, ``clip.projector_type = gemma3``) that llama.cpp's
     clip loader accepts beside a text model of ``n_embd_text`` (SmolLM2: 576): a SigLIP tower of
@@ -832,11 +833,14 @@ def write_gemma3_mmproj(
     448 / 14 = 32 x 32 = 1024 patches; pooled by 4: 8 x 8 = 64 image tokens. F16 matrices:
     patch kernel 14 x 14 x 3 x 64 x 2 = 73.5 KiB, per block 4 x 64^2 x 2 + 2 x 64 x 128 x 2 =
     64 KiB, projection 576 x 64 x 2 = 72 KiB; F32 position embeddings 64 x 1024 x 4 = 256 KiB.
+
+    ``proj_type="idefics3"`` (SmolVLM): the same tower, then a pixel shuffle by ``n_merge`` and one
+    matrix ``mm.model.fc`` of ``n_embd * n_merge^2`` x ``n_embd_text``.
     """
     qtype = GGMLQuantizationType[matrix_type]
     n_patches = (image_size // patch_size) ** 2
     w = GGUFWriter(str(path), "clip")
-    w.add_string("clip.projector_type", "gemma3")
+    w.add_string("clip.projector_type", proj_type)
     w.add_bool("clip.has_vision_encoder", True)
     w.add_bool("clip.use_gelu", True)
     w.add_uint32("clip.vision.embedding_length", n_embd)
@@ -865,10 +869,11 @@ def write_gemma3_mmproj(
             (b + "ffn_up.weight", (n_embd, n_ff)), (b + "ffn_up.bias", (n_ff,)),
             (b + "ffn_down.weight", (n_ff, n_embd)), (b + "ffn_down.bias", (n_embd,)),
         ]
-    tensors += [
-        ("v.post_ln.weight", (n_embd,)), ("v.post_ln.bias", (n_embd,)),
-        ("mm.input_projection.weight", (n_embd_text, n_embd)), ("mm.soft_emb_norm.weight", (n_embd,)),
-    ]
+    tensors += [("v.post_ln.weight", (n_embd,)), ("v.post_ln.bias", (n_embd,))]
+    if proj_type == "idefics3":
+        tensors += [("mm.model.fc.weight", (n_embd * n_merge * n_merge, n_embd_text))]
+    else:
+        tensors += [("mm.input_projection.weight", (n_embd_text, n_embd)), ("mm.soft_emb_norm.weight", (n_embd,))]
     for name, ne in tensors:
         matrix = len(ne) > 1 and name != "v.position_embd.weight"
         typ = qtype if matrix and ne[0] % GGML_QUANT_SIZES[qtype][0] == 0 else (

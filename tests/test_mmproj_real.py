@@ -1,6 +1,6 @@
 """The multimodal projector against the pinned llama-server: the plan's projector weights and
-warmup compute are the buffers llama.cpp allocates for two synthetic gemma3 projectors
-(``synth.write_gemma3_mmproj``) loaded beside SmolLM2.
+warmup compute are the buffers llama.cpp allocates for two synthetic gemma3 projectors and an
+idefics3 one (``synth.write_gemma3_mmproj``) loaded beside SmolLM2.
 
 - Over one RPC worker (the text model on the CPU, ``-ngl 0``, so every buffer on the worker is
   the projector's): the worker's ``GGML_RPC_DEBUG`` ``alloc_buffer`` lines give the weights and
@@ -39,6 +39,9 @@ def projectors(tmp_path_factory):
         "a": write_gemma3_mmproj(tmp / "mmproj-a-f16.gguf"),
         "b": write_gemma3_mmproj(tmp / "mmproj-b-q8_0.gguf", n_embd=96, n_head=3, n_ff=200, n_layer=1,
                                  image_size=512, patch_size=16, n_merge=2, matrix_type="Q8_0"),
+        # idefics3 (SmolVLM): a 30-patch side, padded to 32 by the pixel shuffle
+        "i": write_gemma3_mmproj(tmp / "mmproj-i-f16.gguf", proj_type="idefics3", n_merge=4, image_size=480,
+                                 patch_size=16, n_embd=72, n_head=4, n_ff=160, n_layer=2),
     }
 
 
@@ -73,7 +76,7 @@ def _rpc_device(ep: str) -> Device:
     return Device(id=f"rpc:{ep}#0", name="RPC0", description=ep, backend="RPC", total_bytes=None, free_bytes=None, host=ep)
 
 
-@pytest.mark.parametrize("which, fa", [("a", "auto"), ("a", "off"), ("b", "on"), ("b", "off")])
+@pytest.mark.parametrize("which, fa", [("a", "auto"), ("a", "off"), ("b", "on"), ("b", "off"), ("i", "auto"), ("i", "off")])
 def test_projector_on_an_rpc_worker_is_what_llama_server_allocates(smollm2_path, projectors, worker, which, fa):
     ep = endpoints([worker])[0]
     start = len(worker.log_text())

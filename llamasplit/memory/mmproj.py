@@ -60,7 +60,7 @@ from llamasplit.memory.weights import CPU_ALIGNMENT
 from llamasplit.model.projector import ProjectorProfile, _fail
 from llamasplit.untrusted import printable
 
-REPLAYED_TYPES = frozenset({"gemma3"})
+REPLAYED_TYPES = frozenset({"gemma3", "idefics3"})
 """Projector types whose warmup graph is replayed (``clip_get_graph_builder`` -> ``clip_graph_siglip``)."""
 
 def projector_device(devices: Sequence[Device], offload: bool = True) -> int | None:
@@ -123,8 +123,8 @@ def _flash(profile: ProjectorProfile, flash_attn: str, backend: Backend) -> bool
 
 
 def _siglip_graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
-    """``clip_graph_siglip::build`` for gemma3 (``build_inp``, ``build_vit``, the pooled projection)
-    at the warmup image, in ggml's op order; weights are leaves owned by backend ``owner``."""
+    """``clip_graph_siglip::build`` (``build_inp``, ``build_vit``, then gemma3's pooled projection or
+    idefics3's pixel shuffle and ``mm.model.fc``) at the warmup image, in ggml's op order; weights are leaves owned by backend ``owner``."""
     g = Graph()
     o = Ops(g)
     weights: dict[str, T] = {}
@@ -229,6 +229,26 @@ def _siglip_graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
     if w("v.post_ln.weight", False) is not None:
         inpL = norm(inpL, "v.post_ln.weight", "v.post_ln.bias")
     cur = o.reshape(inpL, E, n_pos, 1)
+    if profile.proj_type == "idefics3":
+        # build_patch_merge_permute (pixel shuffle by n_merge), then build_mm(mm.model.fc)
+        sf = profile.n_merge
+        if sf <= 1:
+            raise _fail(profile.path, f"idefics3 needs a scale_factor above 1, not {sf}")
+        width = height = npx
+        cur = o.reshape(cur, E, width, height)
+        pad = (-width) % sf
+        if pad:
+            width += pad
+            height += pad
+            cur = o.new("PAD", cur.type, [E, width, height, 1], cur)
+        cur = o.reshape(cur, E * sf, width // sf, height)
+        cur = o.permute(cur, 0, 2, 1, 3)
+        cur = o.cont(cur, E * sf * sf, height // sf, width // sf)
+        cur = o.permute(cur, 0, 2, 1, 3)
+        cur = o.cont(cur, cur.ne[0], cur.ne[1] * cur.ne[2])
+        cur = o.mul_mat(w("mm.model.fc.weight"), cur)  # type: ignore[arg-type]
+        g.expand(cur)
+        return g
     # gemma3: avg-pool the patch grid by n_merge, RMS norm, project
     k_sz = profile.n_merge
     cur = o.transpose(cur)
@@ -284,6 +304,9 @@ def output_embd(profile: ProjectorProfile) -> int | None:
     if profile.proj_type == "gemma3":
         t = profile.tensor("mm.input_projection.weight")
         return t.shape[0] if t is not None else None
+    if profile.proj_type == "idefics3":
+        t = profile.tensor("mm.model.fc.weight")
+        return t.shape[1] if t is not None and len(t.shape) > 1 else None
     return None
 
 
