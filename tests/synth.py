@@ -835,14 +835,16 @@ def write_gemma3_mmproj(
     64 KiB, projection 576 x 64 x 2 = 72 KiB; F32 position embeddings 64 x 1024 x 4 = 256 KiB.
 
     ``proj_type="idefics3"`` (SmolVLM): the same tower, then a pixel shuffle by ``n_merge`` and one
-    matrix ``mm.model.fc`` of ``n_embd * n_merge^2`` x ``n_embd_text``.
+    matrix ``mm.model.fc`` of ``n_embd * n_merge^2`` x ``n_embd_text``. ``proj_type="mlp"`` (LLaVA-1.5):
+    a CLIP tower (class embedding, pre layer norm, no patch bias, quick GELU, no post norm; the last
+    block is not run: the feature layer is the second to last), then ``mm.0`` (``n_ff`` wide), GELU, ``mm.2``.
     """
     qtype = GGMLQuantizationType[matrix_type]
     n_patches = (image_size // patch_size) ** 2
     w = GGUFWriter(str(path), "clip")
     w.add_string("clip.projector_type", proj_type)
     w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.use_gelu", True)
+    w.add_bool("clip.use_gelu", proj_type != "mlp")
     w.add_uint32("clip.vision.embedding_length", n_embd)
     w.add_uint32("clip.vision.feed_forward_length", n_ff)
     w.add_uint32("clip.vision.block_count", n_layer)
@@ -855,10 +857,12 @@ def write_gemma3_mmproj(
     w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
     w.add_file_type(_FILE_TYPES.get(matrix_type, 1))
-    tensors: list[tuple[str, tuple[int, ...]]] = [
-        ("v.patch_embd.weight", (patch_size, patch_size, 3, n_embd)), ("v.patch_embd.bias", (n_embd,)),
-        ("v.position_embd.weight", (n_embd, n_patches)),
-    ]
+    tensors: list[tuple[str, tuple[int, ...]]] = [("v.patch_embd.weight", (patch_size, patch_size, 3, n_embd))]
+    if proj_type == "mlp":
+        tensors += [("v.class_embd", (n_embd,)), ("v.position_embd.weight", (n_embd, n_patches + 1)),
+                    ("v.pre_ln.weight", (n_embd,)), ("v.pre_ln.bias", (n_embd,))]
+    else:
+        tensors += [("v.patch_embd.bias", (n_embd,)), ("v.position_embd.weight", (n_embd, n_patches))]
     for il in range(n_layer):
         b = f"v.blk.{il}."
         for stem in ("attn_q", "attn_k", "attn_v", "attn_out"):
@@ -869,10 +873,14 @@ def write_gemma3_mmproj(
             (b + "ffn_up.weight", (n_embd, n_ff)), (b + "ffn_up.bias", (n_ff,)),
             (b + "ffn_down.weight", (n_ff, n_embd)), (b + "ffn_down.bias", (n_embd,)),
         ]
-    tensors += [("v.post_ln.weight", (n_embd,)), ("v.post_ln.bias", (n_embd,))]
+    if proj_type == "mlp":
+        tensors += [("mm.0.weight", (n_embd, n_ff)), ("mm.0.bias", (n_ff,)),
+                    ("mm.2.weight", (n_ff, n_embd_text)), ("mm.2.bias", (n_embd_text,))]
+    else:
+        tensors += [("v.post_ln.weight", (n_embd,)), ("v.post_ln.bias", (n_embd,))]
     if proj_type == "idefics3":
         tensors += [("mm.model.fc.weight", (n_embd * n_merge * n_merge, n_embd_text))]
-    else:
+    elif proj_type == "gemma3":
         tensors += [("mm.input_projection.weight", (n_embd_text, n_embd)), ("mm.soft_emb_norm.weight", (n_embd,))]
     for name, ne in tensors:
         matrix = len(ne) > 1 and name != "v.position_embd.weight"

@@ -11,7 +11,8 @@ The compute figures below were recorded from the pinned llama.cpp (GGML_RPC_DEBU
 
 ``A`` = ``write_gemma3_mmproj`` defaults; ``B`` = ``n_embd=96, n_head=3, n_ff=200, n_layer=1,
 image_size=512, patch_size=16, n_merge=2, matrix_type="Q8_0"``; ``I`` and ``I2`` are idefics3
-(SmolVLM) projectors, ``I`` with a 30-patch side that the pixel shuffle pads to 32.
+(SmolVLM) projectors, ``I`` with a 30-patch side that the pixel shuffle pads to 32; ``L`` and
+``L2`` are LLaVA-1.5 (``mlp``) projectors.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from llamasplit.model.projector import find_beside, read_projector
 MiB = 1024 * 1024
 B_SPEC = dict(n_embd=96, n_head=3, n_ff=200, n_layer=1, image_size=512, patch_size=16, n_merge=2, matrix_type="Q8_0")
 I_SPEC = dict(proj_type="idefics3", n_merge=4, image_size=480, patch_size=16, n_embd=72, n_head=4, n_ff=160, n_layer=2)
+L_SPEC = dict(proj_type="mlp", image_size=336, patch_size=14, n_embd=64, n_head=4, n_ff=256, n_layer=3)
+L2_SPEC = dict(proj_type="mlp", image_size=224, patch_size=16, n_embd=96, n_head=2, n_ff=192, n_layer=2, matrix_type="Q8_0")
 I2_SPEC = dict(proj_type="idefics3", n_merge=4, image_size=512, patch_size=16, n_embd=64, n_head=2, n_ff=128, n_layer=1,
                matrix_type="Q8_0")
 
@@ -82,13 +85,16 @@ def test_q8_0_weights_pad_to_the_backend(proj_b):
     ("b", "on", 703200, 4718592, 3145728), ("b", "off", 703200, 14942208, 3145728),
     ("i", "auto", 1879328, 4147200, 2764800), ("i", "off", 1879328, 13996800, 2764800),
     ("i2", "auto", 1025536, 4718592, 3145728), ("i2", "off", 1025536, 9437184, 3145728),
+    # llava: the image, then the positions (577 x i32) and patch rows (576 x i32), each padded to 32 bytes
+    ("l", "auto", 859648, 2064384, 336 * 336 * 12 + 2336 + 2304), ("l", "off", 859648, 6686272, 1359392),
+    ("l2", "auto", 529536, 904768, 224 * 224 * 12 + 800 + 800), ("l2", "off", 529536, 914208, 603712),
 ])
 def test_compute_is_the_recorded_reservation(proj_a, proj_b, tmp_path, which, fa, weights, device, host):
-    spec = {"i": I_SPEC, "i2": I2_SPEC}.get(which)
+    spec = {"i": I_SPEC, "i2": I2_SPEC, "l": L_SPEC, "l2": L2_SPEC}.get(which)
     path = write_gemma3_mmproj(tmp_path / "mmproj-x.gguf", **spec) if spec else proj_a if which == "a" else proj_b
     p = read_projector(path)
     # the image input stays on the CPU: image_size^2 x 3 channels x f32 (448: 2408448, 512: 3145728)
-    assert host == p.image_size ** 2 * 3 * 4
+    assert host == p.image_size ** 2 * 3 * 4 or p.proj_type == "mlp"
     e = estimate_projector(p, [_rpc()], flash_attn=fa)
     assert (e.device_index, e.weights_bytes, e.compute_bytes, e.host_compute_bytes) == (0, weights, device, host)
     # on the CPU alone there is one buffer, the same as the worker's (both CPU backends)

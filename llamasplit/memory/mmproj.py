@@ -54,13 +54,13 @@ from llamasplit.errors import ModelReadError
 from llamasplit.gguf_constants import GGMLQuantizationType
 from llamasplit.memory import cuda_rules, kv
 from llamasplit.memory.graph.allocator import allocate_graph
-from llamasplit.memory.graph.ggml import F16, F32, Graph, Ops, T
+from llamasplit.memory.graph.ggml import F16, F32, I32, Graph, Ops, T
 from llamasplit.memory.graph.scheduler import Backend, backends_of, schedule
 from llamasplit.memory.weights import CPU_ALIGNMENT
 from llamasplit.model.projector import ProjectorProfile, _fail
 from llamasplit.untrusted import printable
 
-REPLAYED_TYPES = frozenset({"gemma3", "idefics3"})
+REPLAYED_TYPES = frozenset({"gemma3", "idefics3", "mlp"})
 """Projector types whose warmup graph is replayed (``clip_get_graph_builder`` -> ``clip_graph_siglip``)."""
 
 def projector_device(devices: Sequence[Device], offload: bool = True) -> int | None:
@@ -122,151 +122,198 @@ def _flash(profile: ProjectorProfile, flash_attn: str, backend: Backend) -> bool
     return True
 
 
-def _siglip_graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
-    """``clip_graph_siglip::build`` (``build_inp``, ``build_vit``, then gemma3's pooled projection or
-    idefics3's pixel shuffle and ``mm.model.fc``) at the warmup image, in ggml's op order; weights are leaves owned by backend ``owner``."""
-    g = Graph()
-    o = Ops(g)
-    weights: dict[str, T] = {}
-    by_name = {t.name: t for t in profile.tensors}
+class _Clip:
+    """``clip_graph`` (tools/mtmd/clip.cpp) for one projector at its warmup image: the shared pieces
+    (``build_inp``, ``build_norm``, ``build_attn``, ``build_ffn``) in ggml's op order; weights are
+    leaves owned by backend ``owner``."""
 
-    def w(name: str, required: bool = True) -> T | None:
-        if name in weights:
-            return weights[name]
-        info = by_name.get(name)
+    def __init__(self, profile: ProjectorProfile, owner: int, flash: bool) -> None:
+        self.p, self.owner, self.flash = profile, owner, flash
+        self.g = Graph()
+        self.o = Ops(self.g)
+        self.weights: dict[str, T] = {}
+        self.by_name = {t.name: t for t in profile.tensors}
+        sz, P = profile.warmup_image_size, profile.patch_size
+        self.npx = sz // P
+        self.n_patches = self.npx * self.npx
+        if self.n_patches <= 0 or profile.n_head <= 0 or profile.d_head <= 0:
+            raise _fail(profile.path, f"image {sz} / patch {P} gives no patches, or no attention heads")
+
+    def w(self, name: str, required: bool = True) -> T | None:
+        if name in self.weights:
+            return self.weights[name]
+        info = self.by_name.get(name)
         if info is None:
             if required:
-                raise _fail(profile.path, f"missing tensor {name}")
+                raise _fail(self.p.path, f"missing tensor {name}")
             return None
-        t = T(g, "NONE", info.ggml_type, info.shape)
-        t.name, t.owner, t.weights = name, owner, True
-        weights[name] = t
+        t = T(self.g, "NONE", info.ggml_type, info.shape)
+        t.name, t.owner, t.weights = name, self.owner, True
+        self.weights[name] = t
         return t
 
-    sz, P, E = profile.warmup_image_size, profile.patch_size, profile.n_embd
-    npx = sz // P
-    n_pos = npx * npx
-    H, Hkv, D = profile.n_head, profile.n_head_kv, profile.d_head
-    if n_pos <= 0 or H <= 0 or D <= 0:
-        raise _fail(profile.path, f"image {sz} / patch {P} gives no patches, or no attention heads")
-    # build_inp_raw + build_inp: ggml_conv_2d = im2col (f16) -> mul_mat -> reshape -> cont(permute)
-    inp_raw = o.input("inp_raw", F32, [sz, sz, 3, 1])
-    kernel = w("v.patch_embd.weight")
-    assert kernel is not None
-    if kernel.ne[0] != P or kernel.ne[1] != P or kernel.ne[2] != 3:
-        raise _fail(profile.path, f"v.patch_embd.weight is {kernel.ne[:4]}, not {P} x {P} x 3 x n_embd")
-    col_t = F32 if kernel.type == int(GGMLQuantizationType.BF16) else F16
-    im2col = o.new("IM2COL", col_t, [3 * P * P, npx, npx, 1], kernel, inp_raw)
-    a2 = o.reshape(im2col, im2col.ne[0], npx * npx)
-    k2 = o.reshape(kernel, P * P * 3, kernel.ne[3])
-    res = o.mul_mat(a2, k2)
-    res = o.reshape(res, npx, npx, 1, kernel.ne[3])
-    inp = o.cont(o.permute(res, 0, 1, 3, 2))
-    inp = o.reshape(inp, n_pos, E, 1)
-    inp = o.cont(o.transpose(inp))
-    bias = w("v.patch_embd.bias", False)
-    if bias is not None:
-        inp = o.binary("ADD", inp, bias)
-    # build_vit
-    pos = w("v.position_embd.weight", False)
-    if pos is not None:
-        inp = o.binary("ADD", inp, pos)
-    inp = o.reshape(inp, E, n_pos)
-    inpL = inp
+    def inp(self) -> T:
+        """``build_inp_raw`` + ``build_inp``: ggml_conv_2d = im2col (f16) -> mul_mat -> reshape ->
+        cont(permute), then [n_embd, n_patches] and the patch bias."""
+        o, P, E, npx, sz = self.o, self.p.patch_size, self.p.n_embd, self.npx, self.p.warmup_image_size
+        inp_raw = o.input("inp_raw", F32, [sz, sz, 3, 1])
+        kernel = self.w("v.patch_embd.weight")
+        assert kernel is not None
+        if kernel.ne[0] != P or kernel.ne[1] != P or kernel.ne[2] != 3:
+            raise _fail(self.p.path, f"v.patch_embd.weight is {kernel.ne[:4]}, not {P} x {P} x 3 x n_embd")
+        col_t = F32 if kernel.type == int(GGMLQuantizationType.BF16) else F16
+        im2col = o.new("IM2COL", col_t, [3 * P * P, npx, npx, 1], kernel, inp_raw)
+        res = o.mul_mat(o.reshape(im2col, im2col.ne[0], npx * npx), o.reshape(kernel, P * P * 3, kernel.ne[3]))
+        res = o.reshape(res, npx, npx, 1, kernel.ne[3])
+        cur = o.cont(o.permute(res, 0, 1, 3, 2))
+        cur = o.reshape(cur, self.n_patches, E, 1)
+        cur = o.cont(o.transpose(cur))
+        bias = self.w("v.patch_embd.bias", False)
+        return o.binary("ADD", cur, bias) if bias is not None else cur
 
-    def norm(cur: T, wn: str, bn: str) -> T:
-        cur = o.dup("NORM", cur, cur)  # ggml_norm (NORM_TYPE_NORMAL)
-        mw, mb = w(wn, False), w(bn, False)
+    def norm(self, cur: T, stem: str) -> T:
+        """``build_norm`` with NORM_TYPE_NORMAL: ggml_norm, times the weight, plus the bias."""
+        o = self.o
+        cur = o.dup("NORM", cur, cur)
+        mw, mb = self.w(stem + ".weight", False), self.w(stem + ".bias", False)
         if mw is not None:
             cur = o.binary("MUL", cur, mw)
         if mb is not None:
             cur = o.binary("ADD", cur, mb)
         return cur
 
-    def mm(cur: T, stem: str) -> T:
-        cur = o.mul_mat(w(stem + ".weight"), cur)  # type: ignore[arg-type]
-        b = w(stem + ".bias", False)
-        return o.binary("ADD", cur, b) if b is not None else cur
+    def mm(self, cur: T, stem: str) -> T:
+        cur = self.o.mul_mat(self.w(stem + ".weight"), cur)  # type: ignore[arg-type]
+        b = self.w(stem + ".bias", False)
+        return self.o.binary("ADD", cur, b) if b is not None else cur
 
-    pre = w("v.pre_ln.weight", False)
-    if pre is not None:
-        inpL = norm(inpL, "v.pre_ln.weight", "v.pre_ln.bias")
-    for il in range(profile.n_layer):
-        b = f"v.blk.{il}."
-        cur = norm(inpL, b + "ln1.weight", b + "ln1.bias")
-        q = o.reshape(mm(cur, b + "attn_q"), D, H, n_pos, 1)
-        k = o.reshape(mm(cur, b + "attn_k"), D, Hkv, n_pos, 1)
-        v = o.reshape(mm(cur, b + "attn_v"), D, Hkv, n_pos, 1)
-        # build_attn: ggml_build_forward_order(q), (k), (v) fixes their order in the graph
-        for t in (q, k, v):
-            g.expand(t)
-        qp = o.permute(q, 0, 2, 1, 3)
-        kp = o.permute(k, 0, 2, 1, 3)
-        if flash:
+    def attn(self, cur: T, il: int, n_pos: int) -> T:
+        """Q/K/V, ``build_attn`` (flash or f32 KQ), the output projection."""
+        o, b = self.o, f"v.blk.{il}."
+        H, Hkv, D = self.p.n_head, self.p.n_head_kv, self.p.d_head
+        if self.w(b + "attn_qkv.weight", False) is not None or self.w(b + "attn_q_norm.weight", False) is not None:
+            raise _fail(self.p.path, "a fused QKV or Q/K norms in the vision tower are not replayed")
+        q = o.reshape(self.mm(cur, b + "attn_q"), D, H, n_pos, 1)
+        k = o.reshape(self.mm(cur, b + "attn_k"), D, Hkv, n_pos, 1)
+        v = o.reshape(self.mm(cur, b + "attn_v"), D, Hkv, n_pos, 1)
+        for t in (q, k, v):  # build_attn: ggml_build_forward_order(q), (k), (v)
+            self.g.expand(t)
+        qp, kp = o.permute(q, 0, 2, 1, 3), o.permute(k, 0, 2, 1, 3)
+        if self.flash:
             vp = o.permute(v, 0, 2, 1, 3)
-            kc = o.cast(kp, F16)
-            vc = o.cast(vp, F16)
+            kc, vc = o.cast(kp, F16), o.cast(vp, F16)
             cur = o.flash_attn_ext(qp, kc, vc, None)
             cur = o.reshape(cur, cur.ne[0] * cur.ne[1], cur.ne[2] * cur.ne[3])
         else:
             vc = o.cont(o.permute(v, 1, 2, 0, 3))
-            kq = o.mul_mat(kp, qp)
-            kq = o.soft_max(kq, None)
-            kqv = o.mul_mat(vc, kq)
-            cur = o.permute(kqv, 0, 2, 1, 3)
+            kq = o.soft_max(o.mul_mat(kp, qp), None)
+            cur = o.permute(o.mul_mat(vc, kq), 0, 2, 1, 3)
             cur = o.cont(cur, cur.ne[0] * cur.ne[1], cur.ne[2] * cur.ne[3])
-        cur = mm(cur, b + "attn_out")
-        cur = o.binary("ADD", cur, inpL)
-        inpL = cur
-        cur = norm(cur, b + "ln2.weight", b + "ln2.bias")
-        cur = mm(cur, b + "ffn_up")
-        if w(b + "ffn_gate.weight", False) is not None:
-            raise _fail(profile.path, "a gated vision FFN is not replayed")
-        cur = o.unary("UNARY", cur)  # ggml_gelu / ggml_silu / ggml_gelu_quick
-        cur = mm(cur, b + "ffn_down")
-        cur = o.binary("ADD", inpL, cur)
-        inpL = cur
-    if w("v.post_ln.weight", False) is not None:
-        inpL = norm(inpL, "v.post_ln.weight", "v.post_ln.bias")
-    cur = o.reshape(inpL, E, n_pos, 1)
-    if profile.proj_type == "idefics3":
-        # build_patch_merge_permute (pixel shuffle by n_merge), then build_mm(mm.model.fc)
-        sf = profile.n_merge
-        if sf <= 1:
-            raise _fail(profile.path, f"idefics3 needs a scale_factor above 1, not {sf}")
-        width = height = npx
-        cur = o.reshape(cur, E, width, height)
-        pad = (-width) % sf
-        if pad:
-            width += pad
-            height += pad
-            cur = o.new("PAD", cur.type, [E, width, height, 1], cur)
-        cur = o.reshape(cur, E * sf, width // sf, height)
-        cur = o.permute(cur, 0, 2, 1, 3)
-        cur = o.cont(cur, E * sf * sf, height // sf, width // sf)
-        cur = o.permute(cur, 0, 2, 1, 3)
-        cur = o.cont(cur, cur.ne[0], cur.ne[1] * cur.ne[2])
-        cur = o.mul_mat(w("mm.model.fc.weight"), cur)  # type: ignore[arg-type]
-        g.expand(cur)
-        return g
-    # gemma3: avg-pool the patch grid by n_merge, RMS norm, project
-    k_sz = profile.n_merge
-    cur = o.transpose(cur)
-    cur = o.cont(cur, npx, npx, E, 1)
-    side = (npx - k_sz) // k_sz + 1  # ggml_calc_pool_output_size, no padding
-    if side <= 0:
-        raise _fail(profile.path, f"scale_factor {k_sz} is larger than the {npx}-patch side")
-    cur = o.new("POOL_2D", F32, [side, side, E, 1], cur)
-    cur = o.reshape(cur, side * side, E, 1)
-    cur = o.cont(o.transpose(cur))
-    cur = o.rms_norm(cur)
-    cur = o.binary("MUL", cur, w("mm.soft_emb_norm.weight"))  # type: ignore[arg-type]
-    proj = w("mm.input_projection.weight")
-    assert proj is not None
-    pt = o.cont(o.transpose(proj))
-    cur = o.mul_mat(pt, cur)
-    g.expand(cur)
-    return g
+        return self.mm(cur, b + "attn_out")
+
+    def ffn(self, cur: T, il: int) -> T:
+        """``build_ffn`` without a gate: up (+bias), the activation (a UNARY op), down (+bias)."""
+        b = f"v.blk.{il}."
+        if self.w(b + "ffn_gate.weight", False) is not None:
+            raise _fail(self.p.path, "a gated vision FFN is not replayed")
+        up, down = self.w(b + "ffn_up.weight"), self.w(b + "ffn_down.weight")
+        assert up is not None and down is not None
+        if down.ne[0] == self.p.n_embd:  # load_tensors: old conversions swapped up and down
+            up_stem, down_stem = b + "ffn_down", b + "ffn_up"
+        else:
+            up_stem, down_stem = b + "ffn_up", b + "ffn_down"
+        cur = self.o.unary("UNARY", self.mm(cur, up_stem))
+        return self.mm(cur, down_stem)
+
+    def layer(self, inpL: T, il: int, n_pos: int) -> T:
+        """One pre-norm transformer block (``build_vit``'s loop body; llava's is the same)."""
+        cur = self.attn(self.norm(inpL, f"v.blk.{il}.ln1"), il, n_pos)
+        inpL = self.o.binary("ADD", cur, inpL)
+        cur = self.ffn(self.norm(inpL, f"v.blk.{il}.ln2"), il)
+        return self.o.binary("ADD", inpL, cur)
+
+    def siglip(self) -> Graph:
+        """``clip_graph_siglip::build``: ``build_vit``, then gemma3's pooled projection or idefics3's
+        pixel shuffle and ``mm.model.fc``."""
+        o, p, E, npx, n_pos = self.o, self.p, self.p.n_embd, self.npx, self.n_patches
+        cur = self.inp()
+        pos = self.w("v.position_embd.weight", False)
+        if pos is not None:
+            cur = o.binary("ADD", cur, pos)
+        cur = o.reshape(cur, E, n_pos)
+        if self.w("v.pre_ln.weight", False) is not None:
+            cur = self.norm(cur, "v.pre_ln")
+        for il in range(p.n_layer):
+            cur = self.layer(cur, il, n_pos)
+        if self.w("v.post_ln.weight", False) is not None:
+            cur = self.norm(cur, "v.post_ln")
+        cur = o.reshape(cur, E, n_pos, 1)
+        sf = p.n_merge
+        if p.proj_type == "idefics3":
+            # build_patch_merge_permute (pixel shuffle by n_merge), then build_mm(mm.model.fc)
+            if sf <= 1:
+                raise _fail(p.path, f"idefics3 needs a scale_factor above 1, not {sf}")
+            width = height = npx
+            cur = o.reshape(cur, E, width, height)
+            pad = (-width) % sf
+            if pad:
+                width += pad
+                height += pad
+                cur = o.new("PAD", cur.type, [E, width, height, 1], cur)
+            cur = o.reshape(cur, E * sf, width // sf, height)
+            cur = o.permute(cur, 0, 2, 1, 3)
+            cur = o.cont(cur, E * sf * sf, height // sf, width // sf)
+            cur = o.permute(cur, 0, 2, 1, 3)
+            cur = o.cont(cur, cur.ne[0], cur.ne[1] * cur.ne[2])
+            cur = o.mul_mat(self.w("mm.model.fc.weight"), cur)  # type: ignore[arg-type]
+        else:
+            # gemma3: avg-pool the patch grid by n_merge, RMS norm, project
+            cur = o.cont(o.transpose(cur), npx, npx, E, 1)
+            side = (npx - sf) // sf + 1  # ggml_calc_pool_output_size, no padding
+            if side <= 0:
+                raise _fail(p.path, f"scale_factor {sf} is larger than the {npx}-patch side")
+            cur = o.new("POOL_2D", F32, [side, side, E, 1], cur)
+            cur = o.reshape(cur, side * side, E, 1)
+            cur = o.rms_norm(o.cont(o.transpose(cur)))
+            cur = o.binary("MUL", cur, self.w("mm.soft_emb_norm.weight"))  # type: ignore[arg-type]
+            cur = o.mul_mat(o.cont(o.transpose(self.w("mm.input_projection.weight"))), cur)  # type: ignore[arg-type]
+        self.g.expand(cur)
+        return self.g
+
+    def llava(self) -> Graph:
+        """``clip_graph_llava::build`` for PROJECTOR_TYPE_MLP (LLaVA-1.5/1.6): the class embedding, learned
+        positions through ``get_rows``, every block but the last (the feature layer is the second to
+        last), the post norm, the patch rows, ``mm.0`` + GELU + ``mm.2``."""
+        o, p = self.o, self.p
+        if p.feature_layers:
+            raise _fail(p.path, "explicit vision feature layers (granite-vision) are not replayed")
+        cls = self.w("v.class_embd", False)
+        n_pos = self.n_patches + (1 if cls is not None else 0)
+        cur = self.inp()
+        if cls is not None:
+            cur = o.concat(cur, cls, 1)
+        positions = o.input("positions", I32, [n_pos])
+        cur = o.binary("ADD", cur, o.get_rows(self.w("v.position_embd.weight"), positions))  # type: ignore[arg-type]
+        if self.w("v.pre_ln.weight", False) is not None:
+            cur = self.norm(cur, "v.pre_ln")
+        for il in range(p.n_layer - 1):
+            cur = self.layer(cur, il, n_pos)
+        if self.w("v.post_ln.weight", False) is not None:
+            cur = self.norm(cur, "v.post_ln")
+        cur = o.reshape(cur, cur.ne[0], cur.ne[1])
+        patches = o.input("patches", I32, [self.n_patches])
+        cur = o.get_rows(cur, patches)
+        cur = self.mm(cur, "mm.0")
+        cur = o.unary("UNARY", cur)
+        if self.w("mm.2.weight", False) is not None:
+            cur = self.mm(cur, "mm.2")
+        self.g.expand(cur)
+        return self.g
+
+
+def _graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
+    clip = _Clip(profile, owner, flash)
+    return clip.llava() if profile.proj_type == "mlp" else clip.siglip()
 
 
 def estimate_projector(profile: ProjectorProfile, devices: Sequence[Device], *, offload: bool = True,
@@ -287,7 +334,7 @@ def _estimate_on(profile: ProjectorProfile, backends: tuple[Backend, ...], flash
     compute: int | None = None
     host: int | None = None
     if profile.has_vision and profile.proj_type in REPLAYED_TYPES:
-        graph = _siglip_graph(profile, owner, flash)
+        graph = _graph(profile, owner, flash)
         nodes, node_b, leafs, leaf_b = schedule(graph, list(backends), {}, 1)
         sizes = allocate_graph(nodes, node_b, leafs, leaf_b, list(backends), len(graph.all))
         compute = sizes[0]
@@ -304,8 +351,8 @@ def output_embd(profile: ProjectorProfile) -> int | None:
     if profile.proj_type == "gemma3":
         t = profile.tensor("mm.input_projection.weight")
         return t.shape[0] if t is not None else None
-    if profile.proj_type == "idefics3":
-        t = profile.tensor("mm.model.fc.weight")
+    if profile.proj_type in ("idefics3", "mlp"):
+        t = profile.tensor("mm.model.fc.weight" if profile.proj_type == "idefics3" else "mm.2.weight")
         return t.shape[1] if t is not None and len(t.shape) > 1 else None
     return None
 

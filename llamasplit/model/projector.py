@@ -42,6 +42,8 @@ class ProjectorProfile:
     ffn_op: str
     tensors: tuple[RawTensor, ...]
     file_bytes: int
+    feature_layers: tuple[int, ...] = ()
+    """``clip.vision.feature_layer``: the blocks whose outputs llava-style graphs stack (granite-vision)."""
 
     @property
     def weight_bytes(self) -> int:
@@ -114,10 +116,15 @@ def projector_from_header(header: RawHeader) -> ProjectorProfile:
         # gemma3's default pooling is 4 per side (load_hparams, PROJECTOR_TYPE_GEMMA3)
         n_merge = num("clip.vision.projector.scale_factor", 4 if proj == "gemma3" else 1, low=1, high=65535)
     ffn_op = "gelu" if flag("clip.use_gelu") else "silu" if flag("clip.use_silu") else "gelu_quick"
+    layers = md.get(f"clip.{prefix}.feature_layer", ())
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) and -1 <= x <= n_layer
+                                                         for x in layers):
+        raise _fail(path, f"clip.{prefix}.feature_layer is not a list of block indices up to {n_layer}")
     return ProjectorProfile(
         path=str(path), proj_type=proj, has_vision=has_vision, has_audio=has_audio, n_embd=n_embd, n_head=n_head,
         n_head_kv=n_head_kv, d_head=d_head, n_ff=n_ff, n_layer=n_layer, image_size=image_size,
         patch_size=patch_size, n_merge=n_merge, ffn_op=ffn_op, tensors=header.tensors, file_bytes=header.file_bytes,
+        feature_layers=tuple(x for x in layers if x >= 0),
     )
 
 
