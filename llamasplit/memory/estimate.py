@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from llamasplit.devices.device import Device
 from llamasplit.errors import UsageError
 from llamasplit.model.profile import ModelProfile, Role
-from llamasplit.memory import cuda_rules, kv, repack
+from llamasplit.memory import cuda_rules, kv, mtp, repack
 from llamasplit.memory.f32 import f32, prefix_fractions
 from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings
 from llamasplit.memory.graph import compute_bytes, heuristic_bytes
+from llamasplit.memory.graph.mtp import MTP_CACHE_TYPE, mtp_compute_bytes
 from llamasplit.memory.weights import HOST, _Tables, _Weights, _backend, _override_map, _tables, alloc_bytes
 
 MiB = 1024 * 1024
@@ -301,11 +302,43 @@ def with_host_extras(model: ModelProfile, devices: Sequence[Device], settings: L
     the same as ``estimate(..., cpu=cpu)``, without replaying the graph again."""
     if est.host.extra_buffers or not settings.repack or any(_backend(d) == "CUDA" for d in devices):
         return est
+    if mtp.enabled(settings.spec_type):
+        model = mtp.with_mtp(model)
     host = dataclasses.replace(est.host, layers=list(est.host.layers), extra_buffers={})
     tables = _tables(model)
     override_of = _override_map(tables.names, settings.effective_overrides)
     span = _host_extras(model, tables, est.layer_device, override_of, cpu, settings, host)
     return dataclasses.replace(est, host=host, host_mapped_bytes=est.host_mapped_bytes if span is None else span)
+
+
+def _add_mtp_context(model: ModelProfile, devices: Sequence[Device], layer_dev: Sequence[int | None],
+                     settings: LlamaSettings, ests: list[DeviceEstimate], host: DeviceEstimate, *, layout: kv.KvLayout,
+                     n_ubatch: int, n_outputs: int, flash: bool, main_compute: Sequence[int]) -> None:
+    """The MTP context's buffers (``memory.mtp``) as ``companion_parts``: its KV cache of the NextN
+    blocks on their layers' devices (the CPU under -nkvo), its compute buffer (the MTP graph
+    replayed, ``graph.mtp``; for an arch whose MTP graph is not replayed, [estimate] the main
+    context's, which the measured MTP buffers stayed under), and on the host the output buffers
+    as they stand once drafting runs (llama-context.cpp ``output_reserve``, grown at the first
+    decode): the MTP context's per output row (``n_outputs_max = n_parallel``) logits, its masked
+    ``embd_nextn`` (n_embd) and the backend sampler's floats (2 x n_vocab) and tokens (1 + n_vocab);
+    the main context's unmasked ``embd_nextn``, n_embd for each of ``n_batch`` tokens
+    (``llama_set_embeddings_nextn(ctx_tgt, true, false)``, common/speculative.cpp)."""
+    hp = model.hparams
+
+    def add(e: DeviceEstimate, part: str, n: int) -> None:
+        if n:
+            e.companion_parts[part] = e.companion_parts.get(part, 0) + n
+
+    for il in range(hp.n_layer_kv, hp.n_layer):
+        where = (host if layer_dev[il] is None else ests[layer_dev[il]]) if settings.offload_kqv else host
+        add(where, "mtp_context", mtp.kv_layer_bytes(hp, il, layout, MTP_CACHE_TYPE, MTP_CACHE_TYPE))
+    n_seq = settings.seq_count
+    compute = mtp_compute_bytes(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch,
+                                n_outputs=n_seq, flash=flash)
+    for e, c in zip((*ests, host), compute if compute is not None else main_compute):
+        add(e, "mtp_compute", c)
+    n_batch = min(kv.pad(settings.n_ctx or hp.n_ctx_train or 4096, kv.KV_PAD), settings.n_batch)
+    add(host, "mtp_output", (4 * hp.n_vocab + hp.n_embd + 1) * n_seq * 4 + hp.n_embd * n_batch * 4)
 
 
 def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings, *, fast: bool = False,
@@ -316,7 +349,13 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     llama.cpp) instead of replaying llama.cpp's graph reservation; the planner searches with it
     and checks its answer exactly. ``cpu``: the host CPU's features, which decide the weights
     llama.cpp repacks into the CPU's extra buffer types (``planner.repack``); ``None`` models none.
+    ``settings.spec_type`` with draft-mtp: the NextN blocks' weights, and the MTP context's KV,
+    compute and output buffers in ``companion_parts`` (``memory.mtp``).
     """
+    with_mtp_context = mtp.enabled(settings.spec_type)
+    if with_mtp_context:
+        mtp.check(model)
+        model = mtp.with_mtp(model)
     hp = model.hparams
     if settings.split_mode == "none":
         if not 0 <= settings.main_gpu < max(len(devices), 1):
@@ -398,16 +437,23 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     for il in range(hp.n_layer_kv):
         where = target(layer_dev[il]) if settings.offload_kqv else host
         where.context_bytes += kv.kv_layer_bytes(hp, il, layout, settings.type_k, settings.type_v)
-        target(layer_dev[il]).context_bytes += kv.recurrent_layer_bytes(hp, il, n_seq)
+        # llama-memory-recurrent.cpp: the state on the layer's device when offloading (offload_kqv),
+        # mem_size * (1 + n_rs_seq) rows (snapshots for speculative rollback, memory.mtp.n_rs_seq)
+        where.context_bytes += kv.recurrent_layer_bytes(hp, il, n_seq) * (1 + mtp.n_rs_seq(model.arch, settings.spec_type))
 
     flash = settings.flash_attn != "off"
     n_outputs = n_ubatch if settings.binary in ("llama-completion", "llama-cli", "llama-fit-params") else n_seq
+    if settings.binary == "llama-server" and settings.spec_type:
+        n_outputs = mtp.server_outputs(n_batch, n_seq, settings.spec_type)  # a row per drafted token too
 
     compute = (heuristic_bytes if fast else compute_bytes)(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch, n_outputs=n_outputs, flash=flash)
     for e, c in zip(ests, compute[:-1]):
         e.compute_bytes = c
     host.compute_bytes = compute[-1]
     host.output_bytes = (hp.n_vocab + (hp.n_embd if settings.binary == "llama-server" else 0)) * max(n_outputs, n_seq) * 4
+    if with_mtp_context:
+        _add_mtp_context(model, devices, layer_dev, settings, ests, host, layout=layout, n_ubatch=n_ubatch,
+                         n_outputs=n_outputs, flash=flash, main_compute=compute)
     # the CUDA overhead, cuda_overhead's arithmetic with its per-slot tables read once (the planner
     # estimates often, over up to 64 devices): same GPU, same pool high-water, same overhead
     fattn_by_cc: dict[tuple[int, int] | None, int] = {}

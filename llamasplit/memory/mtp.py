@@ -109,3 +109,28 @@ def n_rs_seq(arch: str, spec_type: str | None, n_max: int = DRAFT_N_MAX) -> int:
     by llama-context.cpp where the arch cannot roll back."""
     types = set(spec_type.split(",")) if spec_type else set()
     return n_max if types & NEEDS_RS_SEQ and arch in RS_ROLLBACK_ARCHS else 0
+
+
+_SPEC_N_MAX = {"draft-simple": None, "draft-eagle3": None, "draft-mtp": None, "draft-dflash": None,
+               "draft-dspark": None, "ngram-simple": 48, "ngram-map-k": 48, "ngram-map-k4v": 48, "ngram-mod": 64,
+               "ngram-cache": 8}
+"""``common_speculative_n_max`` (common/speculative.cpp): the draft types draft ``--spec-draft-n-max``
+(``None`` here), the n-gram ones their own defaults (common/common.h: ``size_m`` 48, ngram-mod's
+``n_max`` 64, ngram-cache 8)."""
+
+
+def spec_n_max(spec_type: str | None, n_max: int = DRAFT_N_MAX) -> int:
+    """The most tokens any of the ``--spec-type`` implementations drafts per step."""
+    out = 0
+    for t in (spec_type.split(",") if spec_type else ()):
+        if t in _SPEC_N_MAX:
+            value = _SPEC_N_MAX[t]
+            out = max(out, max(0, n_max) if value is None else value)
+    return out
+
+
+def server_outputs(n_batch: int, n_parallel: int, spec_type: str | None, n_max: int = DRAFT_N_MAX) -> int:
+    """The main context's ``n_outputs_max`` under llama-server (tools/server/server-context.cpp
+    ``server_output_limits`` -> ``common_speculative_get_output_limits``): one output per slot and
+    drafted token, ``min(n_batch, n_parallel x (1 + n_max))``, at least 1."""
+    return max(1, min(n_batch, n_parallel * (1 + spec_n_max(spec_type, n_max))))
