@@ -283,3 +283,27 @@ def test_check_compares_the_draft_buffers_apart_from_the_model(models):
     assert v.row("CUDA0", "draft_model").ok and v.row("Host", "draft_model").ok and v.row("CUDA0", "draft_context").ok
     assert not v.row("CUDA0", "draft_compute").ok  # 30 MiB off: outside --check's max(15 %, 20 MiB)
     assert not v.ok and any("draft_compute" in line for line in v.table().splitlines())
+
+
+def test_python_api_plans_a_draft_and_a_lora(small, tmp_path):
+    import llamasplit
+
+    draft = write_llama_dense(tmp_path / "draft.gguf", n_layer=1, n_embd=64, n_head=1, n_head_kv=1, n_ff=128,
+                              n_vocab=512, vocab="spm")
+    p = llamasplit.plan(small["main"], "3090", ctx=2048, draft=draft, ngld=0, lora=small["lora"])
+    assert p.draft is not None and p.draft.n_gpu_layers == 0 and [a.path for a in p.loras] == [str(small["lora"])]
+    assert p.host.companion_parts["draft_model"] > 0 and "draft_model" not in (p.devices[0].companion_parts or {})
+    with pytest.raises(UsageError, match="unknown plan option"):
+        llamasplit.plan(small["main"], "3090", draft_model=draft)
+
+
+def test_launch_argv_carries_the_draft_and_warns_on_a_second_one(models):
+    from llamasplit.runner.launch import LaunchOptions, build_argv, conflicting_args
+
+    _, main_model = models["main"]
+    p = plan(main_model, fleet_from_spec("3090"), PlanOptions(settings=LlamaSettings(n_ctx=4096), fixed=frozenset({"n_ctx"}),
+                                                               companions=_draft(models)))
+    opts = LaunchOptions(binary="llama-server", extra_args=("-md", "other.gguf"))
+    argv = build_argv(p, opts)
+    assert argv[argv.index("-md") + 1] == str(models["draft"][0]) and argv[-2:] == ["-md", "other.gguf"]
+    assert any("overrides the plan's -md" in w for w in conflicting_args(p, opts))
