@@ -27,8 +27,11 @@ and the entry point (``replay.py``).
    (post_attention_norm before the FFN, sigmoid gating, NextN blocks not built), gpt-oss
    (expert biases, softmax over the chosen experts, output rows picked after the last layer),
    phi3 (fused SwiGLU, pre-scaled Q), granite (residual and logit scales), olmo2 (no pre-norms),
-   cohere2 (its own parallel block). Archs it cannot follow (recurrent and hybrid, encoders,
-   ``registry.NOT_REPLAYED``) get ``heuristic_bytes``, and the plan says "compute estimated, not replayed".
+   cohere2 (its own parallel block). Recurrent and hybrid archs build their own graphs on the
+   recurrent blocks of ``ssm.py`` (``build_rs``, the Mamba-2 mixer, LFM2's short convolution):
+   mamba2, lfm2, granitehybrid, nemotron_h, qwen3next. Archs it cannot follow (encoders,
+   ``registry.NOT_REPLAYED``, layers whose tensors no family's check accepts) get
+   ``heuristic_bytes``, and the plan says "compute estimated, not replayed".
 2. **Scheduler** (``scheduler.schedule``): passes 1-5 of ``ggml_backend_sched_split_graph`` (weights pull
    their ops to their device, GPUs expand up and down, inputs start on the CPU, a copy of every
    tensor a split reads from another device, four copies (``GGML_SCHED_MAX_COPIES``) of every

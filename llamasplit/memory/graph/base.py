@@ -167,9 +167,10 @@ class BuilderBase:
             self.weights[key] = t
         return self.weights[key]
 
-    def output(self, cur: T) -> None:
+    def output(self, cur: T, norm: str = "output_norm") -> None:
+        """The output norm (``norm``: its tensor stem), the logits, their scales."""
         o = self.o
-        cur = self.norm(cur, self.w("output_norm.weight"), -1, self.w("output_norm.bias"),
+        cur = self.norm(cur, self.w(f"{norm}.weight"), -1, self.w(f"{norm}.bias"),
                         kind=self.family.norm)
         self.cb(cur, "result_norm", -1)
         self.t_embd = cur

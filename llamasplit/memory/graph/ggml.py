@@ -251,3 +251,23 @@ class Ops:
 
     def repeat(self, a: T, *ne: int) -> T:
         return self.new("REPEAT", a.type, ne, a)
+
+    # state-space ops (Mamba-2, LFM2's short convolution)
+    def cpy(self, a: T, b: T) -> T:
+        """``ggml_cpy(a, b)``: a copied into b; the result is a view of b."""
+        return self.view_tensor(b, "CPY", a, b)
+
+    def scale_inplace(self, a: T) -> T:
+        """``ggml_scale_inplace``: the result is a view of a."""
+        return self.view_tensor(a, "SCALE", a)
+
+    def ssm_conv(self, sx: T, c: T) -> T:
+        """``ggml_ssm_conv``: F32 ``{d_inner, n_t, n_s}`` with ``d_inner = c.ne[1]``,
+        ``n_t = sx.ne[0] - c.ne[0] + 1``, ``n_s = sx.ne[2]``."""
+        return self.new("SSM_CONV", F32, [c.ne[1], sx.ne[0] - c.ne[0] + 1, sx.ne[2]], sx, c)
+
+    def ssm_scan(self, s: T, x: T, dt: T, a: T, b: T, c: T, ids: T, k: int = 1) -> T:
+        """``ggml_ssm_scan``: y and the last states concatenated, F32 1-d of
+        ``nelements(x) + K * s.ne[0] * s.ne[1] * s.ne[2] * ids.ne[0]``."""
+        n = x.nelements() + k * s.ne[0] * s.ne[1] * s.ne[2] * ids.ne[0]
+        return self.new("SSM_SCAN", F32, [n], s, x, dt, a, b, c, ids)
