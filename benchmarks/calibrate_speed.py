@@ -31,24 +31,39 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the fitted families into speed.json")
     args = ap.parse_args()
     rows = C.load_rows()
-    base = coefficients()
+    stored = coefficients()
+    base = {**stored, "families": {}}  # fit from the datasheet defaults, not from the last fit
     fams = C.fit_families(rows, base, token_us=TOKEN_US)
     fitted = {**base, "families": fams}
-    # families without prefill rows take the median prefill efficiency of the others
-    pre = [f["prefill_compute_efficiency"] for f in fams.values() if f["prefill_compute_efficiency"]]
+    # a kernel a family has no prefill row for takes the median efficiency of the families that have
+    pooled = {}
+    for path in ("mmq", "cublas"):
+        got = [f[f"prefill_{path}_efficiency"] for f in fams.values() if f[f"prefill_{path}_efficiency"]]
+        pooled[path] = round(statistics.median(got), 4)
     datasheet = {
         **base["datasheet"],
         "decode_bandwidth_efficiency": round(statistics.median(f["decode_bandwidth_efficiency"] for f in fams.values()), 4),
-        "prefill_compute_efficiency": round(statistics.median(pre), 4),
+        "prefill_mmq_efficiency": pooled["mmq"],
+        "prefill_cublas_efficiency": pooled["cublas"],
         "layer_us": round(statistics.median(f["layer_us"] for f in fams.values()), 2),
         "token_us": TOKEN_US,
     }
     for f in fams.values():
-        if f["prefill_compute_efficiency"] is None:
-            f["prefill_compute_efficiency"] = datasheet["prefill_compute_efficiency"]
-            f["prefill_source"] = "no prefill row with a stated FP16 rate: the median of the other families"
-        else:
-            f["prefill_source"] = "median over the family's pp512 rows"
+        sources = {}
+        for path in ("mmq", "cublas"):
+            key = f"prefill_{path}_efficiency"
+            n = f.pop(f"prefill_{path}_rows", 0)
+            if f[key] is None:
+                f[key] = pooled[path]
+                sources[path] = "no prefill row on this kernel: the median of the families that have"
+            else:
+                sources[path] = f"median over the family's {n} pp512 row(s) on this kernel"
+        f["prefill_source"] = sources
+    # a device without the rate its kernel needs: its FP16 figure at the median efficiency every
+    # prefill row implies against that figure
+    trial = {**fitted, "datasheet": datasheet}
+    implied = [C.fallback_inverse(r, trial) for r in rows if not r.decode and not r.excluded and r.fp16_tflops]
+    datasheet["prefill_fallback_efficiency"] = round(1 / statistics.median(implied), 4)
     fitted["datasheet"] = datasheet
     errs = C.errors(rows, fitted)
     summ = C.summary(errs)
@@ -61,7 +76,8 @@ def main() -> None:
         fam = key.split("/")[0]
         f = fams[fam]
         print(f"{key:<18} {s['rows']:>5} {s['median_error']:>8.1%} {s['worst_error']:>8.1%}   "
-              f"decode eff {f['decode_bandwidth_efficiency']:.3f}, prefill eff {f['prefill_compute_efficiency']:.3f}, "
+              f"decode eff {f['decode_bandwidth_efficiency']:.3f}, prefill mmq {f['prefill_mmq_efficiency']:.3f} "
+              f"cublas {f['prefill_cublas_efficiency']:.3f}, "
               f"layer {f['layer_us']:.1f} us ({f['layer_cost']}), token {f['token_us']:.0f} us")
     for phase in ("tg", "pp"):
         e = [x for r, _, x in errs if r.decode == (phase == "tg")]

@@ -59,6 +59,13 @@ class GpuSpec:
     source: str
     sm_count: int | None = None
     """Streaming multiprocessors (the CUDA context grows with them); ``None``: not in the catalog."""
+    fp16_acc16_tflops: float | None = None
+    """Dense FP16 tensor TFLOPS with FP16 accumulate (cuBLAS ``CUBLAS_COMPUTE_16F``, what llama.cpp's
+    F16 weights get); ``None``: unknown or no fast FP16."""
+    int8_tops: float | None = None
+    """Dense INT8 TOPS of the path llama.cpp's MMQ kernels take (int8 tensor cores, else dp4a); ``None``: unknown."""
+    board_power_w: float | None = None
+    """Maximum board power from the datasheet, W; ``None``: unknown."""
 
     @property
     def nvlink_gb_s(self) -> float | None:
@@ -198,6 +205,9 @@ def _spec(key: str, raw: dict[str, Any]) -> GpuSpec:
         architecture=str(raw["architecture"]),
         aliases=tuple(raw.get("aliases", ())),
         sm_count=None if raw.get("sm_count") is None else int(raw["sm_count"]),
+        fp16_acc16_tflops=None if raw.get("fp16_acc16_tflops") is None else float(raw["fp16_acc16_tflops"]),
+        int8_tops=None if raw.get("int8_tops") is None else float(raw["int8_tops"]),
+        board_power_w=None if raw.get("board_power_w") is None else float(raw["board_power_w"]),
         source=str(raw["source"]),
     )
 

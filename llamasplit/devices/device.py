@@ -66,7 +66,13 @@ class Device:
     bandwidth_gb_s: float | None = None
     """Peak memory bandwidth, GB/s (2 x max memory clock x bus width)."""
     fp16_tflops: float | None = None
-    """Dense FP16 tensor throughput, TFLOPS."""
+    """Dense FP16 tensor throughput with FP32 accumulate, TFLOPS (the catalog's ``fp16_tflops``)."""
+    fp16_acc16_tflops: float | None = None
+    """Dense FP16 tensor throughput with FP16 accumulate, TFLOPS: what cuBLAS gives llama.cpp's F16 weights."""
+    int8_tops: float | None = None
+    """Dense INT8 TOPS of the path llama.cpp's MMQ kernels take for quantized weights (tensor cores, else dp4a)."""
+    board_power_w: float | None = None
+    """Maximum board power (datasheet), W: with ``sm_count``, what bounds a compute-bound kernel's clock."""
     sm_count: int | None = None
     """Streaming multiprocessors (catalog); the CUDA context a process creates grows with them."""
     compute_capability: tuple[int, int] | None = None

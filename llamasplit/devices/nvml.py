@@ -109,6 +109,9 @@ class _Gpu:
     reserved_bytes: int | None = None
     bandwidth_gb_s: float | None = None
     fp16_tflops: float | None = None
+    fp16_acc16_tflops: float | None = None
+    int8_tops: float | None = None
+    board_power_w: float | None = None
     sm_count: int | None = None
     compute_capability: tuple[int, int] | None = None
     architecture: str | None = None
@@ -333,6 +336,9 @@ class _Reader:
             spec = self.catalog.by_nvml_name(name, gpu.total_bytes)
             if spec is not None:
                 gpu.fp16_tflops = spec.fp16_tflops
+                gpu.fp16_acc16_tflops = spec.fp16_acc16_tflops
+                gpu.int8_tops = spec.int8_tops
+                gpu.board_power_w = spec.board_power_w
                 gpu.sm_count = spec.sm_count
                 if gpu.bandwidth_gb_s is None:
                     gpu.bandwidth_gb_s = spec.bandwidth_gb_s
@@ -488,6 +494,9 @@ class _Reader:
             reserved_bytes=gpu.reserved_bytes,
             bandwidth_gb_s=gpu.bandwidth_gb_s,
             fp16_tflops=gpu.fp16_tflops,
+            fp16_acc16_tflops=gpu.fp16_acc16_tflops,
+            int8_tops=gpu.int8_tops,
+            board_power_w=gpu.board_power_w,
             sm_count=gpu.sm_count,
             compute_capability=gpu.compute_capability,
             nvml_index=gpu.nvml_index,
@@ -506,8 +515,12 @@ class _Reader:
             notes.append("MIG: bandwidth scaled by the instance's share of memory")
         fp16 = None
         slices = _MIG_SLICES_RE.search(mig.name)
+
+        def share(rate: float | None) -> float | None:
+            return round(rate * int(slices.group(1)) / _MIG_COMPUTE_SLICES, 1) if rate is not None and slices else None
+
         if gpu.fp16_tflops is not None and slices:
-            fp16 = round(gpu.fp16_tflops * int(slices.group(1)) / _MIG_COMPUTE_SLICES, 1)
+            fp16 = share(gpu.fp16_tflops)
             notes.append(f"MIG: fp16_tflops is {slices.group(1)}/{_MIG_COMPUTE_SLICES} of the GPU's")
         notes.append("MIG: no NVLink or P2P")
         return replace(
@@ -519,6 +532,9 @@ class _Reader:
             reserved_bytes=mig.reserved_bytes,
             bandwidth_gb_s=bandwidth,
             fp16_tflops=fp16,
+            fp16_acc16_tflops=share(gpu.fp16_acc16_tflops),
+            int8_tops=share(gpu.int8_tops),
+            board_power_w=share(gpu.board_power_w),
             sm_count=gpu.sm_count * int(slices.group(1)) // _MIG_COMPUTE_SLICES if gpu.sm_count and slices else None,
             mig=True,
             notes=tuple(notes),

@@ -326,7 +326,8 @@ def _from_catalog(d: Device, gpu: GpuSpec | None, text: str) -> Device:
                                    notes=(*d.notes, f"described as a CPU on --rpc {text}"))
     return dataclasses.replace(
         d, serves="CUDA", serves_source=DESCRIBED, description=f"{gpu.name} (via {d.host})",
-        bandwidth_gb_s=gpu.bandwidth_gb_s, fp16_tflops=gpu.fp16_tflops, compute_capability=gpu.compute_capability,
+        bandwidth_gb_s=gpu.bandwidth_gb_s, fp16_tflops=gpu.fp16_tflops, fp16_acc16_tflops=gpu.fp16_acc16_tflops,
+        int8_tops=gpu.int8_tops, board_power_w=gpu.board_power_w, compute_capability=gpu.compute_capability,
         sm_count=gpu.sm_count, notes=(*d.notes, f"described as {gpu.key} on --rpc {text}: catalog {gpu.source}"),
     )
 

@@ -2,18 +2,23 @@
 model's per-family coefficients to them.
 
 Each row is one llama-bench figure (``tg128`` or ``pp512``) of one model on one to several GPUs,
-with its source. ``predict_row`` runs the planner's own path on it: the model's shape typed by
-llama.cpp's quantization recipe (``ModelProfile.requantized``), ``estimate()`` for the devices
-(every layer offloaded, split by equal free memory as llama.cpp does), then the speed model
-(``layer_split_speed``). ``fit_families`` finds, per GPU architecture family, the decode
-bandwidth efficiency and per-layer cost (least squares on relative error) and the prefill
-compute efficiency; the per-token cost is a fixed prior (one model shape cannot tell a per-token
-from a per-layer cost). ``benchmarks/calibrate_speed.py`` writes the result into ``speed.json``.
-"""
+with its source; a row whose ``excluded`` column gives a reason (a build whose kernels the pinned
+llama.cpp no longer runs) stays in the file but is neither fitted nor checked. ``predict_row``
+runs the planner's own path on it: the model's shape typed by llama.cpp's quantization recipe
+(``ModelProfile.requantized``), ``estimate()`` for the devices (every layer offloaded, split by
+equal free memory as llama.cpp does), then the speed model (``layer_split_speed``), with the
+card's prefill rates (``int8_tops``, ``fp16_acc16_tflops``), board power and SM count read from
+the catalog entry ``catalog_key`` names (a prefill row of a card without one is not predicted).
+``fit_families`` finds, per GPU architecture family, the decode bandwidth efficiency and
+per-layer cost (least squares on relative error) and the efficiency of each prefill kernel
+(MMQ, cuBLAS: ``speed.model.prefill_path``); the per-token cost is a fixed prior (one model
+shape cannot tell a per-token from a per-layer cost). ``benchmarks/calibrate_speed.py`` writes
+the result into ``speed.json``."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import statistics
@@ -54,6 +59,15 @@ class BenchRow:
     fa: bool
     source: str
     notes: str
+    fp16_acc16_tflops: float | None = None
+    """The catalog's FP16-accumulate tensor rate for ``catalog_key`` (``None``: not in the catalog)."""
+    int8_tops: float | None = None
+    """The catalog's rate of the MMQ path (int8 tensor cores, else dp4a) for ``catalog_key``."""
+    board_power_w: float | None = None
+    sm_count: int | None = None
+    """The catalog's board power and SM count (``speed.model.power_factor``)."""
+    excluded: str = ""
+    """Why the row is not calibrated on or checked (empty: it is); the CSV's ``excluded`` column."""
 
     @property
     def decode(self) -> bool:
@@ -66,16 +80,23 @@ class BenchRow:
 
 def load_rows(text: str | None = None) -> list[BenchRow]:
     """The packaged calibration rows (or those in ``text``, the same CSV)."""
+    from llamasplit.devices.catalog import load_catalog
+
     if text is None:
         text = resources.files("llamasplit").joinpath("data", "llama_bench.csv").read_text(encoding="utf-8")
+    catalog = load_catalog()
     rows = []
     for r in csv.DictReader(io.StringIO(text)):
         major, minor = (int(x) for x in r["compute_capability"].split("."))
+        spec = catalog.specs.get(r["catalog_key"]) if r["catalog_key"] else None
         rows.append(BenchRow(
             gpu=r["gpu"], family=r["family"], compute_capability=(major, minor), catalog_key=r["catalog_key"],
             bw_gb_s=float(r["bw_gb_s"]), fp16_tflops=float(r["fp16_tflops"]) if r["fp16_tflops"] else None,
             n_gpus=int(r["n_gpus"]), split_mode=r["split_mode"], shape=r["shape"], quant=r["quant"], test=r["test"],
             t_s=float(r["t_s"]), fa=r["fa"] == "1", source=r["source"], notes=r["notes"],
+            fp16_acc16_tflops=spec.fp16_acc16_tflops if spec else None, int8_tops=spec.int8_tops if spec else None,
+            board_power_w=spec.board_power_w if spec else None, sm_count=spec.sm_count if spec else None,
+            excluded=(r.get("excluded") or "").strip(),
         ))
     return rows
 
@@ -93,19 +114,34 @@ def row_fleet(row: BenchRow) -> Fleet:
     size = 80 << 30
     devices = tuple(
         Device(id=f"cal-{i}", name=f"CUDA{i}", description=row.gpu, backend="CUDA", total_bytes=size, free_bytes=size,
-               bandwidth_gb_s=row.bw_gb_s, fp16_tflops=row.fp16_tflops, compute_capability=row.compute_capability)
+               bandwidth_gb_s=row.bw_gb_s, fp16_tflops=row.fp16_tflops, fp16_acc16_tflops=row.fp16_acc16_tflops,
+               int8_tops=row.int8_tops, board_power_w=row.board_power_w, sm_count=row.sm_count,
+               compute_capability=row.compute_capability)
         for i in range(row.n_gpus)
     )
     return Fleet(devices=devices, host=HostInfo(), source="calibration")
 
 
-def predict_row(row: BenchRow, coeffs: dict[str, Any] | None = None) -> float | None:
-    """The speed model's tok/s for the row (``None``: prefill of a GPU without a stated FLOP rate)."""
+def prefill_path(row: BenchRow) -> tuple[str, str] | None:
+    """The kernel and datasheet rate the row's prefill matmuls run at (``speed.model.prefill_path``
+    for the row's weight type: the recipe's main type), ``None`` when the catalog lacks that rate."""
+    from llamasplit.speed.model import _rate_tflops, prefill_path as path_of
+
+    # every quantized recipe in the rows (Q4_0 ... Q8_0, K-quants) holds MMQ types only
+    path = path_of(row.compute_capability, row.quant if row.quant in ("F16", "BF16", "F32") else "Q4_0")
+    if path is None or not _rate_tflops(row_fleet(row).devices[0], path[1]):
+        return None
+    return path
+
+
+def predict_row(row: BenchRow, coeffs: dict[str, Any] | None = None, *, need_rate: bool = True) -> float | None:
+    """The speed model's tok/s for the row (``None``: prefill of a GPU whose catalog entry lacks
+    the rate its prefill kernel runs at, see ``prefill_path``, unless not ``need_rate``)."""
     from llamasplit.memory.estimate import estimate
     from llamasplit.memory.settings import LlamaSettings
     from llamasplit.speed.model import layer_split_speed
 
-    if not row.decode and row.fp16_tflops is None:
+    if need_rate and not row.decode and prefill_path(row) is None:
         return None
     model = row_model(row.shape, row.quant)
     fleet = row_fleet(row)
@@ -120,9 +156,11 @@ def predict_row(row: BenchRow, coeffs: dict[str, Any] | None = None) -> float | 
 
 
 def errors(rows: Sequence[BenchRow], coeffs: dict[str, Any] | None = None) -> list[tuple[BenchRow, float, float]]:
-    """(row, predicted, |predicted / measured - 1|) for every predictable row."""
+    """(row, predicted, |predicted / measured - 1|) for every predictable row that is not excluded."""
     out = []
     for r in rows:
+        if r.excluded:
+            continue
         p = predict_row(r, coeffs)
         if p is not None:
             out.append((r, p, abs(p / r.t_s - 1)))
@@ -144,15 +182,42 @@ def _with(coeffs: dict[str, Any], family: str, **values: float) -> dict[str, Any
     return {**coeffs, "families": {**coeffs["families"], family: fam}}
 
 
+def _implied_inverse(row: BenchRow, coeffs: dict[str, Any]) -> float:
+    """1 / the prefill efficiency the row implies: its time per prompt token is ``x / efficiency + rest``
+    (``rest``: the fixed per-layer, per-ubatch and transfer costs), both read off the model itself."""
+    fam = row.family
+    rest = 1 / predict_row(row, _with(coeffs, fam, prefill_mmq_efficiency=1e12, prefill_cublas_efficiency=1e12))
+    x = 1 / predict_row(row, _with(coeffs, fam, prefill_mmq_efficiency=1.0, prefill_cublas_efficiency=1.0)) - rest
+    return (1 / row.t_s - rest) / x
+
+
+def fallback_inverse(row: BenchRow, coeffs: dict[str, Any]) -> float:
+    """1 / the efficiency the row implies against its FP16 (FP32-accumulate) figure alone, as a
+    device whose catalog entry lacks the kernel's own rate is predicted."""
+    bare = dataclasses.replace(row, int8_tops=None, fp16_acc16_tflops=None)
+    ds = coeffs["datasheet"]
+    one = {**coeffs, "families": {}, "datasheet": {**ds, "prefill_fallback_efficiency": 1.0}}
+    inf = {**coeffs, "families": {}, "datasheet": {**ds, "prefill_fallback_efficiency": 1e12}}
+    fam = coeffs["families"].get(row.family)
+    if fam:  # keep the family's fixed costs
+        one["datasheet"].update({k: fam[k] for k in ("decode_bandwidth_efficiency", "layer_us", "token_us")})
+        inf["datasheet"].update({k: fam[k] for k in ("decode_bandwidth_efficiency", "layer_us", "token_us")})
+    rest = 1 / predict_row(bare, inf, need_rate=False)
+    x = 1 / predict_row(bare, one, need_rate=False) - rest
+    return (1 / row.t_s - rest) / x
+
+
 def fit_families(rows: Sequence[BenchRow], coeffs: dict[str, Any], *, token_us: float) -> dict[str, dict[str, Any]]:
     """Per family: decode efficiency and per-layer cost (relative least squares, non-negative;
     a family with fewer than three distinct cards takes the per-layer cost of all families pooled),
-    and prefill efficiency (the median of what each prefill row implies)."""
+    and per prefill kernel (``mmq``: int8 tensor cores or dp4a; ``cublas``: FP16 GEMM, see
+    ``speed.model.prefill_path``) the efficiency: the median of what each of the family's prefill
+    rows on that kernel implies, against the catalog's rate for that kernel."""
     import numpy as np
 
     def features(r: BenchRow, fam: str) -> tuple[float, float, float]:
         """Seconds per token = inv_eff * x + layer_s * n + rest, read off the model itself."""
-        base = dict(decode_bandwidth_efficiency=1e12, prefill_compute_efficiency=1e12, layer_us=0.0, token_us=token_us)
+        base = dict(decode_bandwidth_efficiency=1e12, layer_us=0.0, token_us=token_us)
         rest = 1 / predict_row(r, _with(coeffs, fam, **base))
         x = 1 / predict_row(r, _with(coeffs, fam, **{**base, "decode_bandwidth_efficiency": 1.0})) - rest
         n = (1 / predict_row(r, _with(coeffs, fam, **{**base, "layer_us": 1.0})) - rest) / 1e-6
@@ -172,6 +237,7 @@ def fit_families(rows: Sequence[BenchRow], coeffs: dict[str, Any], *, token_us: 
         (inv,), *_ = np.linalg.lstsq(a, y, rcond=None)
         return float(inv), layer_s
 
+    rows = [r for r in rows if not r.excluded]
     decode = [r for r in rows if r.decode]
     families = sorted({r.family for r in rows})
     feats = {id(r): features(r, r.family) for r in decode}
@@ -196,16 +262,15 @@ def fit_families(rows: Sequence[BenchRow], coeffs: dict[str, Any], *, token_us: 
         inv, layer_s = solve(items, None if distinct >= 3 else pooled_layer_s)
         entry = {
             "decode_bandwidth_efficiency": round(1 / inv, 4), "layer_us": round(layer_s * 1e6, 2), "token_us": token_us,
-            "prefill_compute_efficiency": None, "cards": sorted({r.gpu for r in fam_rows}),
+            "prefill_mmq_efficiency": None, "prefill_cublas_efficiency": None, "cards": sorted({r.gpu for r in fam_rows}),
             "layer_cost": "fitted" if distinct >= 3 else "pooled over all families",
         }
-        trial = _with(coeffs, fam, **{k: v for k, v in entry.items() if k in ("decode_bandwidth_efficiency", "layer_us", "token_us")},
-                      prefill_compute_efficiency=1.0)
-        implied = []
-        for r in rows:
-            if r.family == fam and not r.decode and r.fp16_tflops is not None:
-                p = predict_row(r, trial)
-                implied.append(p / r.t_s)  # at efficiency 1 the model is this many times too fast
-        entry["prefill_compute_efficiency"] = round(1 / statistics.median(implied), 4) if implied else None
+        fixed = {k: v for k, v in entry.items() if k in ("decode_bandwidth_efficiency", "layer_us", "token_us")}
+        for path in ("mmq", "cublas"):
+            implied = [_implied_inverse(r, _with(coeffs, fam, **fixed)) for r in rows
+                       if r.family == fam and not r.decode and (pp := prefill_path(r)) is not None and pp[0] == path]
+            if implied:
+                entry[f"prefill_{path}_efficiency"] = round(1 / statistics.median(implied), 4)
+                entry[f"prefill_{path}_rows"] = len(implied)
         out[fam] = entry
     return out

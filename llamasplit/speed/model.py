@@ -25,6 +25,7 @@ runs every device at once on its slices, with two all-reduces per layer (``speed
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,14 @@ IDLE = "idle"
 
 KV_FILL: float = coefficients()["decode_kv_fill"]["value"]
 """Decode reads the KV cache at this share of the context (the planner's convention: half full)."""
+
+NO_FA_BYTES_PER_KQ = 20
+"""Prefill without flash attention: bytes of memory traffic per element of the KQ matrix
+(n_head x n_kv per prompt token). llama.cpp's non-FA attention (src/llama-graph.cpp
+``build_attn_mha``) materialises KQ = mul_mat(k, q) in F32 (written: 4), ``soft_max_ext`` reads
+and writes it (4 + 4), and mul_mat(v, kq) on cuBLAS converts it to F16 (read 4, write 2) and
+reads that (2). Flash attention keeps KQ on chip; the time this traffic takes at the device's
+bandwidth is why published pp512 with ``fa=0`` runs 5-20 % slower than with ``fa=1``."""
 
 HOST_NAME = "CPU"
 """The host's column in a workload (its layers come first: llama.cpp offloads the last ``-ngl``)."""
@@ -86,22 +95,133 @@ class DeviceSpeed:
         return self.bandwidth_bytes_s, self.flops
 
 
+MMQ_TYPES = frozenset({
+    "Q1_0", "Q2_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "IQ1_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "IQ4_NL", "MXFP4", "NVFP4",
+})
+"""Weight types the pinned llama.cpp's CUDA backend multiplies with its MMQ kernels
+(ggml-cuda/mmq.cu ``ggml_cuda_should_use_mmq``: the ``mmq_supported`` switch)."""
+
+MMQ, CUBLAS = "mmq", "cublas"
+
+
+def prefill_path(compute_capability: tuple[int, int] | None, ggml_type: str) -> tuple[str, str] | None:
+    """Which kernel and which datasheet rate a prompt-sized matmul (a ubatch of >= 64 tokens) of
+    ``ggml_type`` weights runs on an NVIDIA GPU of ``compute_capability``, as the pinned llama.cpp
+    picks it: (``mmq`` or ``cublas``, the rate's name). ``None``: a rate the catalog does not hold.
+
+    ggml-cuda.cu ``ggml_cuda_mul_mat`` tries MMF (only for <= 16 tokens), MMVQ (small batches),
+    then MMQ (mmq.cu ``ggml_cuda_should_use_mmq``), else cuBLAS (``ggml_cuda_mul_mat_cublas``):
+
+    - MMQ types from Turing (7.5) on: ``turing_mma_available`` -> int8 tensor cores (``int8_tops``);
+    - Volta (7.0): ``fp16_mma_hardware_available`` and 512 >= ``MMQ_DP4A_MAX_BATCH_SIZE`` (64) -> cuBLAS,
+      the weights dequantized to F16 and multiplied with ``CUBLAS_COMPUTE_16F`` (``fp16_acc16_tflops``);
+    - Pascal 6.1: no FP16 tensor cores -> MMQ on dp4a (``int8_tops`` holds the dp4a rate);
+    - P100 (6.0): below ``GGML_CUDA_CC_DP4A`` and not MoE -> cuBLAS, F16 compute (``fp16_acc16_tflops``);
+    - F16 weights: cuBLAS ``CUBLAS_COMPUTE_16F`` where ``fast_fp16_hardware_available`` (not 6.1),
+      else F32 (on 6.1: the FP32 rate, a quarter of the dp4a rate: ``int8_tops/4``);
+    - BF16: ``CUBLAS_COMPUTE_32F``, tensor cores from Ampere (``fast_bf16_hardware_available``) at the
+      FP32-accumulate rate (``fp16_tflops``); F32: TF32 tensor cores from Ampere (common.cuh sets
+      ``CUBLAS_TF32_TENSOR_OP_MATH``), half that rate (``fp16_tflops/2``); other types dequantize
+      to F16 for cuBLAS like quantized types on Volta.
+
+    >>> prefill_path((8, 9), "Q4_K"), prefill_path((8, 9), "F16"), prefill_path((7, 0), "Q4_0")
+    (('mmq', 'int8_tops'), ('cublas', 'fp16_acc16_tflops'), ('cublas', 'fp16_acc16_tflops'))
+    >>> prefill_path((6, 1), "Q4_0"), prefill_path((6, 1), "F16"), prefill_path((7, 5), "BF16")
+    (('mmq', 'int8_tops'), ('cublas', 'int8_tops/4'), None)
+    """
+    if compute_capability is None:
+        return None
+    cc = compute_capability[0] * 10 + compute_capability[1]
+    if ggml_type == "BF16":
+        return (CUBLAS, "fp16_tflops") if cc >= 80 else None
+    if ggml_type == "F32":
+        return (CUBLAS, "fp16_tflops/2") if cc >= 80 else None
+    if ggml_type == "F16":
+        return (CUBLAS, "int8_tops/4") if cc == 61 else (CUBLAS, "fp16_acc16_tflops") if cc >= 60 else None
+    if ggml_type in MMQ_TYPES and (cc >= 75 or 61 <= cc < 70):
+        return MMQ, "int8_tops"
+    if cc >= 60 and cc != 61:
+        return CUBLAS, "fp16_acc16_tflops"
+    return None
+
+
+def _rate_tflops(d: Device, name: str) -> float | None:
+    if name == "int8_tops":
+        return d.int8_tops
+    if name == "int8_tops/4":
+        return d.int8_tops / 4 if d.int8_tops else None
+    if name == "fp16_acc16_tflops":
+        return d.fp16_acc16_tflops
+    if name == "fp16_tflops":
+        return d.fp16_tflops
+    if name == "fp16_tflops/2":
+        return d.fp16_tflops / 2 if d.fp16_tflops else None
+    raise ValueError(name)
+
+
 def device_speed(d: Device, coeffs: dict[str, Any] | None = None) -> DeviceSpeed | None:
     """A device's effective speed: measured, else calibrated for its GPU family, else from its
-    datasheet; ``None`` when nothing is known (an RPC worker nobody measured)."""
+    datasheet; ``None`` when nothing is known (an RPC worker nobody measured).
+
+    Prefill: each weight type's matmuls run at the datasheet rate of the kernel llama.cpp picks
+    for it (``prefill_path``) times the family's efficiency for that kernel (``prefill_mmq_efficiency``
+    or ``prefill_cublas_efficiency``); ``flops`` is the rate of quantized weights (and attention),
+    ``types`` holds every type whose rate differs. A rate the device does not state falls back to
+    its FP16 figure (or ``tflops_per_gb_s_when_unknown`` x its bandwidth) at the datasheet's
+    ``prefill_fallback_efficiency``. Every prefill rate is scaled by ``power_factor``: a card that
+    may draw little power per SM (a 300 W workstation AD102, a 70 W T4) sustains a lower clock in
+    compute-bound kernels than its boost clock, on which the datasheet rates are computed."""
     if d.measured is not None:
         return _measured(d.measured)
     if d.bandwidth_gb_s is None:
         return None
     coeffs = coeffs or coefficients()
-    family = gpu_family(d.compute_capability, coeffs) if d.backend.upper() in ("CUDA", "RPC") else None
+    cuda = d.backend.upper() in ("CUDA", "RPC")
+    family = gpu_family(d.compute_capability, coeffs) if cuda else None
     fitted = coeffs["families"].get(family) if family else None
     c = fitted or coeffs["datasheet"]
-    tflops = d.fp16_tflops if d.fp16_tflops else d.bandwidth_gb_s * coeffs["datasheet"]["tflops_per_gb_s_when_unknown"]
-    return DeviceSpeed(
-        d.bandwidth_gb_s * 1e9 * c["decode_bandwidth_efficiency"], tflops * 1e12 * c["prefill_compute_efficiency"],
-        c["layer_us"] * 1e-6, c["token_us"] * 1e-6, CALIBRATED if fitted else DATASHEET,
-    )
+    ds = coeffs["datasheet"]
+    bw = d.bandwidth_gb_s * 1e9 * c["decode_bandwidth_efficiency"]
+    fallback = (d.fp16_tflops or d.bandwidth_gb_s * ds["tflops_per_gb_s_when_unknown"]) * 1e12 * ds["prefill_fallback_efficiency"]
+    eff = {MMQ: c["prefill_mmq_efficiency"], CUBLAS: c["prefill_cublas_efficiency"]}
+    scale = power_factor(d, coeffs)
+    fallback *= scale
+
+    def flops(ggml_type: str) -> float:
+        path = prefill_path(d.compute_capability, ggml_type) if cuda else None
+        rate = _rate_tflops(d, path[1]) if path else None
+        return rate * 1e12 * eff[path[0]] * scale if rate else fallback
+
+    main = flops("Q4_0")
+    types = tuple((name, bw, f) for name in _all_type_names() if (f := flops(name)) != main)
+    return DeviceSpeed(bw, main, c["layer_us"] * 1e-6, c["token_us"] * 1e-6, CALIBRATED if fitted else DATASHEET, types)
+
+
+def power_factor(d: Device, coeffs: dict[str, Any] | None = None) -> float:
+    """How much of its datasheet compute rate a GPU sustains, relative to one that may draw the
+    reference power per SM: ``(board_power_w / sm_count / reference_w_per_sm) ** exponent``
+    (``speed.json`` ``prefill_power``); 1 when its power or SM count is unknown. The exponent is
+    the cube law of dynamic power (P ~ f V^2 with V ~ f, so a power-capped clock goes as P^(1/3)).
+
+    >>> from llamasplit.devices.device import Device
+    >>> d = Device("x", "CUDA0", "x", "CUDA", None, None, sm_count=100, board_power_w=400.0)
+    >>> power_factor(d), power_factor(Device("x", "CUDA0", "x", "CUDA", None, None))
+    (1.0, 1.0)
+    >>> round(power_factor(Device("x", "CUDA0", "x", "CUDA", None, None, sm_count=142, board_power_w=300.0)), 3)
+    0.808
+    """
+    if not d.board_power_w or not d.sm_count:
+        return 1.0
+    c = (coeffs or coefficients())["prefill_power"]
+    return (d.board_power_w / d.sm_count / c["reference_w_per_sm"]) ** c["exponent"]
+
+
+@functools.lru_cache(maxsize=1)
+def _all_type_names() -> tuple[str, ...]:
+    from llamasplit.gguf_constants import GGMLQuantizationType
+
+    return tuple(t.name for t in GGMLQuantizationType)
 
 
 def host_speed(host: HostInfo, coeffs: dict[str, Any] | None = None) -> DeviceSpeed:
@@ -148,6 +268,9 @@ class Workload:
     """Layer split, per column: (weight type, bytes read per token, FLOPs per prompt token) of the
     weights that column holds; the rest of a stage's bytes (the KV cache) and FLOPs (attention)
     run at the device's main rates."""
+    prefill_bytes: tuple[tuple[float, ...], ...] = ()
+    """Per stage and column: bytes each prompt token moves at the device's bandwidth on top of its
+    FLOPs (the KQ matrix without flash attention, ``NO_FA_BYTES_PER_KQ``); empty: none."""
 
     @property
     def n_devices(self) -> int:
@@ -248,7 +371,8 @@ def predict(
     fetch = host_link.seconds(work.n_vocab * ACTIVATION_BYTES) if host_link else 0.0
     layers = work.layers or (0.0,) * len(work.stages)
 
-    def stage_time(stage: Sequence[tuple[float, float]], n_layers: float, pick: int, scale: float) -> float:
+    def stage_time(stage: Sequence[tuple[float, float]], n_layers: float, pick: int, scale: float,
+                   extra: Sequence[float] = ()) -> float:
         times = []
         for j, (pair, s) in enumerate(zip(stage, sp)):
             if not (pair[0] or pair[1]):
@@ -263,11 +387,14 @@ def predict(
                     if typed != rate:
                         seconds += part / typed
                         amount -= part
+            if extra and extra[j]:
+                seconds += extra[j] / s.bandwidth_bytes_s
             times.append((amount / rate + seconds) * scale + n_layers * s.layer_s)
         return max(max(times, default=0.0), sum(times) / p)
 
     compute_dec = sum(stage_time(st, nl, 0, 1.0) for st, nl in zip(work.stages, layers))
-    per_ub = [stage_time(st, nl, 1, ub) for st, nl in zip(work.stages, layers)]
+    extras = work.prefill_bytes or ((),) * len(work.stages)
+    per_ub = [stage_time(st, nl, 1, ub, ex) for st, nl, ex in zip(work.stages, layers, extras)]
     if work.mode == "tensor":
         token = max((sp[j].token_s for j in active), default=0.0) + fixed_s
         pre = k * (sum(per_ub) + comm_pre_ub + token) + fetch
@@ -415,10 +542,14 @@ def _is_output(t) -> bool:
 
 def layer_workload(
     model, est, names: Sequence[str], *, prompt_tokens: int = 512, kv_fill: float = KV_FILL, host: bool = False,
+    n_ubatch: int = 512,
 ) -> Workload:
     """Layer split: each device reads and multiplies the layers ``est`` put on it (``estimate()``).
 
-    With ``host``, the layers left on the CPU are a first stage in an extra column (``HOST_NAME``)."""
+    With ``host``, the layers left on the CPU are a first stage in an extra column (``HOST_NAME``).
+    Without flash attention (``est.flash_attn`` false) each prompt token also moves its row of the
+    KQ matrix (``NO_FA_BYTES_PER_KQ`` per head and cell; a ubatch attends to every cell filled so
+    far, the ``k``-th of ``K`` to ``k x n_ubatch``, so ``n_ubatch x (K + 1) / 2`` on average)."""
     from llamasplit.memory.weights import _tables
 
     hp = model.hparams
@@ -426,6 +557,9 @@ def layer_workload(
     cols = n + (1 if host else 0)
     active = hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
     flops = [0.0] * cols
+    kq_bytes = [0.0] * cols
+    ub = max(1, min(prompt_tokens, n_ubatch))
+    n_kv = ub * (math.ceil(prompt_tokens / ub) + 1) / 2
     mix: list[dict[str, list[float]]] = [{} for _ in range(cols)]
     for item in _tables(model).items:
         if item.slot is None:
@@ -449,7 +583,9 @@ def layer_workload(
             dev = n
         if dev is not None and not hp.is_recurrent[il]:
             flops[dev] += _attention_flops(model, il, hp.n_head[il], prompt_tokens / 2)
-    stages, layers = [], []
+            if not est.flash_attn:
+                kq_bytes[dev] += hp.n_head[il] * n_kv * NO_FA_BYTES_PER_KQ
+    stages, layers, extra = [], [], []
     parts = [(n, est.host)] if host else []
     parts += list(enumerate(est.devices))
     for j, e in parts:
@@ -459,9 +595,11 @@ def layer_workload(
         row[j] = (e.read_bytes + e.context_bytes * kv_fill, flops[j])
         stages.append(tuple(row))
         layers.append(float(sum(1 for il in e.layers if il < hp.n_layer)))
+        extra.append(tuple(kq_bytes[j] if k == j else 0.0 for k in range(cols)))
     all_names = (*names, HOST_NAME) if host else tuple(names)
     type_mix = tuple(tuple((k, v[0], v[1]) for k, v in sorted(m.items())) for m in mix)
-    return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers), type_mix=type_mix)
+    return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers), type_mix=type_mix,
+                    prefill_bytes=tuple(extra) if any(kq_bytes) else ())
 
 
 def _type_name(ggml_type: int) -> str:
@@ -537,7 +675,8 @@ def layer_split_speed(
     crossing each boundary, the logits coming back to the host."""
     if len(est.devices) != len(devices):
         raise ValueError(f"the estimate covers {len(est.devices)} devices, not the {len(devices)} given")
-    work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=prompt_tokens, kv_fill=kv_fill, host=True)
+    work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=prompt_tokens, kv_fill=kv_fill, host=True,
+                          n_ubatch=n_ubatch)
     speeds = [device_speed(d, coeffs) for d in devices] + [host_speed(fleet.host, coeffs)]
     n = len(devices)
     order = [j for st in work.stages for j in range(len(st)) if st[j][0] or st[j][1]]
