@@ -287,3 +287,21 @@ def test_auto_with_hf_takes_the_projector_llama_cpp_downloads(smollm2_path, proj
     assert where == f"{hub.endpoint}/{repo}/resolve/main/mmproj-m-Q8_0.gguf"
     assert (p.proj_type, p.n_embd, p.image_size) == ("gemma3", 96, 512)
     assert weights_bytes(p, "CPU") == 703200
+
+
+def test_types_not_replayed_get_a_guide_at_their_largest_image(tmp_path):
+    from llamasplit.memory.mmproj import largest_image
+
+    # Qwen2.5-VL: up to 4096 tokens of 2 x 2 merged 14-pixel patches (set_limit_image_tokens(8, 4096)):
+    # sqrt(4096 x 28^2) = 64 x 28 = 1792 pixels a side, 128 x 128 = 16384 patches
+    path = write_gemma3_mmproj(tmp_path / "mmproj-qwen.gguf", proj_type="qwen2.5vl_merger", n_layer=1, n_head=4,
+                               image_size=448, patch_size=14)
+    p = read_projector(path)
+    assert largest_image(p) == 1792
+    e = estimate_projector(p, [_rpc()], flash_attn="off")
+    assert e.estimated and e.image_size == 1792
+    # at least one layer's f32 KQ: 16384^2 x 4 heads x 4 bytes = 4 GiB; the image itself on the CPU
+    assert e.compute_bytes >= 16384 ** 2 * 4 * 4
+    assert e.host_compute_bytes == 1792 ** 2 * 3 * 4
+    # a fixed-size type is planned at its image_size
+    assert largest_image(read_projector(write_gemma3_mmproj(tmp_path / "mmproj-x.gguf", proj_type="janus_pro"))) == 448

@@ -92,6 +92,8 @@ class ProjectorEstimate:
     """The CPU's compute buffer when the projector is on a device (the image input); 0 when on the CPU."""
     flash_attn: bool
     image_size: int
+    estimated: bool = False
+    """The compute is a guide (``estimate_unreplayed``: a plain ViT at the largest image), not a replay."""
 
     @property
     def device_bytes(self) -> int:
@@ -127,13 +129,14 @@ class _Clip:
     (``build_inp``, ``build_norm``, ``build_attn``, ``build_ffn``) in ggml's op order; weights are
     leaves owned by backend ``owner``."""
 
-    def __init__(self, profile: ProjectorProfile, owner: int, flash: bool) -> None:
+    def __init__(self, profile: ProjectorProfile, owner: int, flash: bool, image: int | None = None) -> None:
         self.p, self.owner, self.flash = profile, owner, flash
         self.g = Graph()
         self.o = Ops(self.g)
         self.weights: dict[str, T] = {}
         self.by_name = {t.name: t for t in profile.tensors}
-        sz, P = profile.warmup_image_size, profile.patch_size
+        self.image = sz = image or profile.warmup_image_size
+        P = profile.patch_size
         self.npx = sz // P
         self.n_patches = self.npx * self.npx
         if self.n_patches <= 0 or profile.n_head <= 0 or profile.d_head <= 0:
@@ -155,7 +158,7 @@ class _Clip:
     def inp(self) -> T:
         """``build_inp_raw`` + ``build_inp``: ggml_conv_2d = im2col (f16) -> mul_mat -> reshape ->
         cont(permute), then [n_embd, n_patches] and the patch bias."""
-        o, P, E, npx, sz = self.o, self.p.patch_size, self.p.n_embd, self.npx, self.p.warmup_image_size
+        o, P, E, npx, sz = self.o, self.p.patch_size, self.p.n_embd, self.npx, self.image
         inp_raw = o.input("inp_raw", F32, [sz, sz, 3, 1])
         kernel = self.w("v.patch_embd.weight")
         assert kernel is not None
@@ -311,9 +314,46 @@ class _Clip:
         return self.g
 
 
+    def vit(self) -> Graph:
+        """A guide for the types not replayed: ``build_inp`` and the standard blocks (no position
+        embeddings, no projector), at ``image``."""
+        cur = self.o.reshape(self.inp(), self.p.n_embd, self.n_patches)
+        for il in range(self.p.n_layer):
+            cur = self.layer(cur, il, self.n_patches)
+        self.g.expand(cur)
+        return self.g
+
+
 def _graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
     clip = _Clip(profile, owner, flash)
     return clip.llava() if profile.proj_type == "mlp" else clip.siglip()
+
+
+_DYNAMIC_TOKENS: dict[str, tuple[int, int, str]] = {
+    # projector type -> (most image tokens, default merge per side, the key that overrides it):
+    # load_hparams' set_limit_image_tokens and its n_merge defaults
+    "qwen2vl_merger": (4096, 2, "spatial"), "qwen2.5vl_merger": (4096, 2, "spatial"),
+    "qwen3vl_merger": (4096, 2, "spatial"), "glm4v": (4096, 2, "spatial"), "pixtral": (1024, 1, "spatial"),
+    "kimivl": (1024, 2, "scale"), "lfm2": (256, 2, "scale"), "gemma4v": (1120, 3, "scale"),
+}
+"""Types whose images vary in size: the largest image they accept (``image_max_pixels``) is larger
+than the warmup's ("avoid OOM on warmup"), and the compute buffer grows to it on the first such image."""
+
+
+def largest_image(profile: ProjectorProfile) -> int:
+    """The side of the largest square image the projector takes: ``image_size`` for fixed-size and
+    tiled types, else ``sqrt(image_max_pixels)`` (``set_limit_image_tokens``: most tokens x (patch x
+    merge)^2), down to whole merged patches."""
+    if profile.proj_type not in _DYNAMIC_TOKENS:
+        return profile.image_size
+    tokens, merge, key = _DYNAMIC_TOKENS[profile.proj_type]
+    if key == "spatial":
+        merge = profile.spatial_merge_size or merge
+    elif profile.n_merge > 1:  # clip.vision.projector.scale_factor, when the file gives it
+        merge = profile.n_merge
+    step = profile.patch_size * merge
+    pixels = profile.image_max_pixels or tokens * step * step
+    return max(step, int(pixels ** 0.5) // step * step)
 
 
 def estimate_projector(profile: ProjectorProfile, devices: Sequence[Device], *, offload: bool = True,
@@ -333,15 +373,24 @@ def _estimate_on(profile: ProjectorProfile, backends: tuple[Backend, ...], flash
     flash = _flash(profile, flash_attn, backends[owner])
     compute: int | None = None
     host: int | None = None
+    image, estimated = profile.warmup_image_size, False
+    graph: Graph | None = None
     if profile.has_vision and profile.proj_type in REPLAYED_TYPES:
         graph = _graph(profile, owner, flash)
+    elif profile.has_vision and profile.image_size > 0:
+        image, estimated = largest_image(profile), True
+        try:
+            graph = _Clip(profile, owner, flash, image).vit()
+        except ModelReadError:
+            graph = None  # a tower the guide cannot follow: unknown
+    if graph is not None:
         nodes, node_b, leafs, leaf_b = schedule(graph, list(backends), {}, 1)
         sizes = allocate_graph(nodes, node_b, leafs, leaf_b, list(backends), len(graph.all))
         compute = sizes[0]
         host = 0 if index is None else sizes[-1]
     return ProjectorEstimate(
         proj_type=profile.proj_type, device_index=index, weights_bytes=w_bytes, compute_bytes=compute,
-        host_compute_bytes=host, flash_attn=flash, image_size=profile.warmup_image_size,
+        host_compute_bytes=host, flash_attn=flash, image_size=image, estimated=estimated and graph is not None,
     )
 
 
@@ -372,6 +421,8 @@ def check_projector(profile: ProjectorProfile, model) -> list[str]:
     if not profile.has_vision:
         notes.append(f"projector {printable(profile.proj_type, limit=40)}: audio only, its compute is not modelled")
     elif profile.proj_type not in REPLAYED_TYPES:
-        notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact, warmup compute not "
-                     "modelled (replayed: " + ", ".join(sorted(REPLAYED_TYPES)) + ")")
+        side = largest_image(profile)
+        notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact; compute estimated, "
+                     f"not replayed (a plain ViT at the largest image, {side} x {side}; replayed: "
+                     + ", ".join(sorted(REPLAYED_TYPES)) + ")")
     return notes

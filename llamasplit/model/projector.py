@@ -43,6 +43,10 @@ class ProjectorProfile:
     tensors: tuple[RawTensor, ...]
     file_bytes: int
     feature_layers: tuple[int, ...] = ()
+    spatial_merge_size: int | None = None
+    """``clip.vision.spatial_merge_size`` (Qwen-VL, Pixtral) as the file states it; None: absent."""
+    image_max_pixels: int | None = None
+    """``clip.vision.image_max_pixels`` as the file states it; None: absent."""
     """``clip.vision.feature_layer``: the blocks whose outputs llava-style graphs stack (granite-vision)."""
 
     @property
@@ -125,6 +129,8 @@ def projector_from_header(header: RawHeader) -> ProjectorProfile:
         n_head_kv=n_head_kv, d_head=d_head, n_ff=n_ff, n_layer=n_layer, image_size=image_size,
         patch_size=patch_size, n_merge=n_merge, ffn_op=ffn_op, tensors=header.tensors, file_bytes=header.file_bytes,
         feature_layers=tuple(x for x in layers if x >= 0),
+        spatial_merge_size=num("clip.vision.spatial_merge_size", 0, high=65535) or None if has_vision else None,
+        image_max_pixels=num("clip.vision.image_max_pixels", 0, high=1 << 30) or None if has_vision else None,
     )
 
 
