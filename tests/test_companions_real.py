@@ -1,6 +1,7 @@
 """A draft model and LoRA adapters against llama-server's real buffers (pinned llama.cpp).
 
-The main model is SmolLM2 (Q4_1, 30 blocks, vocab 49152); the draft a 1-block llama with
+The main model is SmolLM2 (Q4_1, 30 blocks, vocab 49152); the draft a 1-block llama (n_embd 128,
+heads of 64, so a q8_0 cache fits them) with
 SmolLM2's tokenizer copied (``synth_spec.write_draft_like``: llama.cpp's vocabulary check passes,
 ``--spec-type draft-simple`` drafts with it); the adapter rank 8 on every ``attn_q``, ``attn_v`` and
 ``ffn_down``. On the CPU and over two RPC workers, with the main model and the draft split or
@@ -46,7 +47,7 @@ def files(tmp_path_factory, smollm2_path):
     tmp = tmp_path_factory.mktemp("companions")
     base = read_model(smollm2_path)
     return {
-        "draft": write_draft_like(smollm2_path, tmp / "draft.gguf"),
+        "draft": write_draft_like(smollm2_path, tmp / "draft.gguf", n_embd=128, n_head=2, n_head_kv=1, n_ff=256),
         "lora": write_lora(tmp / "lora.gguf", arch="llama", targets=lora_targets(base)),
     }
 
@@ -112,6 +113,7 @@ CASES = {
     "rpc-ngl10": dict(n_rpc=2, ts=(1, 2), ngl=10),
     "rpc-ngld0": dict(n_rpc=2, ts=(1, 2), ngld=0),
     "rpc-devd": dict(n_rpc=2, ts=(1, 2), devd=1),
+    "rpc-ngld1-q8": dict(n_rpc=2, ts=(1, 2), ngld=1, ctkd="q8_0", fa="on"),
 }
 
 
@@ -121,8 +123,9 @@ def test_draft_buffers_match_llama_server(case, workers, files, smollm2_path):
     eps = workers[: c["n_rpc"]]
     devices = _devices(eps)
     devd = (devices[c["devd"]].name,) if "devd" in c else None
-    spec = DraftSpec(str(files["draft"]), n_gpu_layers=c.get("ngld"), devices=devd)
-    s = LlamaSettings(n_ctx=4096, n_gpu_layers=c.get("ngl"), tensor_split=c.get("ts"), spec_type="draft-simple")
+    spec = DraftSpec(str(files["draft"]), n_gpu_layers=c.get("ngld"), devices=devd, type_k=c.get("ctkd", "f16"))
+    s = LlamaSettings(n_ctx=4096, n_gpu_layers=c.get("ngl"), tensor_split=c.get("ts"), spec_type="draft-simple",
+                      flash_attn=c.get("fa", "auto"))
     comp = Companions(draft=Draft(read_model(files["draft"]), spec))
     est = estimate_with_companions(read_model(smollm2_path), devices, s, comp)
     # --rpc before -devd: llama.cpp resolves -devd's names while it parses, once --rpc added the devices
@@ -136,6 +139,7 @@ def test_draft_buffers_match_llama_server(case, workers, files, smollm2_path):
                 predicted[("draft", e.name, part)] = n
     got = {k: v for k, v in real.items() if k[0] == "draft"}
     assert sorted(got) == sorted(predicted), (got, predicted)
+    print(case, {k[1:]: (round(predicted[k] / MiB, 2), got[k]) for k in sorted(predicted)})
     bad = {k: (predicted[k] / MiB, got[k]) for k in predicted if not _within(k[2], predicted[k], got[k])}
     assert not bad, bad
     if "devd" in c:  # pinned: nothing of the draft on the other worker

@@ -312,6 +312,23 @@ def draft_devices(devices: Sequence[Device], spec: DraftSpec) -> list[int]:
     return out
 
 
+def check_cache_types(model: ModelProfile, settings: LlamaSettings, what: str) -> None:
+    """A quantised K/V cache with flash attention needs its block to divide the head size
+    (src/llama-context.cpp ``llama_init_from_model``: "K cache type %s with block size %u does not
+    divide n_embd_head_k=%u"): one UsageError line instead of llama.cpp's failed load."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    if settings.flash_attn == "off":
+        return
+    hp = model.hparams
+    for kind, type_name, head in (("K", settings.type_k, hp.n_embd_head_k), ("V", settings.type_v, hp.n_embd_head_v)):
+        block = GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]][0]
+        if block > 1 and head and head % block:
+            flag = "-ctkd" if kind == "K" else "-ctvd"
+            raise UsageError(f"{what}: {kind} cache type {type_name} has blocks of {block}, which do not divide its head "
+                             f"size {head} (llama.cpp refuses to create the context)", remedy=f"use {flag} f16 (or q8_0 where 32 divides the head)")
+
+
 def vocab_mismatch(main: ModelProfile, draft: ModelProfile) -> str | None:
     """Why llama.cpp would refuse ``draft`` for ``main`` (``common_speculative_are_compatible``),
     from what the headers say; ``None`` when they agree. Token texts are compared by llama.cpp
@@ -365,6 +382,7 @@ class CompanionEstimate:
 
     draft: Estimate | None = None
     draft_device_names: tuple[str, ...] = ()
+    draft_mmap: bool = True
     lora_bytes: dict[str, int] = field(default_factory=dict)
     lora_compute_bytes: dict[str, int] = field(default_factory=dict)
     mmproj: ProjectorEstimate | None = None
@@ -390,6 +408,7 @@ def estimate_companions(model: ModelProfile, devices: Sequence[Device], settings
         ds = draft_settings(settings, main.n_ctx, d.spec, len(ddevs))
         out.draft = estimate(d.model, ddevs, ds, fast=fast)
         out.draft_device_names = tuple(x.name for x in ddevs)
+        out.draft_mmap = ds.use_mmap
     if companions.loras:
         names = [e.name for e in main.devices]
         backends = [_backend(x) for x in devices]
@@ -457,7 +476,10 @@ def with_companions(main: Estimate, extra: CompanionEstimate) -> Estimate:
             add(name, "draft_context", e.context_bytes)
             add(name, "draft_compute", e.compute_bytes)
         h = extra.draft.host
-        add(HOST, "draft_model", h.model_bytes + h.extra_bytes)
+        # under mmap the host's CPU_Mapped buffer is the file span of its tensors (what llama.cpp
+        # prints and maps), which can cover an offloaded tensor lying between them in the file
+        mapped = extra.draft.host_mapped_bytes if extra.draft_mmap else h.model_bytes
+        add(HOST, "draft_model", mapped + h.extra_bytes)
         add(HOST, "draft_context", h.context_bytes)
         add(HOST, "draft_compute", h.compute_bytes)
         add(HOST, "draft_output", h.output_bytes)

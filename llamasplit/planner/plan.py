@@ -596,7 +596,7 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
 def _check_companions(model: ModelProfile, options: PlanOptions) -> tuple[PlanOptions, list[str]]:
     """llama.cpp's checks of a draft model and LoRA adapters against the model, and the
     ``--spec-type`` a draft needs to be used; one UsageError line for what llama.cpp refuses."""
-    from llamasplit.memory.companions import DRAFT_SPEC_TYPE, check_lora, vocab_mismatch
+    from llamasplit.memory.companions import DRAFT_SPEC_TYPE, check_cache_types, check_lora, vocab_mismatch
     from llamasplit.untrusted import printable
 
     notes: list[str] = []
@@ -617,6 +617,7 @@ def _check_companions(model: ModelProfile, options: PlanOptions) -> tuple[PlanOp
         # speculative decoding", common/speculative.cpp common_speculative_init)
         s = s.replace(spec_type=DRAFT_SPEC_TYPE)
         options = dataclasses.replace(options, settings=s)
+    check_cache_types(d.model, s.replace(type_k=d.spec.type_k, type_v=d.spec.type_v), f"draft model {printable(d.model.path, limit=120)}")
     why = vocab_mismatch(model, d.model)
     if why is not None:
         shown = printable(d.model.path, limit=120)
