@@ -307,3 +307,18 @@ def test_launch_argv_carries_the_draft_and_warns_on_a_second_one(models):
     argv = build_argv(p, opts)
     assert argv[argv.index("-md") + 1] == str(models["draft"][0]) and argv[-2:] == ["-md", "other.gguf"]
     assert any("overrides the plan's -md" in w for w in conflicting_args(p, opts))
+
+
+def test_a_quantised_draft_cache_must_divide_the_draft_head(models, tmp_path):
+    _, main_model = models["main"]
+    # heads of 16 (n_embd 64 / 4): q8_0's blocks of 32 do not divide them (llama_init_from_model refuses)
+    path = write_llama_dense(tmp_path / "d16.gguf", n_layer=1, n_embd=64, n_head=4, n_head_kv=2, n_ff=128,
+                             vocab="spm", header_only=True)
+    comp = Companions(draft=Draft(read_model(path, require_data=False), DraftSpec(str(path), type_k="q8_0")))
+    with pytest.raises(UsageError, match="do not divide its head size 16") as info:
+        plan(main_model, fleet_from_spec("3090"), PlanOptions(companions=comp))
+    assert "-ctkd f16" in info.value.remedy
+    # llama.cpp checks unless flash attention is off (-fa auto counts: flash_attn_type != DISABLED)
+    off = Companions(draft=Draft(read_model(path, require_data=False), DraftSpec(str(path), type_k="q8_0")))
+    assert plan(main_model, fleet_from_spec("3090"), PlanOptions(settings=LlamaSettings(flash_attn="off"),
+                                                                 companions=off)).draft.type_k == "q8_0"
