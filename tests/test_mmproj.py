@@ -305,3 +305,17 @@ def test_types_not_replayed_get_a_guide_at_their_largest_image(tmp_path):
     assert e.host_compute_bytes == 1792 ** 2 * 3 * 4
     # a fixed-size type is planned at its image_size
     assert largest_image(read_projector(write_gemma3_mmproj(tmp_path / "mmproj-x.gguf", proj_type="janus_pro"))) == 448
+
+
+def test_runner_argv_carries_the_projector_and_guards_it(smollm2_path, proj_a):
+    from llamasplit.runner.launch import LaunchOptions, build_argv, child_env, conflicting_args
+
+    p = llamasplit.plan(smollm2_path, [], ctx=1024, mmproj=str(proj_a), mmproj_offload=False)
+    argv = build_argv(p, LaunchOptions(binary="llama-server", port=8099))
+    assert argv == ["llama-server", "-m", str(smollm2_path), "-ngl", "0", "-c", "1024", "--mmproj", str(proj_a),
+                    "--no-mmproj-offload", "-fit", "off", "-lv", "4", "--host", "127.0.0.1", "--port", "8099"]
+    # an environment that names another projector, or moves it, is left out of the child's
+    env = child_env(p, {"LLAMA_ARG_MMPROJ": "other.gguf", "MTMD_BACKEND_DEVICE": "CUDA1", "HOME": "/h"})
+    assert "LLAMA_ARG_MMPROJ" not in env and "MTMD_BACKEND_DEVICE" not in env and env["HOME"] == "/h"
+    warned = conflicting_args(p, LaunchOptions(extra_args=("-mmdev", "CUDA1", "-mm", "x.gguf")))
+    assert len(warned) == 2 and "overrides the plan's --mmproj" in warned[1]

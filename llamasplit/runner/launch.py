@@ -61,6 +61,9 @@ PLAN_ENV_VARS = (
     "LLAMA_ARG_FLASH_ATTN", "LLAMA_ARG_SWA_FULL", "LLAMA_ARG_KV_OFFLOAD", "LLAMA_ARG_LOAD_MODE",
     "LLAMA_ARG_REPACK", "LLAMA_ARG_RPC", "LLAMA_ARG_DEVICE", "LLAMA_ARG_FIT", "LLAMA_ARG_FIT_TARGET",
     "LLAMA_ARG_FIT_CTX", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_LOG_VERBOSITY",
+    # the projector (common/arg.cpp: --mmproj, --mmproj-url, --mmproj-auto, --mmproj-offload, -mmdev)
+    "LLAMA_ARG_MMPROJ", "LLAMA_ARG_MMPROJ_URL", "LLAMA_ARG_MMPROJ_AUTO", "LLAMA_ARG_MMPROJ_OFFLOAD",
+    "MTMD_BACKEND_DEVICE",
 )
 """llama.cpp reads these for flags we leave unset; each would change what the plan predicted."""
 
@@ -191,6 +194,11 @@ _PLAN_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "--spec-type": (("--spec-type",), True),
     "--lora": (("--lora",), True),
     "--lora-scaled": (("--lora-scaled",), True),
+    # the multimodal projector the plan sizes (common/arg.cpp)
+    "--mmproj": (("-mm", "--mmproj"), True),
+    "-mmu": (("-mmu", "--mmproj-url"), True),
+    "--no-mmproj-offload": (("--mmproj-offload", "--no-mmproj-offload"), False),
+    "-mmdev": (("-mmdev", "--mmproj-device"), True),
     "-fit": (("-fit", "--fit"), True),
     "-lv": (("-lv", "--verbosity", "--log-verbosity"), True),
     "--host": (("--host",), True),
