@@ -126,9 +126,9 @@ def plan_cmd(
     no_mmproj_offload: O.NoMmprojOffload = False,
 ) -> None:
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
-    if split_mode == "auto" and (md or lora or lora_scaled):
-        raise UsageError("plan -sm auto compares splits of the model alone; a draft model or LoRA is planned with "
-                         "-sm layer or none", remedy="give -sm layer (run -sm auto plans them too)")
+    if split_mode == "auto" and (md or lora or lora_scaled or mmproj):
+        raise UsageError("plan -sm auto compares splits of the model alone; a draft model, LoRA or projector is "
+                         "planned with -sm layer, none or tensor", remedy="give -sm layer (run -sm auto plans them too)")
     if split_mode in ("auto", "row"):
         from llamasplit.cli.tensor import format_recommendation
         from llamasplit.planner.recommend import recommend
