@@ -319,3 +319,9 @@ def test_runner_argv_carries_the_projector_and_guards_it(smollm2_path, proj_a):
     assert "LLAMA_ARG_MMPROJ" not in env and "MTMD_BACKEND_DEVICE" not in env and env["HOME"] == "/h"
     warned = conflicting_args(p, LaunchOptions(extra_args=("-mmdev", "CUDA1", "-mm", "x.gguf")))
     assert len(warned) == 2 and "overrides the plan's --mmproj" in warned[1]
+
+
+def test_plan_sm_auto_says_it_plans_the_model_alone(smollm2_path, proj_a, capsys):
+    rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--fleet", "2x3090", "-sm", "auto", "--mmproj", str(proj_a))
+    assert (rc, out) == (2, "") and len(err.splitlines()) == 1
+    assert "a draft model, LoRA or projector is planned with -sm layer, none or tensor" in err
