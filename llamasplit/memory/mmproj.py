@@ -113,14 +113,20 @@ def weights_bytes(profile: ProjectorProfile, backend: str) -> int:
     return total
 
 
-def _flash(profile: ProjectorProfile, flash_attn: str, backend: Backend) -> bool:
-    """``warmup``: ``-fa auto`` tries flash attention and keeps it if the device runs the op."""
+def _flash(profile: ProjectorProfile, flash_attn: str, backend: Backend, n_pos: int) -> bool:
+    """``warmup``: ``-fa auto`` tries flash attention and keeps it if the device runs the op
+    (``ggml_backend_supports_op``: the CPU always, RPC answers true for every op, CUDA when
+    ``ggml_cuda_get_best_fattn_kernel`` finds a kernel: f16 K/V of ``n_pos`` patches, no mask)."""
     if flash_attn == "off":
         return False
     if flash_attn == "on":
         return True
     if backend.kind == "CUDA":
-        return profile.d_head in cuda_rules.FATTN_HEAD_SIZES and cuda_rules.FATTN_HEAD_SIZES[profile.d_head] is None
+        kernel = cuda_rules.best_fattn_kernel(
+            backend.cc if backend.cc is not None else cuda_rules.CC_TURING, head_k=profile.d_head,
+            head_v=profile.d_head, n_tokens=n_pos, gqa_ratio=max(profile.n_head // max(profile.n_head_kv, 1), 1),
+            n_kv=n_pos, type_k=F16, type_v=F16, has_mask=False)
+        return kernel is not cuda_rules.FattnKernel.NONE
     return True
 
 
@@ -370,15 +376,17 @@ def _estimate_on(profile: ProjectorProfile, backends: tuple[Backend, ...], flash
     index = None if len(backends) == 1 else 0
     w_bytes = weights_bytes(profile, "CPU" if index is None else backends[0].alloc or backends[0].kind)
     owner = 0
-    flash = _flash(profile, flash_attn, backends[owner])
     compute: int | None = None
     host: int | None = None
     image, estimated = profile.warmup_image_size, False
+    if profile.has_vision and profile.proj_type not in REPLAYED_TYPES and profile.image_size > 0:
+        image, estimated = largest_image(profile), True
+    n_pos = (image // profile.patch_size) ** 2 if profile.patch_size else 0
+    flash = _flash(profile, flash_attn, backends[owner], n_pos + (1 if profile.proj_type == "mlp" else 0))
     graph: Graph | None = None
     if profile.has_vision and profile.proj_type in REPLAYED_TYPES:
         graph = _graph(profile, owner, flash)
-    elif profile.has_vision and profile.image_size > 0:
-        image, estimated = largest_image(profile), True
+    elif estimated:
         try:
             graph = _Clip(profile, owner, flash, image).vit()
         except ModelReadError:
