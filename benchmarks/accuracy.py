@@ -22,7 +22,8 @@ allocates (0.01 MiB) with the estimate for that binary. Always exits 0.
 layer and ``-ngl 3`` offloaded, contexts 4096 and 16384, flash attention on and off; it prints
 each device row and a table of rows within target per family (model and KV the same MiB,
 compute within max(3 %, 8 MiB)). ``--record FILE`` also writes llama.cpp's figures, with the
-command that produced each, as the golden file the fast tier checks (tests/test_golden.py).
+command that produced each, as the golden file the fast tier checks (tests/test_golden.py);
+a run over some families replaces their records in an existing file and keeps the others'.
 The host's repacked weights follow this machine's CPU (``planner.repack``); the golden file
 keeps its flags.
 
@@ -252,13 +253,27 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
         from llamasplit.llamacpp.binaries import LLAMA_CPP_PYTHON_VERSION
         from llamasplit.llamacpp.binaries import find_binary as _fb
 
+        cpu_flags = sorted(f for f in (CPU.flags if CPU else ()) if f in RELEVANT_CPU_FLAGS)
+        if record.exists():
+            # a run over some families replaces theirs and keeps the others' (recorded on a CPU
+            # with the same relevant flags, so the host's repacking replays the same)
+            old = json.loads(record.read_text())
+            same_cpu = (old.get("cpu_flags"), old.get("cpu_machine"), old.get("amx_built")) == (
+                cpu_flags, CPU.machine if CPU else None, bool(CPU and CPU.amx_built))
+            if same_cpu:
+                ran = set(families)
+                order = list(dict.fromkeys([*(r["family"] for r in old["records"]), *families]))
+                kept = [r for r in old["records"] if r["family"] not in ran]
+                records = [r for f in order for r in (*kept, *records) if r["family"] == f]
+            else:
+                print(f"note: {record} was recorded on another CPU's flags; rewriting it with these families only")
         doc = {
             "about": "llama-fit-params -fitp on figures (model, context, compute MiB, floored) per device, "
                      "recorded by benchmarks/accuracy.py --families --record; {family} is the model "
                      "(tests/synth.py FAMILIES, or the real model of that name), {rpcN} a ggml-rpc-server "
                      "on loopback.",
             "llama_cpp": f"the llama.cpp vendored in llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} ({_fb('llama-fit-params')})",
-            "cpu_flags": sorted(f for f in (CPU.flags if CPU else ()) if f in RELEVANT_CPU_FLAGS),
+            "cpu_flags": cpu_flags,
             "cpu_machine": CPU.machine if CPU else None,
             "amx_built": bool(CPU and CPU.amx_built),
             "records": records,

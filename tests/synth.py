@@ -751,6 +751,47 @@ def write_nemotron_h(
 FAMILIES["nemotron_h"] = write_nemotron_h
 
 
+def write_falcon_h1(
+    path: Path, *, n_layer: int = 4, n_embd: int = 512, n_head: int = 8, n_head_kv: int = 2, head_dim: int = 64,
+    n_ff: int = 1408, d_inner: int = 1024, d_state: int = 64, n_group: int = 1, n_ssm_head: int = 16,
+    d_conv: int = 4, n_vocab: int = 32000, **opts,
+) -> Path:
+    """A falcon-h1 (src/models/falcon-h1.cpp): every block runs attention (RoPE) and a Mamba-2
+    mixer side by side on the same normed input, sums them into the residual, then a SwiGLU FFN
+    after ``ffn_norm`` (named without ``.weight``, as ``load_arch_tensors`` asks). Every layer keeps
+    a KV cache and a recurrent state (llama-model.cpp ``create_memory``: both filters true).
+
+    F16 bytes: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB; per layer ssm_in 512 x (2 x 1024 + 128
+    + 16) x 2 = 2.1 MiB, ssm_out 1 MiB, attention 1.25 MiB, FFN 3 x 512 x 1408 x 2 = 4.1 MiB.
+    """
+    conv_dim = d_inner + 2 * n_group * d_state
+    hd = head_dim
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        tensors += [
+            (b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm", (n_embd,)),
+            (b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, n_head_kv * hd)),
+            (b + "attn_v.weight", (n_embd, n_head_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd)),
+            (b + "ssm_in.weight", (n_embd, d_inner + conv_dim + n_ssm_head)),
+            (b + "ssm_conv1d.weight", (d_conv, conv_dim)), (b + "ssm_conv1d.bias", (conv_dim,)),
+            (b + "ssm_dt.bias", (n_ssm_head,)), (b + "ssm_a", (1, n_ssm_head)), (b + "ssm_d", (1, n_ssm_head)),
+            (b + "ssm_norm.weight", (d_inner // n_group, n_group)), (b + "ssm_out.weight", (d_inner, n_embd)),
+            (b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+            (b + "ffn_down.weight", (n_ff, n_embd)),
+        ]
+    keys = {
+        "{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": d_inner, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": n_ssm_head, "{arch}.ssm.group_count": n_group,
+    }
+    return _write_loadable(path, "falcon-h1", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                           n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors, **{"vocab": "spm", **opts})
+
+
+FAMILIES["falcon-h1"] = write_falcon_h1
+
+
 def write_qwen3next(
     path: Path, *, n_layer: int = 4, n_nextn: int = 0, full_attn_interval: int = 2, n_embd: int = 512,
     n_head: int = 8, n_head_kv: int = 2, head_dim: int = 64, d_state: int = 64, n_k_heads: int = 4,

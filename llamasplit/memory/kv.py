@@ -94,7 +94,7 @@ def recurrent_layer_bytes(hp: HParams, il: int, n_seq: int) -> int:
     Mamba-style: conv state ``(d_conv - 1) * (d_inner + 2 * n_group * d_state)`` and SSM state
     ``d_state * d_inner`` per sequence.
     """
-    if not (il < len(hp.is_recurrent) and hp.is_recurrent[il]):
+    if not (il < len(hp.is_recurrent) and (hp.is_recurrent[il] or (hp.parallel_ssm and il < hp.n_layer_kv))):
         return 0
     if hp.n_shortconv_l_cache:  # LFM2's short convolution: a conv state only
         return hp.n_embd * (hp.n_shortconv_l_cache - 1) * 4 * n_seq

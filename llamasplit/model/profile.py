@@ -243,6 +243,10 @@ class HParams:
     ``n_embd * (l_cache - 1)`` F32 of state per sequence (llama-hparams.cpp ``n_embd_r``)."""
     is_recurrent: tuple[bool, ...] = ()
     """Layers that keep a recurrent state instead of a KV cache (Mamba, hybrid models)."""
+    parallel_ssm: bool = False
+    """falcon-h1: every layer runs attention and a Mamba-2 mixer side by side and keeps both a KV
+    cache and a recurrent state (llama-model.cpp ``create_memory``: filter_attn and filter_recr
+    both true); ``is_recurrent`` stays False (the layers have attention)."""
 
     @property
     def n_layer_kv(self) -> int:
@@ -400,6 +404,9 @@ GATED_DELTA_NET_ARCHS = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4}
 the default ``full_attention_interval`` of their ``load_arch_hparams`` (src/models/qwen3next.cpp,
 qwen35.cpp, qwen35moe.cpp)."""
 
+PARALLEL_SSM_ARCHS = frozenset({"falcon-h1"})
+"""Archs whose every layer has attention and a Mamba-2 mixer side by side (``HParams.parallel_ssm``)."""
+
 
 def _gated_delta_net_layers(md: dict[str, Any], arch: str, n_layer: int, path: str) -> tuple[bool, ...]:
     """src/models/qwen3next.cpp ``load_arch_hparams``: ``attention.recurrent_layers`` (one value or
@@ -523,6 +530,7 @@ def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path:
         ssm_dt_rank=_int_key(md, k.SSM.TIME_STEP_RANK.format(arch=arch), path, 0),
         n_shortconv_l_cache=n_shortconv,
         is_recurrent=is_recurrent,
+        parallel_ssm=arch in PARALLEL_SSM_ARCHS,
     )
     _check_experts(hp, arch, path, _int_key(md, f"{arch}.expert_group_count", path, 0),
                    _int_key(md, f"{arch}.expert_group_used_count", path, 0))
