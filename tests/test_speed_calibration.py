@@ -1,7 +1,7 @@
 """The speed model against published llama-bench results, and where each device's speed comes from.
 
 Tolerances (stated in ``speed.json``): every decode row (tg128) within 35 %; every prefill row
-(pp512) within 20 %: prefill runs each weight type at the rate of the kernel the pinned llama.cpp
+(pp512) within 25 %: prefill runs each weight type at the rate of the kernel the pinned llama.cpp
 picks for it (MMQ on int8 tensor cores or dp4a, cuBLAS FP16 GEMM with FP16 accumulate), scaled by
 the power the card may draw per SM, plus the KQ traffic without flash attention. Rows with an
 ``excluded`` reason (an old build's kernels) are neither fitted nor checked.
@@ -25,7 +25,7 @@ from llamasplit.speed.data import coefficients
 from llamasplit.speed.model import device_speed, host_speed, layer_split_speed
 
 DECODE_TOLERANCE = 0.35
-PREFILL_TOLERANCE = 0.20
+PREFILL_TOLERANCE = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_every_calibration_row_is_reproduced(errors):
     decode = [e for r, _, e in errors if r.decode]
     assert statistics.median(decode) < 0.08  # the fit is good where it matters most
     prefill = [e for r, _, e in errors if not r.decode]
-    assert len(prefill) >= 30 and statistics.median(prefill) < 0.06
+    assert len(prefill) >= 75 and statistics.median(prefill) < 0.07
     assert coefficients()["tolerance"]["decode"] == DECODE_TOLERANCE
     assert coefficients()["tolerance"]["prefill"] == PREFILL_TOLERANCE
 
@@ -111,8 +111,8 @@ def test_excluded_rows_say_why_and_are_not_checked(errors):
     excluded = [r for r in rows if r.excluded]
     assert excluded and all("build" in r.excluded for r in excluded)
     assert len(excluded) <= 0.05 * len(rows)  # data is kept, and dropping it is the exception
-    checked = {id(r) for r, _, _ in errors}
-    assert not any(id(r) in checked for r in excluded)
+    checked = {r for r, _, _ in errors}
+    assert not any(r in checked for r in excluded)
 
 
 def test_catalog_prefill_rates_are_consistent():
@@ -156,3 +156,14 @@ def test_prefill_without_flash_attention_is_slower(smollm2_path):
         speeds[fa] = layer_split_speed(model, fleet, list(fleet.devices), est, prompt_tokens=512)
     assert speeds["off"].prefill_tok_s < speeds["on"].prefill_tok_s
     assert speeds["off"].decode_tok_s == pytest.approx(speeds["on"].decode_tok_s)
+
+
+def test_every_prefill_row_is_predicted_or_says_why(errors):
+    checked = {r for r, _, _ in errors}
+    for r in C.load_rows():
+        if r.decode or r.excluded:
+            continue
+        if not r.catalog_key and (r.int8_tops or r.fp16_acc16_tflops):
+            assert r.figures_source, r.gpu  # the row's own figures name their source
+        if r not in checked:
+            assert r.figures_source.startswith("no prefill rates"), r.gpu

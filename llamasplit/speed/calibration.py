@@ -8,7 +8,8 @@ runs the planner's own path on it: the model's shape typed by llama.cpp's quanti
 (``ModelProfile.requantized``), ``estimate()`` for the devices (every layer offloaded, split by
 equal free memory as llama.cpp does), then the speed model (``layer_split_speed``), with the
 card's prefill rates (``int8_tops``, ``fp16_acc16_tflops``), board power and SM count read from
-the catalog entry ``catalog_key`` names (a prefill row of a card without one is not predicted).
+the catalog entry ``catalog_key`` names, or for a card the catalog lacks from the row's own
+columns of those names (with ``figures_source``); a prefill row without them is not predicted.
 ``fit_families`` finds, per GPU architecture family, the decode bandwidth efficiency and
 per-layer cost (least squares on relative error) and the efficiency of each prefill kernel
 (MMQ, cuBLAS: ``speed.model.prefill_path``); the per-token cost is a fixed prior (one model
@@ -60,12 +61,14 @@ class BenchRow:
     source: str
     notes: str
     fp16_acc16_tflops: float | None = None
-    """The catalog's FP16-accumulate tensor rate for ``catalog_key`` (``None``: not in the catalog)."""
+    """FP16-accumulate tensor rate: the catalog's for ``catalog_key``, else the CSV's (``figures_source``)."""
     int8_tops: float | None = None
-    """The catalog's rate of the MMQ path (int8 tensor cores, else dp4a) for ``catalog_key``."""
+    """Rate of the MMQ path (int8 tensor cores, else dp4a): the catalog's, else the CSV's."""
     board_power_w: float | None = None
     sm_count: int | None = None
-    """The catalog's board power and SM count (``speed.model.power_factor``)."""
+    """Board power and SM count (``speed.model.power_factor``): the catalog's, else the CSV's."""
+    figures_source: str = ""
+    """Where the row's own prefill figures come from (a card the catalog lacks), or why it has none."""
     excluded: str = ""
     """Why the row is not calibrated on or checked (empty: it is); the CSV's ``excluded`` column."""
 
@@ -94,11 +97,18 @@ def load_rows(text: str | None = None) -> list[BenchRow]:
             bw_gb_s=float(r["bw_gb_s"]), fp16_tflops=float(r["fp16_tflops"]) if r["fp16_tflops"] else None,
             n_gpus=int(r["n_gpus"]), split_mode=r["split_mode"], shape=r["shape"], quant=r["quant"], test=r["test"],
             t_s=float(r["t_s"]), fa=r["fa"] == "1", source=r["source"], notes=r["notes"],
-            fp16_acc16_tflops=spec.fp16_acc16_tflops if spec else None, int8_tops=spec.int8_tops if spec else None,
-            board_power_w=spec.board_power_w if spec else None, sm_count=spec.sm_count if spec else None,
-            excluded=(r.get("excluded") or "").strip(),
+            fp16_acc16_tflops=spec.fp16_acc16_tflops if spec else _num(r, "fp16_acc16_tflops"),
+            int8_tops=spec.int8_tops if spec else _num(r, "int8_tops"),
+            board_power_w=spec.board_power_w if spec else _num(r, "board_power_w"),
+            sm_count=spec.sm_count if spec else (None if _num(r, "sm_count") is None else int(_num(r, "sm_count"))),
+            figures_source=(r.get("figures_source") or "").strip(), excluded=(r.get("excluded") or "").strip(),
         ))
     return rows
+
+
+def _num(r: dict[str, str], key: str) -> float | None:
+    text = (r.get(key) or "").strip()
+    return float(text) if text else None
 
 
 @functools.lru_cache(maxsize=16)
