@@ -54,12 +54,14 @@ def _draft(models, **spec):
 
 def test_draft_settings_follow_the_main_model_as_common_base_params_to_speculative():
     main_s = LlamaSettings(n_ctx=3000, n_gpu_layers=3, tensor_split=(3, 1), type_k="q8_0", flash_attn="on", n_ubatch=256,
-                           overrides=(("ffn", "CPU"),))
+                           overrides=(("ffn", "CPU"),), spec_type="draft-simple")
     d = draft_settings(main_s, 3072, DraftSpec("d.gguf", type_v="q8_0"), 2)
     # its own -ngld (all), -otd (none), cache types (f16 unless -ctkd/-ctvd); the main -ts, -fa, -ub;
     # the main context's padded n_ctx
     assert (d.n_gpu_layers, d.overrides, d.type_k, d.type_v) == (None, (), "f16", "q8_0")
     assert (d.tensor_split, d.flash_attn, d.n_ubatch, d.n_ctx, d.seq_count, d.unified) == ((3, 1), "on", 256, 3072, 4, True)
+    # one output row per slot (n_outputs_max = n_parallel), not the main context's row per drafted token
+    assert d.spec_type is None
     # -devd with one device: layer split, and -ts read for that one device (llama-model.cpp load_tensors)
     one = draft_settings(main_s.replace(split_mode="none"), 3072, DraftSpec("d.gguf", devices=("CUDA1",)), 1)
     assert (one.split_mode, one.tensor_split) == ("layer", (1.0,))

@@ -277,6 +277,9 @@ def draft_settings(main: LlamaSettings, n_ctx: int, spec: DraftSpec, n_devices: 
         # one device takes every offloaded layer whatever the split (1.0: no free-memory read needed)
         type_k=spec.type_k, type_v=spec.type_v, n_ctx=n_ctx, tensor_split=ts if n_devices > 1 else (1.0,) * n_devices or None,
         split_mode=split_mode, main_gpu=0 if split_mode != "none" else main.main_gpu,
+        # one output per slot (result.n_outputs_max = n_parallel, n_outputs_max_per_seq = 1), not the
+        # main context's row per drafted token (server_output_limits): as without speculative decoding
+        spec_type=None,
     )
 
 
