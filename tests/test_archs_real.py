@@ -7,6 +7,8 @@
   layers' weights in the CPU's extra buffer types (``AMX`` / ``CPU_REPACK``, by this machine's
   CPU) besides ``CPU_Mapped``; the estimate's ``extra_buffers`` and mapped span print the same
   0.01 MiB as llama-server's ``load_tensors: ... model buffer size`` lines.
+- Recurrent and hybrid families (mamba2, lfm2, granitehybrid, nemotron_h, falcon-h1): over two
+  RPC workers llama-server's compute buffers print the replay's bytes to the 0.01 MiB.
 """
 
 from __future__ import annotations
@@ -148,3 +150,53 @@ def test_each_family_loads_runs_and_allocates_as_estimated(family, family_dir):
     assert context == pytest.approx(est.host.context_bytes / MiB, abs=0.011)
     real = printed[("compute", "CPU")]
     assert abs(est.host.compute_bytes / MiB - real) <= max(0.03 * real, 8), (family, est.host.compute_bytes / MiB, real)
+
+
+_COMPUTE_BUFFER = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
+RECURRENT_FAMILIES = ("mamba2", "lfm2", "granitehybrid", "nemotron_h", "falcon-h1")
+"""The families whose graphs carry recurrent state (graph/ssm.py): replayed, not estimated."""
+
+
+def _server_compute_buffers(path, args: list[str], eps: list[str]) -> dict[str, str]:
+    """llama-server's ``sched_reserve`` compute buffer lines (``%8.2f`` MiB) by device name."""
+    port = free_port()
+    argv = [str(find_binary("llama-server")), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
+            "-lv", "4", "--no-warmup", "-fit", "off", "-t", "1", *args]
+    server = spawn(argv)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            log = server.log_text()
+            if "llama_server: model loaded" in log or not server.alive():
+                break
+            time.sleep(0.2)
+        log = server.log_text()
+    finally:
+        server.stop()
+    found = {}
+    for name, mib in _COMPUTE_BUFFER.findall(log):
+        if name.startswith("RPC"):  # RPC0[host:port]: every worker calls its device RPC0
+            name = f"RPC{eps.index(name[name.index('[') + 1 : -1])}"
+        found["Host" if name.startswith("CPU") else name] = mib
+    assert found, log[-2000:]
+    return found
+
+
+@pytest.mark.parametrize("family", RECURRENT_FAMILIES)
+@pytest.mark.parametrize("ngl,fa", [(None, "on"), (3, "off")])
+def test_recurrent_compute_is_llama_servers_allocation(family, ngl, fa, family_dir, workers):
+    """Two RPC workers, llama-server's default four slots (four sequences of 128 tokens in the
+    worst-case ubatch, a state row per slot): every device's compute buffer and the host's are
+    the replay's bytes to the 0.01 MiB llama-server prints, under pipeline parallelism (every
+    layer offloaded: four copies of the inputs) and with ``-ngl 3`` (the first layers on the CPU)."""
+    path = family_dir / f"{family}.gguf"
+    if not path.exists():
+        FAMILIES[family](path)
+    model = read_model(path)
+    settings = LlamaSettings(n_ctx=4096, n_gpu_layers=ngl, flash_attn=fa, tensor_split=(1.0, 1.0),
+                             binary="llama-server")
+    printed = _server_compute_buffers(path, [*settings.to_args(), "--rpc", ",".join(workers)], workers)
+    est = estimate(model, _devices(workers), settings, cpu=CPU)
+    assert sorted(printed) == sorted(d.name for d in (*est.devices, est.host))
+    for dev in (*est.devices, est.host):
+        assert f"{dev.compute_bytes / MiB:.2f}" == printed[dev.name], (family, dev.name, dev.compute_bytes / MiB)
