@@ -29,6 +29,11 @@ keeps its flags.
 
     .venv/bin/python benchmarks/accuracy.py [--completion] [--quick]
     .venv/bin/python benchmarks/accuracy.py --families [--record tests/golden/fit_params.json]
+    .venv/bin/python benchmarks/accuracy.py --golden [FILE]
+
+``--golden`` prints the same per-family table from the recorded figures, without binaries (the
+golden file's CPU flags for the host's repacking), adding the compute rows that name the same
+MiB, and lists the families of tests/synth.py that have no record.
 """
 
 from __future__ import annotations
@@ -174,6 +179,9 @@ def family_paths(tmp: Path, families: Sequence[str], *, header_only: bool = Fals
     return out
 
 
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "fit_params.json"
+"""The fast tier's golden file (tests/test_golden.py)."""
+
 REAL_FAMILIES = {"smollm2": "smollm2", "gemma3": "gemma3"}
 """Families measured on a real model (realmodels.py) rather than a synthetic one."""
 
@@ -234,7 +242,7 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
             records.append({"family": family, "n_rpc": n_rpc, "settings": settings.to_dict(),
                             "command": " ".join(command), "oracle": rows})
     print()
-    print(f"{'family':10} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} {'all within':>11}")
+    print(f"{'family':14} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} {'all within':>11}")
     n_all = ok_all = 0
     for family in families:
         rows = per_family[family]
@@ -245,8 +253,8 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
         n_all += n
         ok_all += both
         replay = "yes" if replayable(profiles[family]) else "no"
-        print(f"{family:10} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {both:>5}/{n:<5}")
-    print(f"{'all':10} {'':8} {'':>18} {'':>18} {ok_all:>5}/{n_all:<5}  ({time.perf_counter() - t0:.0f} s)")
+        print(f"{family:14} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {both:>5}/{n:<5}")
+    print(f"{'all':14} {'':8} {'':>18} {'':>18} {ok_all:>5}/{n_all:<5}  ({time.perf_counter() - t0:.0f} s)")
     for f in failures:
         print(f"skipped: {f}")
     if record is not None:
@@ -283,6 +291,52 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
     return 0
 
 
+def run_golden(path: Path) -> int:
+    """The recorded figures (no binaries): every family of the golden file and of tests/synth.py,
+    a row per family: device rows with model and KV the same MiB, compute within target, compute
+    the same MiB, all within; families with no record are listed as not measured."""
+    import json
+
+    from synth import FAMILIES
+
+    from llamasplit.memory.graph import replayable
+
+    doc = json.loads(path.read_text())
+    cpu = CpuFeatures(frozenset(doc["cpu_flags"]), doc["cpu_machine"] or "x86_64", doc["amx_built"])
+    recorded = list(dict.fromkeys(r["family"] for r in doc["records"]))
+    print(f"{'family':14} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} "
+          f"{'compute same MiB':>17} {'all within':>11}")
+    n_all = ok_all = 0
+    with tempfile.TemporaryDirectory(prefix="llamasplit-golden-") as tmp:
+        paths = family_paths(Path(tmp), recorded, header_only=True)
+        for family in recorded:
+            profile = read_model(paths[family], require_data=False)
+            n = same = ok = exact = both = 0
+            for record in (r for r in doc["records"] if r["family"] == family):
+                devices = [Device(id=f"rpc:{i}", name=f"RPC{i}", description="worker", backend="RPC",
+                                  total_bytes=None, free_bytes=None, host=f"127.0.0.1:{50052 + i}")
+                           for i in range(record["n_rpc"])]
+                est = estimate(profile, devices, LlamaSettings.from_dict(record["settings"]), cpu=cpu)
+                for dev in (*est.devices, est.host):
+                    m, c, k = record["oracle"][dev.name]
+                    s_ = (dev.model_bytes // MiB, dev.context_bytes // MiB) == (m, c)
+                    o_ = within_target(dev.compute_bytes / MiB, k)
+                    n += 1
+                    same += s_
+                    ok += o_
+                    exact += error_mib(dev.compute_bytes / MiB, k) == 0
+                    both += s_ and o_
+            n_all += n
+            ok_all += both
+            replay = "yes" if replayable(profile) else "no"
+            print(f"{family:14} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {exact:>8}/{n:<8} {both:>5}/{n:<5}")
+    print(f"{'all':14} {'':8} {'':>18} {'':>18} {'':>17} {ok_all:>5}/{n_all:<5}")
+    missing = [f for f in FAMILIES if f not in recorded]
+    if missing:
+        print(f"not measured (no record in {path.name}): {', '.join(missing)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--completion", action="store_true", help="also compare llama-completion's real buffers")
@@ -290,7 +344,11 @@ def main() -> int:
     parser.add_argument("--families", nargs="*", default=None,
                         help="the per-arch-family grid instead (all families when none are named)")
     parser.add_argument("--record", type=Path, default=None, help="with --families: write the golden file")
+    parser.add_argument("--golden", type=Path, nargs="?", const=GOLDEN, default=None,
+                        help="the per-family table from the recorded figures, no binaries (default: %(const)s)")
     opts = parser.parse_args()
+    if opts.golden is not None:
+        return run_golden(opts.golden)
     if opts.families is not None:
         from synth import FAMILIES
 
