@@ -164,11 +164,14 @@ def test_lora_buffers_match_llama_server(workers, files, smollm2_path):
 def test_run_check_plans_and_verifies_draft_and_lora_over_rpc(workers, files, smollm2_path, capsys):
     port = free_port()
     rc = main(["run", str(smollm2_path), "--rpc", ",".join(workers), "-ts", "1,2", "-c", "4096",
-               "-md", str(files["draft"]), "--lora", str(files["lora"]), "--port", str(port), "--check", "--", "-t", "1"])
+               "-md", str(files["draft"]), "-devd", "RPC1", "--lora", str(files["lora"]), "--port", str(port),
+               "--check", "--", "-t", "1"])
     out, err = capsys.readouterr()
     assert rc == 0, err[-3000:]
     table = err[err.index("predicted vs actual"):]
     for kind in ("draft_model", "draft_context", "draft_compute", "lora"):
         rows = [line for line in table.splitlines() if f" {kind} " in line]
         assert rows and all(line.endswith("ok") for line in rows), (kind, table)
+    # -devd RPC1 (llama.cpp's name for the second worker's device): nothing of the draft on RPC0
+    assert not [line for line in table.splitlines() if line.startswith("RPC0") and " draft_" in line], table
     assert "all within tolerance" in table
