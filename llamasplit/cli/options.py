@@ -59,5 +59,8 @@ Otd = Annotated[Optional[list[str]], typer.Option(
 Cmoed = Annotated[bool, typer.Option("--spec-draft-cpu-moe", "-cmoed", "--cpu-moe-draft")]
 Ncmoed = Annotated[int, typer.Option("--spec-draft-n-cpu-moe", "--spec-draft-ncmoe", "-ncmoed", "--n-cpu-moe-draft")]
 DraftNMax = Annotated[int, typer.Option("--spec-draft-n-max", help="Tokens to draft per step (llama.cpp's default 3).")]
+SpecType = Annotated[Optional[str], typer.Option(
+    "--spec-type", help="Speculative decoding types, comma-separated as llama.cpp; draft-mtp drafts with the model's "
+                        "NextN blocks (planned with their weights and the MTP context's KV and buffers).")]
 Lora = Annotated[Optional[list[str]], typer.Option("--lora", help="A LoRA adapter (repeatable; comma-separated as llama.cpp).")]
 LoraScaled = Annotated[Optional[list[str]], typer.Option("--lora-scaled", help="FILE:SCALE, a LoRA adapter with its scale (repeatable).")]

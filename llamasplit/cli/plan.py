@@ -36,6 +36,7 @@ def build_options(
     *, ctx: int | None, ngl: str | None, ts: str | None, ctk: str, ctv: str, fa: str, ub: int, b: int,
     np_: int | None, binary: str, margin: str, swa_full: bool, nkvo: bool, no_mmap: bool, ot: list[str] | None,
     cpu_moe: bool, n_cpu_moe: int, mmproj: str | None = None, no_mmproj_offload: bool = False,
+    spec_type: str | None = None,
 ) -> PlanOptions:
     """Map CLI flags onto settings, remembering which ones the user fixed."""
     fixed: set[str] = set()
@@ -59,7 +60,8 @@ def build_options(
     settings = LlamaSettings(
         type_k=ctk, type_v=ctv, flash_attn=fa, n_ubatch=ub, n_batch=b, n_parallel=np_, binary=binary,
         swa_full=swa_full, offload_kqv=not nkvo, use_mmap=not no_mmap, overrides=tuple(overrides),
-        cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe, mmproj=mmproj, mmproj_offload=not no_mmproj_offload, **kw,
+        cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe, mmproj=mmproj, mmproj_offload=not no_mmproj_offload,
+        spec_type=spec_type, **kw,
     )
     default_margin, per_device = parse_margins(margin)
     return PlanOptions(settings=settings, fixed=frozenset(fixed), margin_bytes=default_margin, margin_overrides=per_device)
@@ -124,6 +126,7 @@ def plan_cmd(
     lora_scaled: O.LoraScaled = None,
     mmproj: O.Mmproj = None,
     no_mmproj_offload: O.NoMmprojOffload = False,
+    spec_type: O.SpecType = None,
 ) -> None:
     """Plan how llama.cpp should split MODEL over the GPUs: layers, flags, memory, speed."""
     if split_mode == "auto" and (md or lora or lora_scaled or mmproj):
@@ -147,7 +150,7 @@ def plan_cmd(
     options = build_options(
         ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=binary, margin=margin,
         swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
-        mmproj=mmproj, no_mmproj_offload=no_mmproj_offload,
+        mmproj=mmproj, no_mmproj_offload=no_mmproj_offload, spec_type=spec_type,
     )
     if split_mode != "layer":
         options = dataclasses.replace(options, settings=options.settings.replace(split_mode=split_mode))

@@ -164,6 +164,7 @@ def run_cmd(
     lora_scaled: O.LoraScaled = None,
     mmproj: O.Mmproj = None,
     no_mmproj_offload: O.NoMmprojOffload = False,
+    spec_type: O.SpecType = None,
     binary: str = typer.Option(None, "--binary", help="llama-server (default), llama-completion, llama-cli, or a path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command (stdout) and exit."),
     check: bool = typer.Option(False, "--check", help="Load, compare predicted with actual memory per device, stop; exit 1 if off."),
@@ -208,7 +209,7 @@ def run_cmd(
         options = build_options(
             ctx=ctx, ngl=ngl, ts=ts, ctk=ctk, ctv=ctv, fa=fa, ub=ub, b=b, np_=np_, binary=kind or SERVER,
             margin=margin, swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
-            mmproj=mmproj, no_mmproj_offload=no_mmproj_offload,
+            mmproj=mmproj, no_mmproj_offload=no_mmproj_offload, spec_type=spec_type,
         )
         options = dataclasses.replace(options, companions=companions_from_flags(
             md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,

@@ -302,7 +302,7 @@ def with_host_extras(model: ModelProfile, devices: Sequence[Device], settings: L
     the same as ``estimate(..., cpu=cpu)``, without replaying the graph again."""
     if est.host.extra_buffers or not settings.repack or any(_backend(d) == "CUDA" for d in devices):
         return est
-    if mtp.enabled(settings.spec_type):
+    if mtp.enabled(settings.spec_type) and mtp.in_model(model):
         model = mtp.with_mtp(model)
     host = dataclasses.replace(est.host, layers=list(est.host.layers), extra_buffers={})
     tables = _tables(model)
@@ -352,9 +352,8 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     ``settings.spec_type`` with draft-mtp: the NextN blocks' weights, and the MTP context's KV,
     compute and output buffers in ``companion_parts`` (``memory.mtp``).
     """
-    with_mtp_context = mtp.enabled(settings.spec_type)
+    with_mtp_context = mtp.enabled(settings.spec_type) and mtp.in_model(model)
     if with_mtp_context:
-        mtp.check(model)
         model = mtp.with_mtp(model)
     hp = model.hparams
     if settings.split_mode == "none":

@@ -75,6 +75,12 @@ def check(model: ModelProfile) -> None:
                          remedy="use a GGUF converted with its MTP layers (or give the MTP sidecar with -md)")
 
 
+def in_model(model: ModelProfile) -> bool:
+    """Whether draft-mtp runs on ``model``'s own NextN blocks (an MTP arch with some): else a plan
+    needs the MTP sidecar as ``-md`` (``check``)."""
+    return model.arch in MTP_ARCHS and model.hparams.n_layer_nextn > 0
+
+
 _WITH_MTP: dict[int, tuple[ModelProfile, ModelProfile]] = {}
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.errors import ModelReadError, NoFeasiblePlan, UsageError
 from llamasplit.model.profile import ModelProfile
-from llamasplit.memory import kv
+from llamasplit.memory import kv, mtp
 from llamasplit.memory.companions import Companions, DraftSpec, LoraAdapter, draft_devices, estimate_with_companions
 from llamasplit.memory.estimate import Estimate, estimate, with_host_extras
 from llamasplit.memory.weights import HOST
@@ -349,7 +349,8 @@ class Plan:
         out = []
         for what, parts in (("draft model", ("draft_model", "draft_context", "draft_compute", "draft_output")),
                             ("LoRA", ("lora", "lora_compute")),
-                            ("projector", ("mmproj_model", "mmproj_compute"))):
+                            ("projector", ("mmproj_model", "mmproj_compute")),
+                            ("MTP context", ("mtp_context", "mtp_compute", "mtp_output"))):
             cells = []
             for d in (*self.devices, self.host):
                 got = {k: v for k, v in (d.companion_parts or {}).items() if k in parts and v}
@@ -459,6 +460,12 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         options, side_notes = _check_companions(model, options)
         s = options.settings
         notes += side_notes
+    if mtp.enabled(s.spec_type) and options.companions.draft is None:
+        mtp.check(model)  # draft-mtp on the model's own NextN blocks (memory.mtp)
+        if s.split_mode == "tensor":
+            raise UsageError("--spec-type draft-mtp is not planned under -sm tensor", remedy="use -sm layer")
+        notes.append("speed: predicted without speculative decoding (its gain depends on how often the MTP head's "
+                     "drafts are accepted)")
     if s.split_mode == "tensor":
         return _tensor_plan(model, fleet, options)
 
