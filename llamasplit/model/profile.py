@@ -426,6 +426,9 @@ def _gated_delta_net_layers(md: dict[str, Any], arch: str, n_layer: int, path: s
 
 def build_hparams(arch: str, md: dict[str, Any], tensors: list[RawTensor], path: str) -> HParams:
     k = Keys
+    if arch == "clip":  # tools/mtmd/clip.cpp's files: llama.cpp loads them beside a model, never as one
+        raise ModelReadError(f"{path}: a multimodal projector (arch clip), not a model",
+                             remedy="plan the text model and give this file with --mmproj")
     n_layer = _int_key(md, k.LLM.BLOCK_COUNT.format(arch=arch), path)
     if not 1 <= n_layer <= LLAMA_MAX_LAYERS:
         raise ModelReadError(f"{path}: {arch}.block_count is {n_layer}; llama.cpp loads 1 to {LLAMA_MAX_LAYERS} blocks",
