@@ -325,3 +325,10 @@ def test_plan_sm_auto_says_it_plans_the_model_alone(smollm2_path, proj_a, capsys
     rc, out, err = _cli(capsys, "plan", str(smollm2_path), "--fleet", "2x3090", "-sm", "auto", "--mmproj", str(proj_a))
     assert (rc, out) == (2, "") and len(err.splitlines()) == 1
     assert "a draft model, LoRA or projector is planned with -sm layer, none or tensor" in err
+
+
+def test_a_projector_given_as_the_model_is_one_line(proj_a, capsys):
+    rc, out, err = _cli(capsys, "plan", str(proj_a), "--fleet", FLEET)
+    assert (rc, out) == (1, "")
+    assert err == (f"llamasplit: error: {proj_a}: a multimodal projector (arch clip), not a model; "
+                   "plan the text model and give this file with --mmproj\n")
