@@ -60,6 +60,15 @@ def models(tmp_path_factory, smollm2_path, gemma3_path):
     return out
 
 
+def test_every_recorded_family_has_its_graph_module(models):
+    """Each family's arch is in the graph registry (one module per family, like llama.cpp's
+    src/models/), not left to the generic decoder's fallback, and the synthetic families are all recorded."""
+    from llamasplit.memory.graph.registry import ARCHS
+
+    assert sorted(f for f in FAMILIES if f not in FAMILY_NAMES) == []
+    assert sorted(f for f, m in models.items() if m.arch not in ARCHS) == []
+
+
 def test_the_golden_file_covers_the_grid():
     assert len(FAMILY_NAMES) >= 12
     for family in FAMILY_NAMES:
