@@ -332,3 +332,39 @@ def test_a_projector_given_as_the_model_is_one_line(proj_a, capsys):
     assert (rc, out) == (1, "")
     assert err == (f"llamasplit: error: {proj_a}: a multimodal projector (arch clip), not a model; "
                    "plan the text model and give this file with --mmproj\n")
+
+
+def test_mutated_projector_headers_end_in_our_errors(proj_a, tmp_path):
+    """A seeded slice of the header fuzzer on a projector: read, placed and replayed, nothing but
+    our own errors may come out, and nothing may run away."""
+    import random
+    import time
+
+    import fuzzgguf
+
+    from llamasplit.errors import LlamasplitError
+    from llamasplit.model.gguf_reader import read_header
+    from llamasplit.model.projector import projector_from_header
+
+    seeds = [fuzzgguf.header_of_file(proj_a)]
+    path = tmp_path / "case.gguf"
+    planned = failed = 0
+    start = time.monotonic()
+    for i in range(CASES_FUZZ):
+        if time.monotonic() - start > 20.0:
+            break
+        path.write_bytes(fuzzgguf.case(seeds, random.Random(20261202 * 1_000_003 + i)))
+        t0 = time.monotonic()
+        try:
+            p = projector_from_header(read_header(path, require_data=False))
+            for devices, fa in (([], "off"), ([_rpc()], "auto"), ([_cuda(0)], "auto")):
+                e = estimate_projector(p, devices, flash_attn=fa)
+                assert e.weights_bytes >= 0 and (e.compute_bytes is None or e.compute_bytes >= 0)
+            planned += 1
+        except LlamasplitError:
+            failed += 1
+        assert time.monotonic() - t0 < 10.0, f"case {i} ran away"
+    assert planned + failed >= 100 and planned and failed
+
+
+CASES_FUZZ = 400
