@@ -433,4 +433,7 @@ def check_projector(profile: ProjectorProfile, model) -> list[str]:
         notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact; compute estimated, "
                      f"not replayed (a plain ViT at the largest image, {side} x {side}; replayed: "
                      + ", ".join(sorted(REPLAYED_TYPES)) + ")")
+    if profile.has_vision and profile.has_audio:
+        # clip_init loads a second context for the audio encoder on the same backend, with its own warmup
+        notes.append("projector: its audio encoder's weights are counted, its compute buffer is not modelled")
     return notes
