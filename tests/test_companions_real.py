@@ -175,3 +175,34 @@ def test_run_check_plans_and_verifies_draft_and_lora_over_rpc(workers, files, sm
     # -devd RPC1 (llama.cpp's name for the second worker's device): nothing of the draft on RPC0
     assert not [line for line in table.splitlines() if line.startswith("RPC0") and " draft_" in line], table
     assert "all within tolerance" in table
+
+
+def _server_log(model, args: list[str]) -> str:
+    """llama-server's log once it listens or has exited."""
+    port = free_port()
+    argv = [str(find_binary("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "-lv", "4", "-fit", "off", "-t", "1", "--no-warmup", *args]
+    server = spawn(argv)
+    try:
+        deadline = time.monotonic() + 60
+        while server.alive() and "llama_server: listening" not in server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return server.log_text()
+    finally:
+        server.stop()
+
+
+def test_llama_cpp_rejects_what_the_plan_rejects(files, smollm2_path, tmp_path, capsys):
+    # a draft without SmolLM2's tokenizer (vocab type none): llama-server keeps it loaded but cannot
+    # draft with it; a LoRA written for another arch: llama-server exits
+    other = write_draft_like(smollm2_path, tmp_path / "other.gguf", vocab_size=49152)
+    qwen = write_lora(tmp_path / "qwen.gguf", arch="qwen2", targets=lora_targets(read_model(smollm2_path), ("attn_q",)))
+    log = _server_log(smollm2_path, ["-md", str(other), "--spec-type", "draft-simple"])
+    assert "the target and draft vocabs are not compatible" in log
+    assert "failed to initialize speculative decoding context" in log
+    assert main(["plan", str(smollm2_path), "-c", "4096", "-md", str(other)]) == 2
+    assert "common_speculative_are_compatible" in capsys.readouterr().err
+    log = _server_log(smollm2_path, ["--lora", str(qwen)])
+    assert "model arch and LoRA arch mismatch" in log and "listening" not in log
+    assert main(["plan", str(smollm2_path), "-c", "4096", "--lora", str(qwen)]) == 2
+    assert "LoRA arch mismatch" in capsys.readouterr().err

@@ -24,7 +24,9 @@ The draft (pinned llama.cpp 0.3.36, every rule from its source):
   specified for speculative decoding"): ``--spec-type draft-simple`` uses it
   (common/speculative.cpp ``common_speculative_init``). The vocabularies must then match
   (``common_speculative_are_compatible``): the same vocab type, BOS/EOS, sizes within 128 tokens
-  (``SPEC_VOCAB_MAX_SIZE_DIFFERENCE``), and the same token texts from token 5.
+  (``SPEC_VOCAB_MAX_SIZE_DIFFERENCE``), and the same token texts from token 5; else llama-server
+  keeps the draft loaded and serves without it (tools/server/server-context.cpp ``load_model``:
+  "failed to initialize speculative decoding context", measured).
 
 LoRA adapters (src/llama-adapter.cpp ``llama_adapter_lora_init_impl``):
 
@@ -52,6 +54,7 @@ from typing import Any
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import ModelReadError, UsageError
+from llamasplit.memory import mtp
 from llamasplit.memory.estimate import DeviceEstimate, Estimate, estimate
 from llamasplit.memory.mmproj import ProjectorEstimate, estimate_projector
 from llamasplit.memory.settings import EXPERT_PATTERN, LlamaSettings
@@ -409,7 +412,11 @@ def estimate_companions(model: ModelProfile, devices: Sequence[Device], settings
         idx = draft_devices(devices, d.spec)
         ddevs = [devices[i] for i in idx]
         ds = draft_settings(settings, main.n_ctx, d.spec, len(ddevs))
-        out.draft = estimate(d.model, ddevs, ds, fast=fast)
+        if mtp.enabled(settings.spec_type):
+            # an MTP sidecar: the draft carries the MTP context, no context of its own (memory.mtp)
+            out.draft = estimate(d.model, ddevs, ds.replace(spec_type=settings.spec_type), fast=fast, mtp_role="sidecar")
+        else:
+            out.draft = estimate(d.model, ddevs, ds, fast=fast)
         out.draft_device_names = tuple(x.name for x in ddevs)
         out.draft_mmap = ds.use_mmap
     if companions.loras:
@@ -543,6 +550,8 @@ def companions_from_flags(
 def estimate_with_companions(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings,
                              companions: Companions | None, *, fast: bool = False, **kw: Any) -> Estimate:
     """``estimate`` of the main model plus what ``companions`` add on each device."""
+    if companions and companions.draft is not None and mtp.enabled(settings.spec_type):
+        kw.setdefault("mtp_role", "beside-draft")  # the sidecar (-md) holds the MTP context
     est = estimate(model, devices, settings, fast=fast, **kw)
     if not companions:
         return est

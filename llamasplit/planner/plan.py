@@ -629,8 +629,8 @@ def _check_companions(model: ModelProfile, options: PlanOptions) -> tuple[PlanOp
     if why is not None:
         shown = printable(d.model.path, limit=120)
         if DRAFT_SPEC_TYPE in s.spec_type.split(","):
-            raise UsageError(f"draft model {shown} cannot draft for {model.name or model.arch}: {why} "
-                             "(llama.cpp refuses it: common/speculative.cpp common_speculative_are_compatible)",
+            raise UsageError(f"draft model {shown} cannot draft for {model.name or model.arch}: {why} (llama-server "
+                             "would load it and draft nothing: common/speculative.cpp common_speculative_are_compatible)",
                              remedy="use a draft from the same model family (same tokenizer)")
         notes.append(f"draft model {shown}: {why}; llama.cpp loads it but cannot draft with it")
     notes.append("speed: predicted without speculative decoding (its gain depends on how often the draft is accepted)")
