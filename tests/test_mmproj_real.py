@@ -120,3 +120,19 @@ def test_run_check_compares_the_projector(smollm2_path, projectors, capsys):
     assert rows["CPU"].endswith("ok")  # the model's own compute line is not the projector's
     assert "predicted      0.52 actual      0.52  ok" in rows["mmproj_model"]
     assert "predicted     17.50 actual     17.50  ok" in rows["mmproj_compute"]
+
+
+def test_run_check_over_a_worker_puts_the_projector_there(smollm2_path, projectors, worker, capsys):
+    from llamasplit.cli import main
+
+    ep = endpoints([worker])[0]
+    rc = main(["run", str(smollm2_path), "--rpc", ep, "--mmproj", str(projectors["l"]), "-c", "1024",
+               "--port", str(free_port()), "--check", "--", "-t", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    table = err[err.index("predicted vs actual"):].splitlines()
+    rows = {tuple(line.split()[:2]): line for line in table if line.startswith(("RPC0", "Host"))}
+    assert all(line.endswith("ok") for line in rows.values()) and len(rows) == 5, table
+    # the model's layers and the projector share the worker; the image input stays on the host
+    assert {k for k in rows} == {("RPC0", ep), ("Host", "CPU"), ("RPC0", "mmproj_model"), ("RPC0", "mmproj_compute"),
+                                 ("Host", "mmproj_compute")}
