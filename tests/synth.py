@@ -356,7 +356,7 @@ def write_deepseek2(
 def write_glm4moe(
     path: Path, *, n_layer: int = 4, n_nextn: int = 1, n_dense: int = 1, n_embd: int = 512, n_head: int = 8,
     n_head_kv: int = 2, head_dim: int = 64, n_ff: int = 1024, n_expert: int = 16, n_expert_used: int = 4,
-    n_ff_exp: int = 256, n_shared: int = 1, n_vocab: int = 32000, tied: bool = False, **opts,
+    n_ff_exp: int = 256, n_shared: int = 1, n_vocab: int = 32000, tied: bool = False, trunk: bool = True, **opts,
 ) -> Path:
     """A GLM-4.5-shaped glm4moe: Q/K/V with biases, partial RoPE (half of each head), one leading
     dense block, sigmoid-gated experts with ``exp_probs_b`` and a shared expert, the pre-FFN norm
@@ -367,10 +367,12 @@ def write_glm4moe(
     F16 bytes: embeddings 2 x 32000 x 512 x 2 = 62.5 MiB; per MoE block experts 3 x 16 x 256 x 512 x 2
     = 12 MiB, shared expert 0.75 MiB, attention 1.25 MiB; the NextN block adds its own MoE block plus
     ``eh_proj`` 1024 x 512 x 2 = 1 MiB: about 15 MiB that llama.cpp skips (TENSOR_SKIP).
+    ``trunk=False`` writes an MTP sidecar: the same header, the embeddings and the NextN blocks
+    only (glm4-moe.cpp ``load_arch_tensors``: no ``blk.0.attn_norm`` makes the trunk not required).
     """
     hd = head_dim
     tensors = _embeddings(n_embd, n_vocab, tied)
-    for il in range(n_layer + n_nextn):
+    for il in range(0 if trunk else n_layer, n_layer + n_nextn):
         tensors += [
             (f"blk.{il}.attn_norm.weight", (n_embd,)),
             (f"blk.{il}.attn_q.weight", (n_embd, n_head * hd)),
@@ -710,12 +712,15 @@ FAMILIES["granitehybrid"] = write_granitehybrid
 def write_nemotron_h(
     path: Path, *, n_embd: int = 512, n_head: int = 8, kinds: str = "MFAFMF", head_dim: int = 64, n_ff: int = 1408,
     d_inner: int = 1024, d_state: int = 64, n_group: int = 1, n_ssm_head: int = 16, d_conv: int = 4,
-    n_vocab: int = 32000, **opts,
+    n_vocab: int = 32000, arch: str = "nemotron_h", n_expert: int = 16, n_expert_used: int = 4,
+    n_ff_exp: int = 256, n_ff_shexp: int = 512, **opts,
 ) -> Path:
     """A nemotron_h (src/models/nemotron-h.cpp): blocks of three kinds, ``kinds`` one letter
     each: M a Mamba-2 block (no KV heads, no FFN: recurrent), A attention only (KV heads, no FFN),
     F an MLP only (ffn_up / ffn_down, squared ReLU). Per-block ``head_count_kv`` and
-    ``feed_forward_length`` arrays say which."""
+    ``feed_forward_length`` arrays say which. With ``arch="nemotron_h_moe"`` a fourth kind, E:
+    routed experts without a gate (squared ReLU, sigmoid router with ``exp_probs_b``,
+    renormalised and scaled weights) plus a shared expert (``load_arch_tensors``'s MoE branch)."""
     conv_dim = d_inner + 2 * n_group * d_state
     hd = head_dim
     tensors = _embeddings(n_embd, n_vocab, False)
@@ -724,7 +729,15 @@ def write_nemotron_h(
         b = f"blk.{il}."
         tensors.append((b + "attn_norm.weight", (n_embd,)))
         kv_heads.append(2 if kind == "A" else 0)
-        ffs.append(n_ff if kind == "F" else 0)
+        ffs.append(n_ff if kind in "FE" else 0)
+        if kind == "E":
+            tensors += [
+                (b + "ffn_gate_inp.weight", (n_embd, n_expert)), (b + "exp_probs_b.bias", (n_expert,)),
+                (b + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                (b + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert)),
+                (b + "ffn_up_shexp.weight", (n_embd, n_ff_shexp)), (b + "ffn_down_shexp.weight", (n_ff_shexp, n_embd)),
+            ]
+            continue
         if kind == "M":
             tensors += [
                 (b + "ssm_in.weight", (n_embd, d_inner + conv_dim + n_ssm_head)),
@@ -743,12 +756,26 @@ def write_nemotron_h(
         "{arch}.ssm.time_step_rank": n_ssm_head, "{arch}.ssm.group_count": n_group,
         "{arch}.attention.layer_norm_epsilon": 1e-5, "{arch}.feed_forward_length": ffs,
     }
-    return _write_loadable(path, "nemotron_h", n_layer=len(kinds), n_embd=n_embd, n_head=n_head,
+    if "E" in kinds:
+        keys.update({"{arch}.expert_count": n_expert, "{arch}.expert_used_count": n_expert_used,
+                     "{arch}.expert_feed_forward_length": n_ff_exp,
+                     "{arch}.expert_shared_feed_forward_length": n_ff_shexp, "{arch}.expert_shared_count": 1,
+                     "{arch}.expert_weights_norm": True, "{arch}.expert_weights_scale": 2.5})
+    return _write_loadable(path, arch, n_layer=len(kinds), n_embd=n_embd, n_head=n_head,
                            n_head_kv=kv_heads, n_ff=0, n_vocab=n_vocab, keys=keys, tensors=tensors,
                            **{"vocab": "spm", **opts})
 
 
 FAMILIES["nemotron_h"] = write_nemotron_h
+
+
+def write_nemotron_h_moe(path: Path, *, kinds: str = "MEAEME", **opts) -> Path:
+    """A nemotron_h_moe (Nemotron-3 Nano's layout, src/models/nemotron-h-moe.cpp runs nemotron-h's
+    graph): Mamba-2, expert and attention blocks (``write_nemotron_h`` kinds M, E, A)."""
+    return write_nemotron_h(path, kinds=kinds, arch="nemotron_h_moe", **opts)
+
+
+FAMILIES["nemotron_h_moe"] = write_nemotron_h_moe
 
 
 def write_falcon_h1(
