@@ -167,3 +167,17 @@ def test_every_prefill_row_is_predicted_or_says_why(errors):
             assert r.figures_source, r.gpu  # the row's own figures name their source
         if r not in checked:
             assert r.figures_source.startswith("no prefill rates"), r.gpu
+
+
+def test_tensor_split_runs_each_device_at_its_type_mix():
+    # one device whose F16 weights multiply at a tenth of its main rate: a tensor-split stage of
+    # only F16 weights takes FLOPs x ubatch / the F16 rate (layer split already did)
+    from llamasplit.speed.comm import Algorithm
+    from llamasplit.speed.model import DeviceSpeed, Workload, predict
+
+    work = Workload("tensor", ("a",), (((1e9, 2e9),),), n_embd=100, n_vocab=10, n_allreduce=0,
+                    algorithm=Algorithm.NONE, n_subgraphs=0, layers=(0.0,), type_mix=((("F16", 1e9, 2e9),),))
+    speed = DeviceSpeed(1e11, 1e13, types=(("F16", 1e11, 1e12),))
+    est = predict(work, [speed], None, prompt_tokens=512)
+    assert est.prefill_tok_s == pytest.approx(512 / (2e9 / 1e12 * 512))
+    assert est.decode_tok_s == pytest.approx(1 / (1e9 / 1e11))

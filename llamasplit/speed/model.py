@@ -8,8 +8,10 @@ fixed cost per token (graph launch and synchronisation; over RPC the round trips
 between stages costs its link (``speed/links.py``: PCIe, NVLink, network or loopback RPC), and
 the logits cross from the last device to the host.
 
-**Prefill.** Each ubatch costs its matmul FLOPs over the device's effective compute rate, plus the
-same fixed and transfer costs; layer split pipelines ubatches over the stages.
+**Prefill.** Each ubatch costs its matmul FLOPs over the device's effective compute rate for each
+weight type (the rate of the kernel the pinned llama.cpp runs it with: ``prefill_path``), without
+flash attention the KQ matrix's traffic at the device's bandwidth, plus the same fixed and
+transfer costs; layer split pipelines ubatches over the stages.
 
 **Where the numbers come from** (``speed.json``, every coefficient with its source): ``measured``
 when ``llamasplit bench`` measured the device (``Device.measured``, in the inventory); else
@@ -265,9 +267,10 @@ class Workload:
     layers: tuple[float, ...] = ()
     """Layers per stage (empty: no per-layer cost)."""
     type_mix: tuple[tuple[tuple[str, float, float], ...], ...] = ()
-    """Layer split, per column: (weight type, bytes read per token, FLOPs per prompt token) of the
-    weights that column holds; the rest of a stage's bytes (the KV cache) and FLOPs (attention)
-    run at the device's main rates."""
+    """Per column: (weight type, bytes read per token, FLOPs per prompt token) of the weights that
+    column holds. Layer split: those run at the type's rate, the rest of a stage's bytes (the KV
+    cache) and FLOPs (attention) at the device's main rates; tensor split: the whole stage runs at
+    the mix's harmonic-mean rate (every stage holds a slice of the same types)."""
     prefill_bytes: tuple[tuple[float, ...], ...] = ()
     """Per stage and column: bytes each prompt token moves at the device's bandwidth on top of its
     FLOPs (the KQ matrix without flash attention, ``NO_FA_BYTES_PER_KQ``); empty: none."""
@@ -370,6 +373,19 @@ def predict(
     sp: list[DeviceSpeed] = [s if s is not None else DeviceSpeed(1.0, 1.0) for s in speeds]
     fetch = host_link.seconds(work.n_vocab * ACTIVATION_BYTES) if host_link else 0.0
     layers = work.layers or (0.0,) * len(work.stages)
+    # tensor split: every stage holds a slice of every layer, so a device's weight types are mixed
+    # alike in all of them; it runs each stage at its type mix's harmonic-mean rate
+    rates = [(s.bandwidth_bytes_s, s.flops) for s in sp]
+    if work.mode == "tensor" and work.type_mix:
+        for j, s in enumerate(sp):
+            if not s.types or j >= len(work.type_mix):
+                continue
+            mixed = []
+            for pick in (0, 1):
+                total = sum((b, f)[pick] for _, b, f in work.type_mix[j])
+                seconds = sum((b, f)[pick] / s.rates(name)[pick] for name, b, f in work.type_mix[j])
+                mixed.append(total / seconds if total and seconds else rates[j][pick])
+            rates[j] = (mixed[0], mixed[1])
 
     def stage_time(stage: Sequence[tuple[float, float]], n_layers: float, pick: int, scale: float,
                    extra: Sequence[float] = ()) -> float:
@@ -378,7 +394,7 @@ def predict(
             if not (pair[0] or pair[1]):
                 times.append(0.0)
                 continue
-            rate = s.bandwidth_bytes_s if pick == 0 else s.flops
+            rate = rates[j][pick]
             amount, seconds = pair[pick], 0.0
             if s.types and work.type_mix and work.mode == "layer":
                 for name, b, f in work.type_mix[j]:
@@ -622,6 +638,7 @@ def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, 
     by_name = {t.name: t for t in model.tensors}
     groups: dict[tuple[int, int], list[list[float]]] = {}
     order: list[tuple[int, int]] = []
+    mix: list[dict[str, list[float]]] = [{} for _ in range(n)]
 
     def group(key: tuple[int, int]) -> list[list[float]]:
         if key not in groups:
@@ -642,8 +659,11 @@ def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, 
         for j in range(n):
             frac = sl.n_bytes[j] / t.n_bytes if t.n_bytes else 0.0
             g[j][0] += sl.n_bytes[j] * share
+            kind = mix[j].setdefault(_type_name(t.ggml_type), [0.0, 0.0])
+            kind[0] += sl.n_bytes[j] * share
             if not _is_output(t):
                 g[j][1] += _flops_weight(t) * frac * share
+                kind[1] += _flops_weight(t) * frac * share
     for il in range(hp.n_layer_kv):
         if not test.layer_on_meta[il] or hp.is_recurrent[il]:
             continue
@@ -658,8 +678,9 @@ def tensor_workload(model, test, names: Sequence[str], algorithm: Algorithm, *, 
     stages = tuple(tuple((a, b) for a, b in groups[key]) for key in keys)
     n_allreduce = ALLREDUCES_PER_LAYER * sum(1 for il in range(hp.n_layer) if test.layer_on_meta[il])
     layers = tuple(0.5 if key[1] < 2 else 0.0 for key in keys)  # attention and FFN: half a layer each
+    type_mix = tuple(tuple((k, v[0], v[1]) for k, v in sorted(m.items())) for m in mix)
     return Workload("tensor", tuple(names), stages, hp.n_embd, hp.n_vocab, n_allreduce, algorithm, n_allreduce + 1,
-                    layers=layers)
+                    layers=layers, type_mix=type_mix)
 
 
 # ---------------------------------------------------------------------------------------------
