@@ -303,6 +303,14 @@ def test_types_not_replayed_get_a_guide_at_their_largest_image(tmp_path):
     # at least one layer's f32 KQ: 16384^2 x 4 heads x 4 bytes = 4 GiB; the image itself on the CPU
     assert e.compute_bytes >= 16384 ** 2 * 4 * 4
     assert e.host_compute_bytes == 1792 ** 2 * 3 * 4
+    # in a plan the guide is its own part (run --check holds no guide to a tolerance)
+    from llamasplit.memory.companions import CompanionEstimate, with_companions
+    from llamasplit.memory.estimate import DeviceEstimate, Estimate
+
+    est = Estimate(devices=(DeviceEstimate("RPC0"),), host=DeviceEstimate("Host"), n_ctx=512, layer_device=(),
+                   flash_attn=False)
+    parts = with_companions(est, CompanionEstimate(mmproj=e, mmproj_device_name="RPC0")).devices[0].companion_parts
+    assert parts == {"mmproj_model": e.weights_bytes, "mmproj_compute_estimate": e.compute_bytes}
     # a fixed-size type is planned at its image_size
     assert largest_image(read_projector(write_gemma3_mmproj(tmp_path / "mmproj-x.gguf", proj_type="janus_pro"))) == 448
 
