@@ -242,7 +242,7 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
             records.append({"family": family, "n_rpc": n_rpc, "settings": settings.to_dict(),
                             "command": " ".join(command), "oracle": rows})
     print()
-    print(f"{'family':14} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} {'all within':>11}")
+    print(f"{'family':18} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} {'all within':>11}")
     n_all = ok_all = 0
     for family in families:
         rows = per_family[family]
@@ -253,8 +253,8 @@ def run_families(families: Sequence[str], record: Path | None) -> int:
         n_all += n
         ok_all += both
         replay = "yes" if replayable(profiles[family]) else "no"
-        print(f"{family:14} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {both:>5}/{n:<5}")
-    print(f"{'all':14} {'':8} {'':>18} {'':>18} {ok_all:>5}/{n_all:<5}  ({time.perf_counter() - t0:.0f} s)")
+        print(f"{family:18} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {both:>5}/{n:<5}")
+    print(f"{'all':18} {'':8} {'':>18} {'':>18} {ok_all:>5}/{n_all:<5}  ({time.perf_counter() - t0:.0f} s)")
     for f in failures:
         print(f"skipped: {f}")
     if record is not None:
@@ -304,7 +304,7 @@ def run_golden(path: Path) -> int:
     doc = json.loads(path.read_text())
     cpu = CpuFeatures(frozenset(doc["cpu_flags"]), doc["cpu_machine"] or "x86_64", doc["amx_built"])
     recorded = list(dict.fromkeys(r["family"] for r in doc["records"]))
-    print(f"{'family':14} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} "
+    print(f"{'family':18} {'replayed':8} {'model+KV same MiB':>18} {'compute in target':>18} "
           f"{'compute same MiB':>17} {'all within':>11}")
     n_all = ok_all = 0
     with tempfile.TemporaryDirectory(prefix="llamasplit-golden-") as tmp:
@@ -329,8 +329,8 @@ def run_golden(path: Path) -> int:
             n_all += n
             ok_all += both
             replay = "yes" if replayable(profile) else "no"
-            print(f"{family:14} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {exact:>8}/{n:<8} {both:>5}/{n:<5}")
-    print(f"{'all':14} {'':8} {'':>18} {'':>18} {'':>17} {ok_all:>5}/{n_all:<5}")
+            print(f"{family:18} {replay:8} {same:>9}/{n:<8} {ok:>9}/{n:<8} {exact:>8}/{n:<8} {both:>5}/{n:<5}")
+    print(f"{'all':18} {'':8} {'':>18} {'':>18} {'':>17} {ok_all:>5}/{n_all:<5}")
     missing = [f for f in FAMILIES if f not in recorded]
     if missing:
         print(f"not measured (no record in {path.name}): {', '.join(missing)}")

@@ -670,20 +670,30 @@ FAMILIES["lfm2"] = write_lfm2
 def write_granitehybrid(
     path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0), head_dim: int = 64,
     n_ff: int = 1408, d_state: int = 64, n_group: int = 1, n_ssm_head: int = 16, d_conv: int = 4,
-    n_vocab: int = 32000, **opts,
+    n_vocab: int = 32000, n_expert: int = 0, n_expert_used: int = 4, n_ff_shexp: int = 512, **opts,
 ) -> Path:
     """A granitehybrid (src/models/granite-hybrid.cpp, dense): mamba2 blocks where
     ``head_count_kv`` is 0 (d_inner = 2 x n_embd), attention blocks elsewhere, a SwiGLU FFN in
-    every block, granite's scales."""
+    every block, granite's scales. With ``n_expert`` (Granite-4.0-H-Tiny's shape) every block's
+    FFN is routed experts of ``n_ff`` rows (softmax router) plus a shared SwiGLU expert."""
     d_inner = 2 * n_embd
     conv_dim = d_inner + 2 * n_group * d_state
     hd = head_dim
     tensors = _embeddings(n_embd, n_vocab, False)
     for il, h_kv in enumerate(kv_heads):
         b = f"blk.{il}."
-        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,)),
-                    (b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
-                    (b + "ffn_down.weight", (n_ff, n_embd))]
+        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,))]
+        if n_expert:
+            tensors += [(b + "ffn_gate_inp.weight", (n_embd, n_expert)),
+                        (b + "ffn_gate_exps.weight", (n_embd, n_ff, n_expert)),
+                        (b + "ffn_up_exps.weight", (n_embd, n_ff, n_expert)),
+                        (b + "ffn_down_exps.weight", (n_ff, n_embd, n_expert)),
+                        (b + "ffn_gate_shexp.weight", (n_embd, n_ff_shexp)),
+                        (b + "ffn_up_shexp.weight", (n_embd, n_ff_shexp)),
+                        (b + "ffn_down_shexp.weight", (n_ff_shexp, n_embd))]
+        else:
+            tensors += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                        (b + "ffn_down.weight", (n_ff, n_embd))]
         if h_kv:
             tensors += [(b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, h_kv * hd)),
                         (b + "attn_v.weight", (n_embd, h_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd))]
@@ -701,12 +711,23 @@ def write_granitehybrid(
         "{arch}.logit_scale": 8.0, "{arch}.residual_scale": 0.22, "{arch}.embedding_scale": 12.0,
         "{arch}.attention.scale": 0.015625,
     }
+    if n_expert:
+        keys.update({"{arch}.expert_count": n_expert, "{arch}.expert_used_count": n_expert_used,
+                     "{arch}.expert_shared_feed_forward_length": n_ff_shexp})
     return _write_loadable(path, "granitehybrid", n_layer=len(kv_heads), n_embd=n_embd, n_head=n_head,
                            n_head_kv=list(kv_heads), n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors,
                            **{"vocab": "spm", **opts})
 
 
 FAMILIES["granitehybrid"] = write_granitehybrid
+
+
+def write_granitehybrid_moe(path: Path, *, n_expert: int = 16, n_ff: int = 256, **opts) -> Path:
+    """A granitehybrid with routed and shared experts in every block (``write_granitehybrid``)."""
+    return write_granitehybrid(path, n_expert=n_expert, n_ff=n_ff, **opts)
+
+
+FAMILIES["granitehybrid_moe"] = write_granitehybrid_moe
 
 
 def write_nemotron_h(
