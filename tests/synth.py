@@ -636,19 +636,28 @@ FAMILIES["mamba2"] = write_mamba2
 
 def write_lfm2(
     path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0, 2, 0),
-    head_dim: int = 64, n_ff: int = 1408, l_cache: int = 3, n_vocab: int = 32000, **opts,
+    head_dim: int = 64, n_ff: int = 1408, l_cache: int = 3, n_vocab: int = 32000, arch: str = "lfm2",
+    n_expert: int = 0, n_expert_used: int = 4, n_ff_exp: int = 256, n_dense: int = 2, **opts,
 ) -> Path:
     """An LFM2 (src/models/lfm2.cpp): a hybrid of short-convolution blocks (``head_count_kv`` 0:
     a conv state of ``n_embd x (l_cache - 1)`` F32 per sequence) and attention blocks with Q/K
     norms, every block a dense SwiGLU FFN, the output norm named ``token_embd_norm``, tied output.
+    With ``arch="lfm2moe"`` and ``n_expert`` (LFM2-8B-A1B's shape, src/models/lfm2moe.cpp): the
+    blocks after the first ``n_dense`` have routed SwiGLU experts (sigmoid router, ``exp_probs_b``).
     """
     hd = head_dim
     tensors = [("token_embd.weight", (n_embd, n_vocab)), ("token_embd_norm.weight", (n_embd,))]
     for il, h_kv in enumerate(kv_heads):
         b = f"blk.{il}."
-        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,)),
-                    (b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
-                    (b + "ffn_down.weight", (n_ff, n_embd))]
+        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,))]
+        if n_expert and il >= n_dense:
+            tensors += [(b + "ffn_gate_inp.weight", (n_embd, n_expert)), (b + "exp_probs_b.bias", (n_expert,)),
+                        (b + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                        (b + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert)),
+                        (b + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert))]
+        else:
+            tensors += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                        (b + "ffn_down.weight", (n_ff, n_embd))]
         if h_kv:
             tensors += [(b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, h_kv * hd)),
                         (b + "attn_v.weight", (n_embd, h_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd)),
@@ -659,12 +668,24 @@ def write_lfm2(
                         (b + "shortconv.out_proj.weight", (n_embd, n_embd))]
     keys = {"{arch}.rope.dimension_count": hd, "{arch}.attention.key_length": hd,
             "{arch}.attention.value_length": hd, "{arch}.shortconv.l_cache": l_cache}
-    return _write_loadable(path, "lfm2", n_layer=len(kv_heads), n_embd=n_embd, n_head=n_head,
+    if n_expert:
+        keys.update({"{arch}.expert_count": n_expert, "{arch}.expert_used_count": n_expert_used,
+                     "{arch}.expert_feed_forward_length": n_ff_exp, "{arch}.expert_gating_func": 2,
+                     "{arch}.leading_dense_block_count": n_dense})
+    return _write_loadable(path, arch, n_layer=len(kv_heads), n_embd=n_embd, n_head=n_head,
                            n_head_kv=list(kv_heads), n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors,
                            **{"vocab": "spm", **opts})
 
 
 FAMILIES["lfm2"] = write_lfm2
+
+
+def write_lfm2moe(path: Path, *, n_expert: int = 16, **opts) -> Path:
+    """An lfm2moe (``write_lfm2`` with experts after the first two blocks)."""
+    return write_lfm2(path, arch="lfm2moe", n_expert=n_expert, **opts)
+
+
+FAMILIES["lfm2moe"] = write_lfm2moe
 
 
 def write_granitehybrid(

@@ -2,7 +2,9 @@
 where ``head_count_kv`` is 0 (``is_recr``) and attention blocks (Q/K RMS norms, then RoPE)
 elsewhere, each after an RMS norm, then the residual (``prev + cur``), an RMS norm and a
 dense SwiGLU FFN (or experts after ``leading_dense_block_count``), the residual; the output
-norm is ``token_embd_norm``. The memory is ``llama_memory_hybrid`` (``build_inp_mem_hybrid``)."""
+norm is ``token_embd_norm``. The memory is ``llama_memory_hybrid`` (``build_inp_mem_hybrid``).
+lfm2moe (``src/models/lfm2moe.cpp``) builds the same graph; its experts (after
+``leading_dense_block_count``) take ``expert_gating_func`` and renormalised weights."""
 
 from __future__ import annotations
 
@@ -69,4 +71,7 @@ def build(b: Builder) -> None:
     b.output(cur, norm="token_embd_norm")
 
 
-FAMILIES = {"lfm2": Family(build=build, replayable=check)}
+FAMILIES = {
+    "lfm2": Family(build=build, replayable=check),
+    "lfm2moe": Family(build=build, replayable=check),  # src/models/lfm2moe.cpp: the same graph<iswa>
+}
