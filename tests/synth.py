@@ -634,6 +634,38 @@ def write_mamba2(
 FAMILIES["mamba2"] = write_mamba2
 
 
+def write_mamba(
+    path: Path, *, n_layer: int = 4, n_embd: int = 512, d_inner: int = 1024, d_state: int = 16, dt_rank: int = 32,
+    d_conv: int = 4, dt_b_c_rms: bool = True, n_vocab: int = 32000, **opts,
+) -> Path:
+    """A Mamba-1 (src/models/mamba.cpp ``build_mamba_layer``), falcon-mamba's way by default
+    (``ssm.dt_b_c_rms``: dt, B and C RMS-normed): a conv state ``(d_conv - 1) x d_inner`` and an
+    SSM state ``d_state x d_inner`` F32 per layer and sequence (llama-hparams.cpp n_embd_r / n_embd_s).
+
+    F16 bytes: embeddings 62.5 MiB; per layer ssm_in 512 x 2048 x 2 = 2 MiB, ssm_out 1 MiB,
+    ssm_x 1024 x 64 x 2 = 128 KiB, ssm_dt 32 x 1024 x 2 = 64 KiB.
+    """
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        tensors += [
+            (b + "attn_norm.weight", (n_embd,)), (b + "ssm_in.weight", (n_embd, 2 * d_inner)),
+            (b + "ssm_conv1d.weight", (d_conv, d_inner)), (b + "ssm_conv1d.bias", (d_inner,)),
+            (b + "ssm_x.weight", (d_inner, dt_rank + 2 * d_state)), (b + "ssm_dt.weight", (dt_rank, d_inner)),
+            (b + "ssm_dt.bias", (d_inner,)), (b + "ssm_a", (d_state, d_inner)), (b + "ssm_d", (d_inner,)),
+            (b + "ssm_out.weight", (d_inner, n_embd)),
+        ]
+    keys = {
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": d_inner, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": dt_rank, "{arch}.ssm.dt_b_c_rms": dt_b_c_rms,
+    }
+    return _write_loadable(path, "mamba", n_layer=n_layer, n_embd=n_embd, n_head=0, n_head_kv=0, n_ff=0,
+                           n_vocab=n_vocab, keys=keys, tensors=tensors, **{"vocab": "spm", **opts})
+
+
+FAMILIES["mamba"] = write_mamba
+
+
 def write_lfm2(
     path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0, 2, 0),
     head_dim: int = 64, n_ff: int = 1408, l_cache: int = 3, n_vocab: int = 32000, arch: str = "lfm2",

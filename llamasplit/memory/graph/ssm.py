@@ -143,6 +143,63 @@ class Ssm(BuilderBase):
         cur = o.mul_mat(self.lw(il, "ssm_out"), y)
         return self.cb(cur, "mamba_out", il)
 
+    def mamba_layer(self, rs: Rs, cur: T, il: int) -> T:
+        """mamba-base.cpp build_mamba_layer (Mamba-1, one head per channel): in-projection into x
+        and z, causal conv over the conv state, x_db projection into dt, B, C (RMS-normed with
+        ``ssm.dt_b_c_rms`` or their norm tensors, falcon-mamba), dt projection, the selective scan
+        with ``{d_state, d_inner}`` decays, D skip, SiLU gate by z, out-projection."""
+        o = self.o
+        hp = self.hp
+        d_conv, d_inner, d_state, dt_rank = hp.ssm_d_conv, hp.ssm_d_inner, hp.ssm_d_state, hp.ssm_dt_rank
+        n_seqs = self.ctx.n_seqs
+        n_seq_tokens = self.ctx.n_tokens // n_seqs
+        r_all, s_all = self.state_tensor(il, "r"), self.state_tensor(il, "s")
+        conv = self.build_rs(rs, r_all, self.n_embd_r())
+        conv = o.reshape(conv, d_conv - 1, d_inner, n_seqs)
+        cur = o.reshape(cur, cur.ne[0], n_seq_tokens, n_seqs)
+        xz = o.mul_mat(self.lw(il, "ssm_in"), cur)
+        f = row_size(xz.type, 1)
+        x = o.view(xz, [d_inner, xz.ne[1], xz.ne[2]], [xz.nb[1], xz.nb[2]], 0)
+        z = o.view(xz, [d_inner, xz.ne[1], xz.ne[2]], [xz.nb[1], xz.nb[2]], d_inner * f)
+        conv_x = o.concat(conv, o.transpose(x), 0)
+        last = o.view(conv_x, [d_conv - 1, d_inner, n_seqs], [conv_x.nb[1], conv_x.nb[2]],
+                      n_seq_tokens * conv_x.nb[0])
+        self.expand(o.cpy(last, o.view(r_all, [(d_conv - 1) * d_inner * n_seqs], None, 0)))
+        x = o.ssm_conv(conv_x, self.lw(il, "ssm_conv1d"))
+        x = o.binary("ADD", x, self.lw(il, "ssm_conv1d", "bias"))
+        x = o.unary("UNARY", x)  # silu
+        x_db = o.mul_mat(self.lw(il, "ssm_x"), x)
+        fd = row_size(x_db.type, 1)
+        dt = o.view(x_db, [dt_rank, n_seq_tokens, n_seqs], [x_db.nb[1], x_db.nb[2]], 0)
+        b_ = o.view(x_db, [d_state, 1, n_seq_tokens, n_seqs], [d_state * fd, x_db.nb[1], x_db.nb[2]], fd * dt_rank)
+        c_ = o.view(x_db, [d_state, 1, n_seq_tokens, n_seqs], [d_state * fd, x_db.nb[1], x_db.nb[2]],
+                    fd * (dt_rank + d_state))
+        norms = [self.lw(il, n) for n in ("ssm_dt_norm", "ssm_b_norm", "ssm_c_norm")]
+        if bool(self.md.get(f"{self.arch}.ssm.dt_b_c_rms", False)) or all(n is not None for n in norms):
+            dt = self.norm(dt, norms[0], il)
+            b_ = self.norm(b_, norms[1], il)
+            c_ = self.norm(c_, norms[2], il)
+        else:
+            dt = o.cont(dt)
+        dt = o.mul_mat(self.lw(il, "ssm_dt"), dt)
+        dt = o.binary("ADD", dt, self.lw(il, "ssm_dt", "bias"))
+        cur = x
+        x = o.reshape(x, 1, d_inner, n_seq_tokens, n_seqs)
+        a = self.w(f"blk.{il}.ssm_a")
+        mem_size = s_all.ne[1]
+
+        def ssm_rows(states: T, ids: T) -> T:
+            return o.ssm_scan(o.reshape(states, d_state, 1, d_inner, mem_size), x, dt, a, b_, c_, ids)
+
+        y_ssm = self.build_rs(rs, s_all, self.n_embd_s(), ssm_rows)
+        n_state = d_state * d_inner * n_seqs
+        self.expand(o.cpy(o.view(y_ssm, [n_state], None, x.nb[3] * x.ne[3]), o.view(s_all, [n_state], None, 0)))
+        y = o.view(y_ssm, [d_inner, n_seq_tokens, n_seqs], [x.nb[2], x.nb[3]], 0)
+        y = o.binary("ADD", y, o.binary("MUL", cur, self.w(f"blk.{il}.ssm_d")))
+        y = o.glu(o.cont(z), y)  # ggml_swiglu_split(z, y)
+        cur = o.mul_mat(self.lw(il, "ssm_out"), y)
+        return o.reshape(cur, cur.ne[0], n_seq_tokens * n_seqs)
+
     def shortconv_layer(self, rs: Rs, cur: T, il: int) -> T:
         """lfm2.cpp build_shortconv_block (causal): in-projection into B, C, x; B*x transposed
         after the conv state; the state's last ``l_cache - 1`` columns stored; ``ssm_conv``; C * conv;
