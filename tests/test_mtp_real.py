@@ -90,3 +90,54 @@ def test_draft_mtp_buffers_match_llama_server(glm, workers, n_rpc, ngl):
             want_mtp[f"compute:{name}"] = f"{d.companion_parts['mtp_compute'] / MiB:.2f}"
     assert main == want_main
     assert {k: v for k, v in mtp.items() if float(v) > 0} == want_mtp
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory):
+    """The NextN block of ``glm`` alone, as an MTP sidecar file."""
+    return write_glm4moe(tmp_path_factory.mktemp("mtp-sidecar") / "glm4moe-mtp.gguf", vocab="spm", trunk=False)
+
+
+@pytest.mark.parametrize("n_rpc", [0, 2])
+def test_an_mtp_sidecar_is_a_draft_model_with_only_the_mtp_context(glm, sidecar, workers, n_rpc):
+    """``-md SIDECAR --spec-type draft-mtp``: the main model still loads its NextN block (load_mtp)
+    and has no MTP context; the sidecar, loaded as the draft, holds the MTP context."""
+    from llamasplit.memory.companions import Companions, Draft, DraftSpec, estimate_with_companions
+
+    eps = workers[:n_rpc]
+    settings = LlamaSettings(n_ctx=4096, flash_attn="on", tensor_split=(1, 1) if eps else None, spec_type="draft-mtp")
+    args = settings.to_args() + ["-md", str(sidecar)] + (["--rpc", ",".join(eps)] if eps else [])
+    main, _, log = _buffers(glm, args, eps)
+    draft = {}
+    part = {}
+    for line in log.splitlines():  # the draft's lines follow "loading draft model"
+        if "loading draft model" in line:
+            part = draft
+        m = _BUFFER.search(line)
+        if m and part is draft:
+            _, name, kind, mib = m.groups()
+            if "[" in name:
+                name = f"RPC{eps.index(name[name.index('[') + 1:-1])}"
+            key = f"{kind}:{name}"
+            draft[key] = mib if key not in draft or float(mib) > float(draft[key]) else draft[key]
+    assert draft, log[-2000:]
+    devices = [Device(id=f"rpc:{ep}", name=f"RPC{i}", description=ep, backend="RPC", total_bytes=None,
+                      free_bytes=None, host=ep) for i, ep in enumerate(eps)]
+    companions = Companions(draft=Draft(read_model(sidecar), DraftSpec(path=str(sidecar))))
+    est = estimate_with_companions(read_model(glm), devices, settings, companions)
+    main_model = {k: v for k, v in main.items() if k.startswith("model:")}
+    assert main_model == ({"model:CPU_Mapped": f"{est.host_mapped_bytes / MiB:.2f}"}
+                          | {f"model:{d.name}": f"{d.model_bytes / MiB:.2f}" for d in est.devices})
+    assert "mtp_context" not in est.host.companion_parts and all("mtp_context" not in d.companion_parts for d in est.devices)
+    got = {}
+    for d in (*est.devices, est.host):
+        name = "CPU" if d is est.host else d.name
+        p = d.companion_parts
+        if d is not est.host and p.get("draft_model"):
+            got[f"model:{name}"] = f"{p['draft_model'] / MiB:.2f}"
+        if p.get("draft_context"):
+            got[f"KV:{name}"] = f"{p['draft_context'] / MiB:.2f}"
+        if p.get("draft_compute"):
+            got[f"compute:{name}"] = f"{p['draft_compute'] / MiB:.2f}"
+    want = {k: v for k, v in draft.items() if k != "model:CPU_Mapped" and float(v) > 0}
+    assert got == want

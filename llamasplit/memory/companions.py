@@ -54,6 +54,7 @@ from typing import Any
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import ModelReadError, UsageError
+from llamasplit.memory import mtp
 from llamasplit.memory.estimate import DeviceEstimate, Estimate, estimate
 from llamasplit.memory.mmproj import ProjectorEstimate, estimate_projector
 from llamasplit.memory.settings import EXPERT_PATTERN, LlamaSettings
@@ -411,7 +412,11 @@ def estimate_companions(model: ModelProfile, devices: Sequence[Device], settings
         idx = draft_devices(devices, d.spec)
         ddevs = [devices[i] for i in idx]
         ds = draft_settings(settings, main.n_ctx, d.spec, len(ddevs))
-        out.draft = estimate(d.model, ddevs, ds, fast=fast)
+        if mtp.enabled(settings.spec_type):
+            # an MTP sidecar: the draft carries the MTP context, no context of its own (memory.mtp)
+            out.draft = estimate(d.model, ddevs, ds.replace(spec_type=settings.spec_type), fast=fast, mtp_role="sidecar")
+        else:
+            out.draft = estimate(d.model, ddevs, ds, fast=fast)
         out.draft_device_names = tuple(x.name for x in ddevs)
         out.draft_mmap = ds.use_mmap
     if companions.loras:
@@ -547,6 +552,8 @@ def companions_from_flags(
 def estimate_with_companions(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings,
                              companions: Companions | None, *, fast: bool = False, **kw: Any) -> Estimate:
     """``estimate`` of the main model plus what ``companions`` add on each device."""
+    if companions and companions.draft is not None and mtp.enabled(settings.spec_type):
+        kw.setdefault("mtp_role", "beside-draft")  # the sidecar (-md) holds the MTP context
     est = estimate(model, devices, settings, fast=fast, **kw)
     if not companions:
         return est

@@ -313,7 +313,8 @@ def with_host_extras(model: ModelProfile, devices: Sequence[Device], settings: L
 
 def _add_mtp_context(model: ModelProfile, devices: Sequence[Device], layer_dev: Sequence[int | None],
                      settings: LlamaSettings, ests: list[DeviceEstimate], host: DeviceEstimate, *, layout: kv.KvLayout,
-                     n_ubatch: int, n_outputs: int, flash: bool, main_compute: Sequence[int]) -> None:
+                     n_ubatch: int, n_outputs: int, flash: bool, main_compute: Sequence[int],
+                     type_k: str = MTP_CACHE_TYPE, type_v: str = MTP_CACHE_TYPE) -> None:
     """The MTP context's buffers (``memory.mtp``) as ``companion_parts``: its KV cache of the NextN
     blocks on their layers' devices (the CPU under -nkvo), its compute buffer (the MTP graph
     replayed, ``graph.mtp``; for an arch whose MTP graph is not replayed, [estimate] the main
@@ -331,18 +332,43 @@ def _add_mtp_context(model: ModelProfile, devices: Sequence[Device], layer_dev: 
 
     for il in range(hp.n_layer_kv, hp.n_layer):
         where = (host if layer_dev[il] is None else ests[layer_dev[il]]) if settings.offload_kqv else host
-        add(where, "mtp_context", mtp.kv_layer_bytes(hp, il, layout, MTP_CACHE_TYPE, MTP_CACHE_TYPE))
+        add(where, "mtp_context", mtp.kv_layer_bytes(hp, il, layout, type_k, type_v))
     n_seq = settings.seq_count
     compute = mtp_compute_bytes(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch,
-                                n_outputs=n_seq, flash=flash)
+                                n_outputs=n_seq, flash=flash, type_k=type_k, type_v=type_v)
     for e, c in zip((*ests, host), compute if compute is not None else main_compute):
         add(e, "mtp_compute", c)
     n_batch = min(kv.pad(settings.n_ctx or hp.n_ctx_train or 4096, kv.KV_PAD), settings.n_batch)
     add(host, "mtp_output", (4 * hp.n_vocab + hp.n_embd + 1) * n_seq * 4 + hp.n_embd * n_batch * 4)
 
 
+def _as_mtp_sidecar(model: ModelProfile, devices: Sequence[Device], layer_dev: Sequence[int | None],
+                    settings: LlamaSettings, ests: list[DeviceEstimate], host: DeviceEstimate, *, layout: kv.KvLayout,
+                    n_ubatch: int, n_outputs: int, flash: bool, main_compute: Sequence[int]) -> None:
+    """An MTP sidecar (``-md FILE --spec-type draft-mtp``): common_speculative_init_result loads it as
+    the draft model (``load_mtp`` set: all its tensors, the NextN block) and creates only the MTP
+    context on it (``ctx_type = LLAMA_CONTEXT_TYPE_MTP``), so its context, compute and output are
+    that context's (``_add_mtp_context``), and the output no main context's ``embd_nextn``."""
+    for e in (*ests, host):
+        e.context_bytes = e.compute_bytes = 0
+        e.companion_parts.clear()
+    # the sidecar is the draft model: its cache types are the draft's (-ctkd/-ctvd), in its settings
+    _add_mtp_context(model, devices, layer_dev, settings, ests, host, layout=layout, n_ubatch=n_ubatch,
+                     n_outputs=n_outputs, flash=flash, main_compute=main_compute, type_k=settings.type_k,
+                     type_v=settings.type_v)
+    hp = model.hparams
+    n_batch = min(kv.pad(settings.n_ctx or hp.n_ctx_train or 4096, kv.KV_PAD), settings.n_batch)
+    for e in (*ests, host):
+        parts = e.companion_parts
+        e.context_bytes = parts.pop("mtp_context", 0)
+        e.compute_bytes = parts.pop("mtp_compute", 0)
+        if e is host:
+            e.output_bytes = parts.pop("mtp_output", 0) - hp.n_embd * n_batch * 4
+        parts.clear()
+
+
 def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSettings, *, fast: bool = False,
-             cpu: CpuFeatures | None = None) -> Estimate:
+             cpu: CpuFeatures | None = None, mtp_role: str = "main") -> Estimate:
     """What llama.cpp would allocate for ``model`` on ``devices`` (llama.cpp order) with ``settings``.
 
     ``fast=True`` sizes compute buffers with the closed-form heuristic (mostly a little above
@@ -350,11 +376,18 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     and checks its answer exactly. ``cpu``: the host CPU's features, which decide the weights
     llama.cpp repacks into the CPU's extra buffer types (``planner.repack``); ``None`` models none.
     ``settings.spec_type`` with draft-mtp: the NextN blocks' weights, and the MTP context's KV,
-    compute and output buffers in ``companion_parts`` (``memory.mtp``).
+    compute and output buffers in ``companion_parts`` (``memory.mtp``). ``mtp_role`` with an MTP
+    sidecar (``-md``): ``"beside-draft"`` for the main model (its NextN weights still load, the MTP
+    context is the sidecar's), ``"sidecar"`` for the sidecar (its context, compute and output are
+    the MTP context's; it has no main context).
     """
-    with_mtp_context = mtp.enabled(settings.spec_type) and mtp.in_model(model)
-    if with_mtp_context:
+    if mtp_role not in ("main", "beside-draft", "sidecar"):
+        raise ValueError(f"mtp_role {mtp_role!r}")
+    drafting = mtp.enabled(settings.spec_type)
+    if drafting and mtp.in_model(model):
         model = mtp.with_mtp(model)
+    with_mtp_context = drafting and mtp.in_model(model) and mtp_role == "main"
+    sidecar = drafting and mtp_role == "sidecar"
     hp = model.hparams
     if settings.split_mode == "none":
         if not 0 <= settings.main_gpu < max(len(devices), 1):
@@ -453,6 +486,11 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     if with_mtp_context:
         _add_mtp_context(model, devices, layer_dev, settings, ests, host, layout=layout, n_ubatch=n_ubatch,
                          n_outputs=n_outputs, flash=flash, main_compute=compute)
+    elif drafting and mtp_role == "beside-draft":  # the main context's embd_nextn (_add_mtp_context)
+        host.companion_parts["mtp_output"] = hp.n_embd * n_batch * 4
+    elif sidecar:
+        _as_mtp_sidecar(model, devices, layer_dev, settings, ests, host, layout=layout, n_ubatch=n_ubatch,
+                        n_outputs=n_outputs, flash=flash, main_compute=compute)
     # the CUDA overhead, cuda_overhead's arithmetic with its per-slot tables read once (the planner
     # estimates often, over up to 64 devices): same GPU, same pool high-water, same overhead
     fattn_by_cc: dict[tuple[int, int] | None, int] = {}

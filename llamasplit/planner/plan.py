@@ -460,8 +460,9 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
         options, side_notes = _check_companions(model, options)
         s = options.settings
         notes += side_notes
-    if mtp.enabled(s.spec_type) and options.companions.draft is None:
-        mtp.check(model)  # draft-mtp on the model's own NextN blocks (memory.mtp)
+    if mtp.enabled(s.spec_type):
+        # draft-mtp on the model's own NextN blocks, or on the MTP sidecar given as -md (memory.mtp)
+        mtp.check(options.companions.draft.model if options.companions.draft is not None else model)
         if s.split_mode == "tensor":
             raise UsageError("--spec-type draft-mtp is not planned under -sm tensor", remedy="use -sm layer")
         notes.append("speed: predicted without speculative decoding (its gain depends on how often the MTP head's "

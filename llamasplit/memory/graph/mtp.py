@@ -178,7 +178,7 @@ MTP_BUILDERS: dict[str, Callable[[Builder], None]] = {
 
 def mtp_compute_bytes(model: ModelProfile, devices: Sequence[Device], layer_dev: Sequence[int | None],
                       settings: LlamaSettings, *, layout: KvLayout, n_ubatch: int, n_outputs: int,
-                      flash: bool) -> list[int] | None:
+                      flash: bool, type_k: str = MTP_CACHE_TYPE, type_v: str = MTP_CACHE_TYPE) -> list[int] | None:
     """The MTP context's compute buffer per device, then the host (last): its scheduler reserves
     the MTP graph the way the main context reserves its own (llama-context.cpp ``sched_reserve``,
     the same batch, slots, pipeline copies and pins; ``replay.compute_bytes``). ``None``: the
@@ -197,7 +197,7 @@ def mtp_compute_bytes(model: ModelProfile, devices: Sequence[Device], layer_dev:
     ctx = Ctx(
         n_tokens=n_tokens, n_outputs=max(1, min(n_outputs, n_tokens)), n_seqs=n_seq, flash=flash,
         kv_unified=settings.unified, offload_kqv=settings.offload_kqv,
-        type_k=int(cache_type(MTP_CACHE_TYPE)), type_v=int(cache_type(MTP_CACHE_TYPE)), cpu=cpu,
+        type_k=int(cache_type(type_k)), type_v=int(cache_type(type_v)), cpu=cpu,
         layer_backend=[cpu if d is None else d for d in layer_dev],
         weight_backend=weight_backends(model, devices, layer_dev, settings), layout=layout,
         pin_norms=(n_tokens < 32 or full_offload),
