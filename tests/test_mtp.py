@@ -127,3 +127,32 @@ def test_estimate_matches_recorded_llama_server_buffers(family, models):
                 if abs(round(n / MiB, 2) - real) > 0.011:
                     wrong.append(f"{r['command']}: {ctx} {key} {n / MiB:.2f} MiB, llama-server {real:.2f}")
     assert not wrong, "\n".join(wrong)
+
+
+SERVER_LOG = """\
+load_tensors:   CPU_Mapped model buffer size =   123.85 MiB
+llama_context:        CPU  output buffer size =     0.49 MiB
+llama_kv_cache:        CPU KV buffer size =     8.00 MiB
+sched_reserve:        CPU compute buffer size =    13.11 MiB
+common_speculative_init_result: creating MTP draft context against the target model 'glm.gguf'
+llama_context:        CPU  output buffer size =     0.49 MiB
+llama_kv_cache:        CPU KV buffer size =     2.00 MiB
+sched_reserve:        CPU compute buffer size =    13.01 MiB
+sched_reserve:        CPU compute buffer size =    13.01 MiB
+"""
+"""llama-server's buffer lines for the synthetic glm4moe, ``-c 4096 -fa on --spec-type draft-mtp``,
+CPU only (the pinned build, ``-lv 4``; timestamps cut)."""
+
+
+def test_run_check_compares_the_mtp_context_on_its_own_rows(models):
+    from llamasplit.runner.verify import verify
+
+    opts = PlanOptions(settings=LlamaSettings(n_ctx=4096, flash_attn="on", spec_type="draft-mtp"),
+                       fixed=frozenset({"n_ctx"}))
+    result = verify(plan(models["glm4moe"], _fleet(), opts), SERVER_LOG)
+    rows = {(r.device, r.kind): r for r in result.rows}
+    # the main context's KV is the first 8 MiB alone; the MTP context's 2 MiB is its own row
+    assert rows[("Host", "context")].actual_bytes == 8 * MiB
+    assert rows[("Host", "mtp_context")].actual_bytes == 2 * MiB
+    assert round(rows[("Host", "mtp_compute")].actual_bytes / MiB, 2) == 13.01
+    assert result.ok, result.format() if hasattr(result, "format") else result

@@ -50,7 +50,12 @@ CLIP_COMPUTE_FUNC = "reserve_compute_meta"
 """tools/mtmd/clip.cpp: the projector's warmup reservation logs ``reserve_compute_meta: %10s compute
 buffer size``; its weights only ``load_hparams: model size`` (unpadded), after ``clip_ctx: CLIP using
 %s backend``. These are the projector's, not the model's."""
-SIDE_KINDS = ("draft_model", "draft_context", "draft_compute", "lora", "mmproj_model", "mmproj_compute")
+MTP_MARK = "creating MTP draft context"
+"""common/speculative.cpp ``common_speculative_init_result`` logs it before creating the MTP context
+on the target model (``--spec-type draft-mtp`` without ``-md``): the buffer lines after it are
+that context's (``memory.mtp``), a second reservation's compute replacing the first."""
+SIDE_KINDS = ("draft_model", "draft_context", "draft_compute", "lora", "mmproj_model", "mmproj_compute",
+              "mtp_context", "mtp_compute")
 """What is compared of a draft model, LoRA adapters and the projector (``DevicePlan.companion_parts``)."""
 
 
@@ -260,10 +265,13 @@ def split_draft_log(log_text: str) -> tuple[str, str]:
     return (log_text, "") if at < 0 else (log_text[:at], log_text[at:])
 
 
-def _side_rows(plan: Plan, draft_log: str, log_text: str) -> list[Comparison]:
+def _side_rows(plan: Plan, draft_log: str, log_text: str, mtp_log: str = "") -> list[Comparison]:
     """The draft model's and the LoRA adapters' buffers per device against ``companion_parts``."""
     names = llama_buffer_names(plan)
     actual: dict[tuple[str, str], int] = {}
+    for owner, got in actual_by_device(plan, parse_buffers(mtp_log)).items():
+        actual[(owner, "mtp_context")] = got.context_bytes
+        actual[(owner, "mtp_compute")] = got.compute_bytes
     if plan.draft is not None:
         draft = actual_by_device(plan, parse_buffers(draft_log))
         for owner, got in draft.items():
@@ -286,7 +294,7 @@ def _side_rows(plan: Plan, draft_log: str, log_text: str) -> list[Comparison]:
                 actual[key] = max(actual.get(key, 0), round(float(match.group("mib")) * MiB))
     rows = []
     wanted = [k for k in SIDE_KINDS if (k == "lora" and plan.loras) or (k.startswith("draft") and plan.draft)
-              or (k.startswith("mmproj") and plan.settings.mmproj is not None)]
+              or (k.startswith("mmproj") and plan.settings.mmproj is not None) or (k.startswith("mtp") and mtp_log)]
     for d in (*plan.devices, plan.host):
         parts = d.companion_parts or {}
         for kind in wanted:
@@ -303,6 +311,8 @@ def verify(plan: Plan, log_text: str) -> Verification:
     model's buffers (after ``DRAFT_MARK``) and LoRA buffers are compared on their own rows."""
     full_text = log_text
     log_text, draft_log = split_draft_log(log_text)
+    at = log_text.find(MTP_MARK)
+    log_text, mtp_log = (log_text, "") if at < 0 else (log_text[:at], log_text[at:])
     buffers = parse_buffers(log_text)
     if plan.settings.split_mode == "tensor":
         return _verify_tensor(plan, buffers)
@@ -323,8 +333,8 @@ def verify(plan: Plan, log_text: str) -> Verification:
         descriptions[name] = "not in the plan"
         for kind in KINDS:
             rows.append(Comparison(name, kind, 0, got.get(kind), tolerance_bytes(kind, 0)))
-    if buffers and (plan.draft is not None or plan.loras or plan.settings.mmproj is not None):
-        rows += _side_rows(plan, draft_log, full_text)
+    if buffers and (plan.draft is not None or plan.loras or plan.settings.mmproj is not None or mtp_log):
+        rows += _side_rows(plan, draft_log, full_text, mtp_log)
     return Verification(rows=tuple(rows), descriptions=descriptions, found_buffers=len(buffers))
 
 
