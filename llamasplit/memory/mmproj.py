@@ -36,10 +36,15 @@ Read from the pinned llama.cpp (``tools/mtmd``, ``tools/server``, ``common/arg.c
 - ``llama-server --fit on`` adds the projector's weights and compute to the fit margin of its
   device (``server_context::load_model``, ``mtmd_get_memory_usage``).
 
-The compute graph is replayed (``memory/graph``: scheduler and allocator) for the
-SigLIP-based projector types whose graph is ``clip_graph_siglip`` with ``build_vit``
-(``tools/mtmd/models/siglip.cpp``): ``gemma3`` here. Other types get no compute figure (None) and
-a note; their weights are still exact.
+The warmup graph is replayed (``_Clip``, through ``memory/graph``'s scheduler and allocator) for
+``gemma3`` and ``idefics3`` (``models/siglip.cpp``: ``build_vit`` then the pooled projection, or the
+pixel shuffle) and LLaVA-1.5's ``mlp`` (``models/llava.cpp``). These take images of one size (or
+tiles of it, encoded one at a time: ``clip_graph_siglip`` does not batch), so the warmup is the
+largest reservation. ``benchmarks/mmproj_accuracy.py``: 70/70 buffers the same 0.01 MiB as
+llama-server, the worker's allocations the same byte. Other types get a guide
+(``_Clip.vit``: ``build_inp`` and the standard blocks at ``largest_image``, the largest image the
+type accepts; part ``mmproj_compute_estimate``), or None where the tower is not standard; their weights
+are exact.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ class ProjectorEstimate:
     flash_attn: bool
     image_size: int
     estimated: bool = False
-    """The compute is a guide (``estimate_unreplayed``: a plain ViT at the largest image), not a replay."""
+    """The compute is a guide (``_Clip.vit`` at ``largest_image``), not a replay."""
 
     @property
     def device_bytes(self) -> int:
