@@ -666,6 +666,53 @@ def write_mamba(
 FAMILIES["mamba"] = write_mamba
 
 
+def write_jamba(
+    path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0), head_dim: int = 64,
+    n_ff: int = 512, d_inner: int = 1024, d_state: int = 16, dt_rank: int = 32, d_conv: int = 4,
+    n_expert: int = 16, n_expert_used: int = 2, n_vocab: int = 32000, **opts,
+) -> Path:
+    """A jamba (src/models/jamba.cpp): Mamba-1 blocks with dt/B/C norm tensors where
+    ``head_count_kv`` is 0, attention without RoPE elsewhere; odd blocks routed SwiGLU experts,
+    even blocks a dense FFN, both ``n_ff`` wide (``load_arch_tensors`` sizes the experts by n_ff)."""
+    hd = head_dim
+    tensors = _embeddings(n_embd, n_vocab, False)
+    for il, h_kv in enumerate(kv_heads):
+        b = f"blk.{il}."
+        tensors += [(b + "attn_norm.weight", (n_embd,)), (b + "ffn_norm.weight", (n_embd,))]
+        if h_kv:
+            tensors += [(b + "attn_q.weight", (n_embd, n_head * hd)), (b + "attn_k.weight", (n_embd, h_kv * hd)),
+                        (b + "attn_v.weight", (n_embd, h_kv * hd)), (b + "attn_output.weight", (n_head * hd, n_embd))]
+        else:
+            tensors += [
+                (b + "ssm_in.weight", (n_embd, 2 * d_inner)), (b + "ssm_conv1d.weight", (d_conv, d_inner)),
+                (b + "ssm_conv1d.bias", (d_inner,)), (b + "ssm_x.weight", (d_inner, dt_rank + 2 * d_state)),
+                (b + "ssm_dt_norm.weight", (dt_rank,)), (b + "ssm_dt.weight", (dt_rank, d_inner)),
+                (b + "ssm_dt.bias", (d_inner,)), (b + "ssm_b_norm.weight", (d_state,)),
+                (b + "ssm_c_norm.weight", (d_state,)), (b + "ssm_a", (d_state, d_inner)), (b + "ssm_d", (d_inner,)),
+                (b + "ssm_out.weight", (d_inner, n_embd)),
+            ]
+        if il % 2:
+            tensors += [(b + "ffn_gate_inp.weight", (n_embd, n_expert)),
+                        (b + "ffn_gate_exps.weight", (n_embd, n_ff, n_expert)),
+                        (b + "ffn_up_exps.weight", (n_embd, n_ff, n_expert)),
+                        (b + "ffn_down_exps.weight", (n_ff, n_embd, n_expert))]
+        else:
+            tensors += [(b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                        (b + "ffn_down.weight", (n_ff, n_embd))]
+    keys = {
+        "{arch}.attention.key_length": hd, "{arch}.attention.value_length": hd,
+        "{arch}.ssm.conv_kernel": d_conv, "{arch}.ssm.inner_size": d_inner, "{arch}.ssm.state_size": d_state,
+        "{arch}.ssm.time_step_rank": dt_rank, "{arch}.expert_count": n_expert,
+        "{arch}.expert_used_count": n_expert_used,
+    }
+    return _write_loadable(path, "jamba", n_layer=len(kv_heads), n_embd=n_embd, n_head=n_head,
+                           n_head_kv=list(kv_heads), n_ff=n_ff, n_vocab=n_vocab, keys=keys, tensors=tensors,
+                           **{"vocab": "spm", **opts})
+
+
+FAMILIES["jamba"] = write_jamba
+
+
 def write_lfm2(
     path: Path, *, n_embd: int = 512, n_head: int = 8, kv_heads: tuple[int, ...] = (0, 0, 2, 0, 2, 0),
     head_dim: int = 64, n_ff: int = 1408, l_cache: int = 3, n_vocab: int = 32000, arch: str = "lfm2",

@@ -7,8 +7,8 @@
   layers' weights in the CPU's extra buffer types (``AMX`` / ``CPU_REPACK``, by this machine's
   CPU) besides ``CPU_Mapped``; the estimate's ``extra_buffers`` and mapped span print the same
   0.01 MiB as llama-server's ``load_tensors: ... model buffer size`` lines.
-- Recurrent and hybrid families (mamba(2), lfm2(moe), granitehybrid(_moe), nemotron_h(_moe), falcon-h1): over two
-  RPC workers llama-server's compute buffers print the replay's bytes to the 0.01 MiB.
+- Recurrent and hybrid families (mamba(2), lfm2(moe), granitehybrid(_moe), nemotron_h(_moe), falcon-h1,
+  jamba): over two RPC workers llama-server's compute buffers print the replay's bytes to the 0.01 MiB.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_each_family_loads_runs_and_allocates_as_estimated(family, family_dir):
 
 _COMPUTE_BUFFER = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 RECURRENT_FAMILIES = ("mamba", "mamba2", "lfm2", "lfm2moe", "granitehybrid", "granitehybrid_moe", "nemotron_h",
-                      "nemotron_h_moe", "falcon-h1")
+                      "nemotron_h_moe", "falcon-h1", "jamba")
 """The families whose graphs carry recurrent state (graph/ssm.py): replayed, not estimated."""
 
 

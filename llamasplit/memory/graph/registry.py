@@ -8,16 +8,16 @@ An arch missing from the table is built by the generic decoder from the tensors 
 from __future__ import annotations
 
 from llamasplit.memory.graph import (
-    cohere2, deepseek2, exaone, falcon_h1, gemma, glm4moe, gptoss, granite, granitehybrid, internlm2, layernorm, lfm2,
-    llama, llama4, mamba2, mistral3, nemotron_h, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, qwen3next, stablelm,
-    starcoder2,
+    cohere2, deepseek2, exaone, falcon_h1, gemma, glm4moe, gptoss, granite, granitehybrid, internlm2, jamba, layernorm,
+    lfm2, llama, llama4, mamba2, mistral3, nemotron_h, olmo2, olmoe, phi3, qwen2, qwen3, qwen3moe, qwen3next,
+    stablelm, starcoder2,
 )
 from llamasplit.memory.graph.family import DECODER, Family
 
 _MODULES = (
     llama, qwen2, qwen3, qwen3moe, mistral3, gemma, phi3, gptoss, glm4moe, deepseek2, granite, cohere2, olmo2,
     llama4, olmoe, exaone, internlm2, starcoder2, stablelm, layernorm, qwen3next, mamba2, granitehybrid, nemotron_h,
-    lfm2, falcon_h1,
+    lfm2, falcon_h1, jamba,
 )
 
 ARCHS: dict[str, Family] = {}
