@@ -132,7 +132,8 @@ def test_plan_flags_env_and_json_of_a_draft(models):
     assert args[args.index("--spec-type") + 1] == "draft-simple"
     tail = args[args.index("-md"):]
     # CUDA1 of the fleet (the 3060) is pinned for the draft, and is CUDA0 under the plan's CUDA_VISIBLE_DEVICES
-    assert tail == ["-md", path, "-ngld", "all", "-devd", "CUDA0", "-ctkd", "q8_0", "--spec-draft-n-max", "8"]
+    assert tail == ["-md", path, "-ngld", "all", "-devd", "CUDA0", "-ctkd", "q8_0"]
+    assert args[args.index("--spec-draft-n-max") + 1] == "8" and args.count("--spec-draft-n-max") == 1
     assert "3060" in p.devices[0].description and p.devices[0].layers == ()  # pinned for the draft alone
     env = p.to_llama_env()
     assert env["LLAMA_ARG_SPEC_DRAFT_MODEL"] == path and env["LLAMA_ARG_SPEC_DRAFT_CACHE_TYPE_K"] == "q8_0"
@@ -324,3 +325,20 @@ def test_a_quantised_draft_cache_must_divide_the_draft_head(models, tmp_path):
     off = Companions(draft=Draft(read_model(path, require_data=False), DraftSpec(str(path), type_k="q8_0")))
     assert plan(main_model, fleet_from_spec("3090"), PlanOptions(settings=LlamaSettings(flash_attn="off"),
                                                                  companions=off)).draft.type_k == "q8_0"
+
+
+def test_draft_n_max_sizes_the_main_context_outputs(models):
+    # server_output_limits: n_parallel x (1 + n_max) output rows; the output device's compute buffer
+    # holds their logits (n_vocab 32000 x 4 bytes a row), so n_max 64 costs more than the default 3
+    _, main_model = models["main"]
+    fleet = fleet_from_spec("3090")
+
+    def output_device(n_max: int) -> int:
+        p = plan(main_model, fleet, PlanOptions(settings=LlamaSettings(n_ctx=4096), fixed=frozenset({"n_ctx"}),
+                                                companions=_draft(models, n_max=n_max)))
+        assert p.settings.spec_draft_n_max == n_max
+        return p.devices[0].compute_bytes
+
+    assert output_device(64) - output_device(3) >= (4 * 65 - 4 * 4) * 32000 * 4 // 2
+    with pytest.raises(UsageError, match="spec-draft-n-max"):
+        LlamaSettings(spec_draft_n_max=-1)

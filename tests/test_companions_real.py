@@ -206,3 +206,19 @@ def test_llama_cpp_rejects_what_the_plan_rejects(files, smollm2_path, tmp_path, 
     assert "model arch and LoRA arch mismatch" in log and "listening" not in log
     assert main(["plan", str(smollm2_path), "-c", "4096", "--lora", str(qwen)]) == 2
     assert "LoRA arch mismatch" in capsys.readouterr().err
+
+
+def test_spec_draft_n_max_sizes_the_main_output_device(workers, files, smollm2_path):
+    # server_output_limits: 4 slots x (1 + 64) output rows; the output device (RPC1) reserves their
+    # logits (measured 69.86 MiB against 32.91 at the default 3)
+    devices = _devices(workers)
+    s = LlamaSettings(n_ctx=4096, tensor_split=(1, 2), spec_type="draft-simple", spec_draft_n_max=64)
+    comp = Companions(draft=Draft(read_model(files["draft"]), DraftSpec(str(files["draft"]), n_max=64)))
+    est = estimate_with_companions(read_model(smollm2_path), devices, s, comp)
+    real = _server_buffers(smollm2_path, s.to_args() + ["--rpc", ",".join(workers)] + comp.to_args())
+    for e in (*est.devices, est.host):
+        for kind in ("model", "context", "compute"):
+            predicted = getattr(e, f"{kind}_bytes")
+            if predicted or ("main", e.name, kind) in real:
+                assert _within(kind, predicted, real[("main", e.name, kind)]), (e.name, kind, predicted / MiB, real)
+    assert real[("main", "RPC1", "compute")] > 60  # the 260 rows' logits, not 16

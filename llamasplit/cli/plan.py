@@ -157,6 +157,9 @@ def plan_cmd(
     options = dataclasses.replace(options, companions=companions_from_flags(
         md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,
         draft_n_max=draft_n_max, lora=lora, lora_scaled=lora_scaled))
+    if draft_n_max != 3:  # also without -md (draft-mtp, ngram types): the main context's output rows
+        options = dataclasses.replace(options, settings=options.settings.replace(spec_draft_n_max=draft_n_max),
+                                      fixed=options.fixed | {"spec_draft_n_max"})
     if quants and hf and ":" not in hf and not hf_file and not quant:
         from llamasplit.cli.variants import rank_repo
 

@@ -214,6 +214,9 @@ def run_cmd(
         options = dataclasses.replace(options, companions=companions_from_flags(
             md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,
             draft_n_max=draft_n_max, lora=lora, lora_scaled=lora_scaled))
+        if draft_n_max != 3:  # also without -md (draft-mtp, ngram types): the main context's output rows
+            options = dataclasses.replace(options, settings=options.settings.replace(spec_draft_n_max=draft_n_max),
+                                          fixed=options.fixed | {"spec_draft_n_max"})
         profile = read_model(model) if model else remote_profile
         if options.settings.mmproj is not None:
             from llamasplit.api import attach_projector

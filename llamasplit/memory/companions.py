@@ -89,7 +89,8 @@ class DraftSpec:
     n_cpu_moe: int = 0
     """``-ncmoed``."""
     n_max: int = 3
-    """``--spec-draft-n-max`` (llama.cpp's default 3)."""
+    """``--spec-draft-n-max`` (llama.cpp's default 3); the planner carries it into
+    ``LlamaSettings.spec_draft_n_max``, which emits the flag."""
 
     def __post_init__(self) -> None:
         if self.n_max < 0:
@@ -125,9 +126,7 @@ class DraftSpec:
             args += ["-cmoed"]
         if self.n_cpu_moe:
             args += ["-ncmoed", str(self.n_cpu_moe)]
-        if self.n_max != 3:
-            args += ["--spec-draft-n-max", str(self.n_max)]
-        return args
+        return args  # --spec-draft-n-max is the main settings' (it sizes the main context's outputs too)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -476,7 +476,7 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
     flash = settings.flash_attn != "off"
     n_outputs = n_ubatch if settings.binary in ("llama-completion", "llama-cli", "llama-fit-params") else n_seq
     if settings.binary == "llama-server" and settings.spec_type:
-        n_outputs = mtp.server_outputs(n_batch, n_seq, settings.spec_type)  # a row per drafted token too
+        n_outputs = mtp.server_outputs(n_batch, n_seq, settings.spec_type, settings.spec_draft_n_max)  # a row per drafted token too
 
     compute = (heuristic_bytes if fast else compute_bytes)(model, devices, layer_dev, settings, layout=layout, n_ubatch=n_ubatch, n_outputs=n_outputs, flash=flash)
     for e, c in zip(ests, compute[:-1]):

@@ -624,7 +624,9 @@ def _check_companions(model: ModelProfile, options: PlanOptions) -> tuple[PlanOp
         # -md alone loads the draft and drafts nothing ("no implementations specified for
         # speculative decoding", common/speculative.cpp common_speculative_init)
         s = s.replace(spec_type=DRAFT_SPEC_TYPE)
-        options = dataclasses.replace(options, settings=s)
+    if d.spec.n_max != 3:
+        s = s.replace(spec_draft_n_max=d.spec.n_max)  # sizes the main context's outputs (server_output_limits)
+    options = dataclasses.replace(options, settings=s)
     check_cache_types(d.model, s.replace(type_k=d.spec.type_k, type_v=d.spec.type_v), f"draft model {printable(d.model.path, limit=120)}")
     why = vocab_mismatch(model, d.model)
     if why is not None:
