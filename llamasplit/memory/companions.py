@@ -14,7 +14,7 @@ The draft (pinned llama.cpp 0.3.36, every rule from its source):
   ``-ts``, ``-sm`` (layer when ``-devd`` names one device), ``-fa``, ``-b``/``-ub``, ``-np``,
   ``-kvu``, ``-nkvo``, ``--swa-full`` and load mode.
 - Its context holds as many tokens as the main one (``common_speculative_init_result``:
-  ``cparams.n_ctx = llama_n_ctx(ctx_tgt)``) for the same slots, with one output per slot
+  ``cparams.n_ctx = llama_n_ctx(ctx_tgt)``; this llama.cpp has no ``-cd``/``--ctx-size-draft``) for the same slots, with one output per slot
   (``n_outputs_max = n_parallel``, ``n_outputs_max_per_seq = 1``): llama-server's defaults,
   which ``estimate`` models for the main model too. Nothing is shared with the main context
   (``ctx_other`` is read only by arches that need it, llama-context.cpp).
