@@ -342,3 +342,18 @@ def test_draft_n_max_sizes_the_main_context_outputs(models):
     assert output_device(64) - output_device(3) >= (4 * 65 - 4 * 4) * 32000 * 4 // 2
     with pytest.raises(UsageError, match="spec-draft-n-max"):
         LlamaSettings(spec_draft_n_max=-1)
+
+
+def test_otd_moves_a_draft_tensor_and_the_host_maps_the_span(models):
+    # -otd ^output\.weight=CPU (anchored: a regex_search of output\.weight also takes attn_output.weight,
+    # as llama.cpp's does): the draft's output matrix stays on the host; the file holds token_embd,
+    # output_norm, output in that order, so the host's mapped span covers all three (output_norm's
+    # 512 bytes too, though that tensor is on CUDA0)
+    _, main_model = models["main"]
+    devices = list(fleet_from_spec("3090").devices)
+    est = estimate_with_companions(main_model, devices, LlamaSettings(n_ctx=4096),
+                                   _draft(models, overrides=((r"^output\.weight", "CPU"),)))
+    assert est.devices[0].companion_parts["draft_model"] == DRAFT_BLOCK + 512
+    assert est.host.companion_parts["draft_model"] == DRAFT_EMBD + DRAFT_OUTPUT_LAYER
+    assert DraftSpec("d.gguf", overrides=((r"output\.weight", "CPU"),), cpu_moe=True).to_args()[-3:] == [
+        "-otd", r"output\.weight=CPU", "-cmoed"]
