@@ -48,6 +48,7 @@ class Ctx:
     pin_norms: bool  # the graph callback pins each layer's "norm" to the layer's device
     layers: list[int] = field(default_factory=list)  # the repeating layers to build
     pins: dict[int, int] = field(default_factory=dict)  # tensor idx -> backend (user assignments)
+    n_rs_seq: int = 0  # recurrent-state snapshots per sequence (cparams.n_rs_seq: speculative rollback)
 
 
 class BuilderBase:

@@ -13,6 +13,7 @@ from llamasplit.memory.graph.builder import Builder
 from llamasplit.memory.graph.heuristic import heuristic_bytes
 from llamasplit.memory.graph.registry import NOT_REPLAYED, family_of
 from llamasplit.memory.graph.scheduler import GGML_SCHED_MAX_COPIES, backends_of, schedule
+from llamasplit.memory import mtp
 from llamasplit.memory.kv import KvLayout, cache_type
 from llamasplit.memory.settings import LlamaSettings
 from llamasplit.memory.weights import _override_map, _tables
@@ -111,6 +112,7 @@ def compute_bytes(
         pin_norms=(n_tokens < 32 or full_offload),
     )
     ctx.layers = list(range(hp.n_layer_kv))
+    ctx.n_rs_seq = mtp.n_rs_seq(model.arch, settings.spec_type)  # 0 unless a rollback arch drafts
     family = family_of(model.arch)
     b = Builder(model, ctx, family)
     (family.build or transformer.build_transformer)(b)

@@ -6,8 +6,10 @@ convolution (``src/models/lfm2.cpp`` ``build_shortconv_block``).
 The worst-case graph is built against the full memory (``llama_memory_recurrent_context`` with
 ``is_full``): ``n_rs`` = the memory's size, ``head`` = 0, ``rs_z`` = 0; the memory holds
 ``max(1, n_seq_max)`` cells (``llama-model.cpp`` ``create_memory``), the ubatch ``n_seq_max``
-sequences of ``n_tokens / n_seq_max`` tokens (``llama_context::graph_reserve``). ``n_rs_seq``
-(rollback snapshots for speculative decoding) is 0, its default: one state row per cell (``K`` = 1).
+sequences of ``n_tokens / n_seq_max`` tokens (``llama_context::graph_reserve``). With
+``n_rs_seq`` rollback snapshots (speculative decoding on an arch that rolls back,
+``llm_arch_supports_rs_rollback``) each state tensor holds ``mem_size * (1 + n_rs_seq)`` rows and
+the Mamba-2 and short-conv blocks write ``K = n_rs_seq + 1`` slots (``min(n_seq_tokens, K)`` copies).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class Ssm(BuilderBase):
         key = (il, kind)
         if key not in self.kv:
             width = self.n_embd_r() if kind == "r" else self.n_embd_s()
-            t = T(self.g, "NONE", F32, [width, max(1, self.ctx.n_seqs)])
+            t = T(self.g, "NONE", F32, [width, max(1, self.ctx.n_seqs) * (1 + self.ctx.n_rs_seq)])
             t.name = f"cache_{kind}_l{il}"
             t.owner = self.ctx.layer_backend[il] if self.ctx.offload_kqv else self.ctx.cpu
             self.kv[key] = t
@@ -91,6 +93,9 @@ class Ssm(BuilderBase):
         n_seqs = self.ctx.n_seqs
         n_seq_tokens = self.ctx.n_tokens // n_seqs
         conv_dim = d_inner + 2 * n_group * d_state
+        k_slots = self.ctx.n_rs_seq + 1 if self.ctx.n_rs_seq > 0 else 1
+        n_written = min(n_seq_tokens, k_slots)
+        mem_size = max(1, n_seqs)
         r_all, s_all = self.state_tensor(il, "r"), self.state_tensor(il, "s")
         state_slots = s_all.ne[1]
         conv = self.build_rs(rs, r_all, self.n_embd_r())
@@ -103,11 +108,13 @@ class Ssm(BuilderBase):
         dt = o.view(zxbcdt, [n_head, n_seq_tokens, n_seqs], [zxbcdt.nb[1], zxbcdt.nb[2]],
                     (2 * d_inner + 2 * n_group * d_state) * f)
         conv_x = o.concat(conv, o.transpose(xbc), 0)
-        # the last d_conv - 1 columns back into the conv state (K = 1: one slot)
+        # the last d_conv - 1 columns back into the conv state, one copy per rollback slot
         row_count = (d_conv - 1) * conv_dim
-        last = o.view(conv_x, [d_conv - 1, conv_dim, n_seqs], [conv_x.nb[1], conv_x.nb[2]],
-                      n_seq_tokens * conv_x.nb[0])
-        self.expand(o.cpy(last, o.view(r_all, [row_count, n_seqs], [r_all.nb[1]], 0)))
+        for slot in range(n_written):
+            last = o.view(conv_x, [d_conv - 1, conv_dim, n_seqs], [conv_x.nb[1], conv_x.nb[2]],
+                          (n_seq_tokens - slot) * conv_x.nb[0])
+            dst = o.view(r_all, [row_count, n_seqs], [r_all.nb[1]], slot * mem_size * r_all.nb[1])
+            self.expand(o.cpy(last, dst))
         xbc = o.ssm_conv(conv_x, self.lw(il, "ssm_conv1d"))
         xbc = o.binary("ADD", xbc, self.lw(il, "ssm_conv1d", "bias"))
         xbc = o.unary("UNARY", xbc)  # silu
@@ -122,14 +129,14 @@ class Ssm(BuilderBase):
 
         def ssm_rows(states: T, ids: T) -> T:
             ssm = o.reshape(states, d_state, head_dim, n_head, state_slots)
-            return o.ssm_scan(ssm, x, dt, a, b_, c_, ids)
+            return o.ssm_scan(ssm, x, dt, a, b_, c_, ids, k_slots)
 
         y_ssm = self.build_rs(rs, s_all, self.n_embd_s(), ssm_rows)
         d = d_state * d_inner
         y_row = row_size(y_ssm.type, d)
         state_offset = x.nelements() * row_size(x.type, 1)
-        src = o.view(y_ssm, [d, n_seqs, 1], [y_row, y_row * n_seqs], state_offset)
-        dst = o.view(s_all, [d, n_seqs, 1], [s_all.nb[1], s_all.ne[1] * row_size(s_all.type, d)], 0)
+        src = o.view(y_ssm, [d, n_seqs, n_written], [y_row, y_row * n_seqs], state_offset)
+        dst = o.view(s_all, [d, n_seqs, n_written], [s_all.nb[1], mem_size * row_size(s_all.type, d)], 0)
         self.expand(o.cpy(src, dst))
         y = o.view(y_ssm, [head_dim, n_head, n_seq_tokens, n_seqs],
                    [x.nb[1], n_head * x.nb[1], n_seq_tokens * n_head * x.nb[1]], 0)
@@ -222,9 +229,14 @@ class Ssm(BuilderBase):
         conv = self.build_rs(rs, r_all, self.n_embd_r())
         conv = o.reshape(conv, d_conv, n_embd, n_seqs)
         bx = o.concat(conv, bx, 0)
-        snap = o.view(bx, [d_conv, bx.ne[1], bx.ne[2]], [bx.nb[1], bx.nb[2]],
-                      (bx.ne[0] - d_conv) * row_size(bx.type, 1))
-        self.expand(o.cpy(snap, o.view(r_all, [d_conv * n_embd, n_seqs], [r_all.nb[1]], 0)))
+        # slot 0 the final state, slot s the state s tokens back (causal: K = n_rs_seq + 1)
+        k_slots = self.ctx.n_rs_seq + 1 if self.ctx.n_rs_seq > 0 else 1
+        mem_size = max(1, n_seqs)
+        for slot in range(min(n_seq_tokens, k_slots)):
+            snap = o.view(bx, [d_conv, bx.ne[1], bx.ne[2]], [bx.nb[1], bx.nb[2]],
+                          (bx.ne[0] - d_conv - slot) * row_size(bx.type, 1))
+            dst = o.view(r_all, [d_conv * n_embd, n_seqs], [r_all.nb[1]], slot * mem_size * r_all.nb[1])
+            self.expand(o.cpy(snap, dst))
         conv_out = o.ssm_conv(bx, self.lw(il, "shortconv.conv"))
         y = o.binary("MUL", c_, conv_out)
         y = o.mul_mat(self.lw(il, "shortconv.out_proj"), y)
