@@ -28,10 +28,11 @@ and the entry point (``replay.py``).
    (expert biases, softmax over the chosen experts, output rows picked after the last layer),
    phi3 (fused SwiGLU, pre-scaled Q), granite (residual and logit scales), olmo2 (no pre-norms),
    cohere2 (its own parallel block). Recurrent and hybrid archs build their own graphs on the
-   recurrent blocks of ``ssm.py`` (``build_rs``, the Mamba-2 mixer, LFM2's short convolution):
-   mamba2, lfm2, granitehybrid, nemotron_h, qwen3next. Archs it cannot follow (encoders,
-   ``registry.NOT_REPLAYED``, layers whose tensors no family's check accepts) get
-   ``heuristic_bytes``, and the plan says "compute estimated, not replayed".
+   recurrent blocks of ``ssm.py`` (``build_rs``, the Mamba-1 and Mamba-2 mixers, LFM2's short
+   convolution, ``n_rs_seq`` rollback slots): mamba, mamba2, jamba, falcon-h1, lfm2(moe),
+   granitehybrid, nemotron_h(_moe); qwen3next has its own delta-net block. Archs it cannot follow
+   (rwkv*, plamo2, encoders, ``registry.NOT_REPLAYED``, layers whose tensors no family's check
+   accepts) get ``heuristic_bytes``, and the plan says "compute estimated, not replayed".
 2. **Scheduler** (``scheduler.schedule``): passes 1-5 of ``ggml_backend_sched_split_graph`` (weights pull
    their ops to their device, GPUs expand up and down, inputs start on the CPU, a copy of every
    tensor a split reads from another device, four copies (``GGML_SCHED_MAX_COPIES``) of every
