@@ -156,3 +156,17 @@ def test_run_check_compares_the_mtp_context_on_its_own_rows(models):
     assert rows[("Host", "mtp_context")].actual_bytes == 2 * MiB
     assert round(rows[("Host", "mtp_compute")].actual_bytes / MiB, 2) == 13.01
     assert result.ok, result.format() if hasattr(result, "format") else result
+
+
+def test_a_rollback_arch_keeps_n_max_state_snapshots_per_slot(tmp_path):
+    """llama-memory-recurrent.cpp: ``mem_size * (1 + n_rs_seq)`` rows, n_rs_seq = --spec-draft-n-max
+    for the draft-model types on an arch that rolls back (lfm2: llm_arch_supports_rs_rollback)."""
+    from synth import write_lfm2
+
+    model = read_model(write_lfm2(tmp_path / "lfm2.gguf", header_only=True), require_data=False)
+    base = LlamaSettings(n_ctx=4096)
+    kv_only = estimate(model, [], base).host.context_bytes - 4 * 4 * 512 * 2 * 4  # 4 conv blocks, 4 slots
+    # lfm2's conv state: n_embd x (l_cache - 1) F32 per slot and conv block
+    for spec, n_max, rows in ((None, 3, 1), ("draft-eagle3", 3, 4), ("draft-eagle3", 5, 6), ("ngram-mod", 3, 1)):
+        est = estimate(model, [], base.replace(spec_type=spec, spec_draft_n_max=n_max))
+        assert est.host.context_bytes == kv_only + rows * 4 * 4 * 512 * 2 * 4, (spec, n_max)

@@ -132,6 +132,9 @@ def plan_cmd(
     if split_mode == "auto" and (md or lora or lora_scaled or mmproj):
         raise UsageError("plan -sm auto compares splits of the model alone; a draft model, LoRA or projector is "
                          "planned with -sm layer, none or tensor", remedy="give -sm layer (run -sm auto plans them too)")
+    if split_mode in ("auto", "row") and spec_type:
+        raise UsageError(f"plan -sm {split_mode} compares splits without speculative decoding; --spec-type is "
+                         "planned with -sm layer or none", remedy="give -sm layer")
     if split_mode in ("auto", "row"):
         from llamasplit.cli.tensor import format_recommendation
         from llamasplit.planner.recommend import recommend

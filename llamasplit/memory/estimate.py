@@ -471,7 +471,8 @@ def estimate(model: ModelProfile, devices: Sequence[Device], settings: LlamaSett
         where.context_bytes += kv.kv_layer_bytes(hp, il, layout, settings.type_k, settings.type_v)
         # llama-memory-recurrent.cpp: the state on the layer's device when offloading (offload_kqv),
         # mem_size * (1 + n_rs_seq) rows (snapshots for speculative rollback, memory.mtp.n_rs_seq)
-        where.context_bytes += kv.recurrent_layer_bytes(hp, il, n_seq) * (1 + mtp.n_rs_seq(model.arch, settings.spec_type))
+        where.context_bytes += kv.recurrent_layer_bytes(hp, il, n_seq) * (1 + mtp.n_rs_seq(model.arch, settings.spec_type,
+                                                                                    settings.spec_draft_n_max))
 
     flash = settings.flash_attn != "off"
     n_outputs = n_ubatch if settings.binary in ("llama-completion", "llama-cli", "llama-fit-params") else n_seq
