@@ -170,3 +170,18 @@ def test_a_rollback_arch_keeps_n_max_state_snapshots_per_slot(tmp_path):
     for spec, n_max, rows in ((None, 3, 1), ("draft-eagle3", 3, 4), ("draft-eagle3", 5, 6), ("ngram-mod", 3, 1)):
         est = estimate(model, [], base.replace(spec_type=spec, spec_draft_n_max=n_max))
         assert est.host.context_bytes == kv_only + rows * 4 * 4 * 512 * 2 * 4, (spec, n_max)
+
+
+def test_cli_plans_draft_mtp_and_refuses_what_it_cannot_in_one_line(tmp_path, capsys):
+    from llamasplit.cli import main
+
+    glm = str(write_glm4moe(tmp_path / "glm.gguf", n_vocab=2048, n_embd=256, head_dim=32, n_ff=512, n_ff_exp=128))
+    assert main(["plan", glm, "--fleet", "3090", "-c", "4096", "--spec-type", "draft-mtp", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["command"][-2:] == ["--spec-type", "draft-mtp"]
+    for extra, words in ((["-ctkd", "q8_0"], "-ctkd/-ctvd"), (["-sm", "auto"], "-sm auto"),
+                         (["--spec-type", "mtp"], "comma-separated")):
+        args = ["plan", glm, "--fleet", "3090", "--spec-type", "draft-mtp", *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err

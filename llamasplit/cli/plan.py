@@ -67,6 +67,17 @@ def build_options(
     return PlanOptions(settings=settings, fixed=frozenset(fixed), margin_bytes=default_margin, margin_overrides=per_device)
 
 
+def refuse_unplanned_mtp_flags(spec_type: str | None, md: str | None, ctkd: str, ctvd: str) -> None:
+    """draft-mtp on the model's own NextN blocks sizes its MTP context's cache with -ctkd/-ctvd
+    (common_base_params_to_speculative); ``memory.mtp`` plans it as f16 only, so other types are
+    refused rather than planned wrong."""
+    from llamasplit.memory import mtp
+
+    if mtp.enabled(spec_type) and not md and (ctkd != "f16" or ctvd != "f16"):
+        raise UsageError("-ctkd/-ctvd with --spec-type draft-mtp on the model's own NextN blocks are not planned",
+                         remedy="drop them (the MTP context's cache is planned as llama.cpp's default f16)")
+
+
 def parse_margins(text: str) -> tuple[int, tuple[tuple[str, int], ...]]:
     """``1GiB`` or ``1GiB,CUDA1=3GiB,Host=8GiB``: the default margin, then per-device ones.
 
@@ -157,6 +168,7 @@ def plan_cmd(
     )
     if split_mode != "layer":
         options = dataclasses.replace(options, settings=options.settings.replace(split_mode=split_mode))
+    refuse_unplanned_mtp_flags(spec_type, md, ctkd, ctvd)
     options = dataclasses.replace(options, companions=companions_from_flags(
         md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,
         draft_n_max=draft_n_max, lora=lora, lora_scaled=lora_scaled))

@@ -21,7 +21,7 @@ import typer
 from llamasplit.cli import options as O
 
 from llamasplit.cli.app import app, say
-from llamasplit.cli.plan import _fleet, build_options, companions_from_flags
+from llamasplit.cli.plan import _fleet, build_options, companions_from_flags, refuse_unplanned_mtp_flags
 from llamasplit.errors import LaunchError, UsageError
 from llamasplit.planner.plan import Plan, plan
 from llamasplit.memory.settings import BINARIES
@@ -211,6 +211,7 @@ def run_cmd(
             margin=margin, swa_full=swa_full, nkvo=nkvo, no_mmap=no_mmap, ot=ot, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe,
             mmproj=mmproj, no_mmproj_offload=no_mmproj_offload, spec_type=spec_type,
         )
+        refuse_unplanned_mtp_flags(spec_type, md, ctkd, ctvd)
         options = dataclasses.replace(options, companions=companions_from_flags(
             md=md, ngld=ngld, devd=devd, ctkd=ctkd, ctvd=ctvd, otd=otd, cmoed=cmoed, ncmoed=ncmoed,
             draft_n_max=draft_n_max, lora=lora, lora_scaled=lora_scaled))
