@@ -1033,7 +1033,11 @@ def write_gemma3_mmproj(
     w = GGUFWriter(str(path), "clip")
     w.add_string("clip.projector_type", proj_type)
     w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.use_gelu", proj_type != "mlp")
+    w.add_bool("clip.use_gelu", proj_type not in ("mlp", "pixtral"))
+    if proj_type == "pixtral":
+        w.add_bool("clip.use_silu", True)
+        if n_merge > 1:
+            w.add_uint32("clip.vision.spatial_merge_size", n_merge)
     w.add_uint32("clip.vision.embedding_length", n_embd)
     w.add_uint32("clip.vision.feed_forward_length", n_ff)
     w.add_uint32("clip.vision.block_count", n_layer)
@@ -1050,10 +1054,18 @@ def write_gemma3_mmproj(
     if proj_type == "mlp":
         tensors += [("v.class_embd", (n_embd,)), ("v.position_embd.weight", (n_embd, n_patches + 1)),
                     ("v.pre_ln.weight", (n_embd,)), ("v.pre_ln.bias", (n_embd,))]
+    elif proj_type == "pixtral":
+        tensors += [("v.pre_ln.weight", (n_embd,))]
     else:
         tensors += [("v.patch_embd.bias", (n_embd,)), ("v.position_embd.weight", (n_embd, n_patches))]
     for il in range(n_layer):
         b = f"v.blk.{il}."
+        if proj_type == "pixtral":  # no biases, RMS norms, a SwiGLU FFN
+            tensors += [(b + stem + ".weight", (n_embd, n_embd)) for stem in ("attn_q", "attn_k", "attn_v", "attn_out")]
+            tensors += [(b + "ln1.weight", (n_embd,)), (b + "ln2.weight", (n_embd,)),
+                        (b + "ffn_gate.weight", (n_embd, n_ff)), (b + "ffn_up.weight", (n_embd, n_ff)),
+                        (b + "ffn_down.weight", (n_ff, n_embd))]
+            continue
         for stem in ("attn_q", "attn_k", "attn_v", "attn_out"):
             tensors += [(b + stem + ".weight", (n_embd, n_embd)), (b + stem + ".bias", (n_embd,))]
         tensors += [
@@ -1065,6 +1077,11 @@ def write_gemma3_mmproj(
     if proj_type == "mlp":
         tensors += [("mm.0.weight", (n_embd, n_ff)), ("mm.0.bias", (n_ff,)),
                     ("mm.2.weight", (n_ff, n_embd_text)), ("mm.2.bias", (n_embd_text,))]
+    elif proj_type == "pixtral":
+        if n_merge > 1:  # Mistral-Small-3.1's patch merger
+            tensors += [("mm.input_norm.weight", (n_embd,)), ("mm.patch_merger.weight", (n_embd * n_merge * n_merge, n_embd))]
+        tensors += [("mm.1.weight", (n_embd, n_ff)), ("mm.1.bias", (n_ff,)), ("mm.2.weight", (n_ff, n_embd_text)),
+                    ("mm.2.bias", (n_embd_text,)), ("v.token_embd.img_break", (n_embd_text,))]
     else:
         tensors += [("v.post_ln.weight", (n_embd,)), ("v.post_ln.bias", (n_embd,))]
     if proj_type == "idefics3":

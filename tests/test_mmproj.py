@@ -12,7 +12,8 @@ The compute figures below were recorded from the pinned llama.cpp (GGML_RPC_DEBU
 ``A`` = ``write_gemma3_mmproj`` defaults; ``B`` = ``n_embd=96, n_head=3, n_ff=200, n_layer=1,
 image_size=512, patch_size=16, n_merge=2, matrix_type="Q8_0"``; ``I`` and ``I2`` are idefics3
 (SmolVLM) projectors, ``I`` with a 30-patch side that the pixel shuffle pads to 32; ``L`` and
-``L2`` are LLaVA-1.5 (``mlp``) projectors.
+``L2`` are LLaVA-1.5 (``mlp``) projectors; ``P`` and ``P2`` Pixtral ones (2D rope, SwiGLU, ``P2`` with
+Mistral-Small-3.1's 2 x 2 patch merger).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ B_SPEC = dict(n_embd=96, n_head=3, n_ff=200, n_layer=1, image_size=512, patch_si
 I_SPEC = dict(proj_type="idefics3", n_merge=4, image_size=480, patch_size=16, n_embd=72, n_head=4, n_ff=160, n_layer=2)
 L_SPEC = dict(proj_type="mlp", image_size=336, patch_size=14, n_embd=64, n_head=4, n_ff=256, n_layer=3)
 L2_SPEC = dict(proj_type="mlp", image_size=224, patch_size=16, n_embd=96, n_head=2, n_ff=192, n_layer=2, matrix_type="Q8_0")
+P_SPEC = dict(proj_type="pixtral", n_merge=1, image_size=512, patch_size=16, n_embd=64, n_head=4, n_ff=128, n_layer=2)
+P2_SPEC = dict(proj_type="pixtral", n_merge=2, image_size=512, patch_size=14, n_embd=96, n_head=2, n_ff=160, n_layer=1)
 I2_SPEC = dict(proj_type="idefics3", n_merge=4, image_size=512, patch_size=16, n_embd=64, n_head=2, n_ff=128, n_layer=1,
                matrix_type="Q8_0")
 
@@ -376,3 +379,18 @@ def test_mutated_projector_headers_end_in_our_errors(proj_a, tmp_path):
 
 
 CASES_FUZZ = 400
+
+
+@pytest.mark.parametrize("spec, fa, warmup, device, grown", [
+    (P_SPEC, "auto", 256, 1515520, 5914624), (P_SPEC, "off", 256, 1873920, None),
+    (P2_SPEC, "auto", 448, 3657728, None), (P2_SPEC, "off", 448, 10391552, 142155776),
+])
+def test_pixtral_warmup_and_its_largest_image(tmp_path, spec, fa, warmup, device, grown):
+    # warmup: set_warmup_n_tokens(256) = 16 x 16 merged patches; the largest image: 1024 tokens, 32 x 32
+    p = read_projector(write_gemma3_mmproj(tmp_path / "mmproj-p.gguf", **spec))
+    e = estimate_projector(p, [_rpc()], flash_attn=fa)
+    assert (e.image_size, e.largest_image, e.compute_bytes) == (warmup, 2 * warmup, device)
+    if grown is not None:
+        # recorded: the worker's third alloc_buffer after one chat request with a largest-size PNG
+        # (benchmarks/mmproj_accuracy.py --growth): the warmup's buffer grown to that image's graph
+        assert e.compute_bytes + e.growth_bytes == grown

@@ -1,6 +1,6 @@
 """The multimodal projector against the pinned llama-server: the plan's projector weights and
 warmup compute are the buffers llama.cpp allocates for two synthetic gemma3 projectors, an
-idefics3 one and a LLaVA-1.5 one (``synth.write_gemma3_mmproj``) loaded beside SmolLM2.
+idefics3 one, a LLaVA-1.5 one and a Pixtral one (``synth.write_gemma3_mmproj``) loaded beside SmolLM2.
 
 - Over one RPC worker (the text model on the CPU, ``-ngl 0``, so every buffer on the worker is
   the projector's): the worker's ``GGML_RPC_DEBUG`` ``alloc_buffer`` lines give the weights and
@@ -42,6 +42,9 @@ def projectors(tmp_path_factory):
         # idefics3 (SmolVLM): a 30-patch side, padded to 32 by the pixel shuffle
         "i": write_gemma3_mmproj(tmp / "mmproj-i-f16.gguf", proj_type="idefics3", n_merge=4, image_size=480,
                                  patch_size=16, n_embd=72, n_head=4, n_ff=160, n_layer=2),
+        # Pixtral: 2D rope, RMS norms, SwiGLU, the [IMG_BREAK] rows; its warmup is 16 x 16 patches
+        "p": write_gemma3_mmproj(tmp / "mmproj-p-f16.gguf", proj_type="pixtral", n_merge=1, image_size=512,
+                                 patch_size=16, n_embd=64, n_head=4, n_ff=128, n_layer=2),
         # LLaVA-1.5 (mlp): class embedding, learned positions by get_rows, the last block not run
         "l": write_gemma3_mmproj(tmp / "mmproj-l-f16.gguf", proj_type="mlp", image_size=336, patch_size=14,
                                  n_embd=64, n_head=4, n_ff=256, n_layer=3),
@@ -80,7 +83,7 @@ def _rpc_device(ep: str) -> Device:
 
 
 @pytest.mark.parametrize("which, fa", [("a", "auto"), ("a", "off"), ("b", "on"), ("b", "off"), ("i", "auto"), ("i", "off"),
-                                      ("l", "auto"), ("l", "off")])
+                                      ("l", "auto"), ("l", "off"), ("p", "auto"), ("p", "off")])
 def test_projector_on_an_rpc_worker_is_what_llama_server_allocates(smollm2_path, projectors, worker, which, fa):
     ep = endpoints([worker])[0]
     start = len(worker.log_text())
@@ -96,7 +99,7 @@ def test_projector_on_an_rpc_worker_is_what_llama_server_allocates(smollm2_path,
     assert printed["CPU"] == f"{est.host_compute_bytes / MiB:.2f}"
 
 
-@pytest.mark.parametrize("which, fa", [("a", "auto"), ("b", "off")])
+@pytest.mark.parametrize("which, fa", [("a", "auto"), ("b", "off"), ("p", "auto")])
 def test_projector_on_the_cpu_is_what_llama_server_allocates(smollm2_path, projectors, which, fa):
     log = _server_log(smollm2_path, projectors[which], ["-fa", fa])
     assert "CLIP using CPU backend" in log

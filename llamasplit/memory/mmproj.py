@@ -65,7 +65,7 @@ from llamasplit.memory.weights import CPU_ALIGNMENT
 from llamasplit.model.projector import ProjectorProfile, _fail
 from llamasplit.untrusted import printable
 
-REPLAYED_TYPES = frozenset({"gemma3", "idefics3", "mlp"})
+REPLAYED_TYPES = frozenset({"gemma3", "idefics3", "mlp", "pixtral"})
 """Projector types whose warmup graph is replayed (``clip_get_graph_builder`` -> ``clip_graph_siglip``)."""
 
 def projector_device(devices: Sequence[Device], offload: bool = True) -> int | None:
@@ -99,6 +99,11 @@ class ProjectorEstimate:
     image_size: int
     estimated: bool = False
     """The compute is a guide (``_Clip.vit`` at ``largest_image``), not a replay."""
+    growth_bytes: int = 0
+    """Replayed types that take larger images than their warmup's (pixtral): what the device's compute
+    buffer grows by at the largest one (``largest_image``), beyond ``compute_bytes``."""
+    host_growth_bytes: int = 0
+    largest_image: int | None = None
 
     @property
     def device_bytes(self) -> int:
@@ -146,7 +151,8 @@ class _Clip:
         self.o = Ops(self.g)
         self.weights: dict[str, T] = {}
         self.by_name = {t.name: t for t in profile.tensors}
-        self.image = sz = image or profile.warmup_image_size
+        self.image = sz = image or warmup_image(profile)
+        self.pos: tuple[T, T] | None = None  # pixtral's 2D rope positions (pos_h, pos_w)
         P = profile.patch_size
         self.npx = sz // P
         self.n_patches = self.npx * self.npx
@@ -186,9 +192,10 @@ class _Clip:
         return o.binary("ADD", cur, bias) if bias is not None else cur
 
     def norm(self, cur: T, stem: str) -> T:
-        """``build_norm`` with NORM_TYPE_NORMAL: ggml_norm, times the weight, plus the bias."""
+        """``build_norm``: ggml_norm (NORM_TYPE_NORMAL; ggml_rms_norm for pixtral's NORM_TYPE_RMS),
+        times the weight, plus the bias."""
         o = self.o
-        cur = o.dup("NORM", cur, cur)
+        cur = o.rms_norm(cur) if self.p.proj_type == "pixtral" else o.dup("NORM", cur, cur)
         mw, mb = self.w(stem + ".weight", False), self.w(stem + ".bias", False)
         if mw is not None:
             cur = o.binary("MUL", cur, mw)
@@ -210,6 +217,10 @@ class _Clip:
         q = o.reshape(self.mm(cur, b + "attn_q"), D, H, n_pos, 1)
         k = o.reshape(self.mm(cur, b + "attn_k"), D, Hkv, n_pos, 1)
         v = o.reshape(self.mm(cur, b + "attn_v"), D, Hkv, n_pos, 1)
+        if self.pos is not None:
+            # build_vit's add_pos (pixtral: build_rope_2d, a rope on each half of the head by row and column)
+            q = o.rope(o.rope(q, self.pos[0], None), self.pos[1], None)
+            k = o.rope(o.rope(k, self.pos[0], None), self.pos[1], None)
         for t in (q, k, v):  # build_attn: ggml_build_forward_order(q), (k), (v)
             self.g.expand(t)
         qp, kp = o.permute(q, 0, 2, 1, 3), o.permute(k, 0, 2, 1, 3)
@@ -226,17 +237,20 @@ class _Clip:
         return self.mm(cur, b + "attn_out")
 
     def ffn(self, cur: T, il: int) -> T:
-        """``build_ffn`` without a gate: up (+bias), the activation (a UNARY op), down (+bias)."""
+        """``build_ffn``: up (+bias); with a gate, gate (+bias) and the split GLU (swiglu/geglu:
+        ``GLU(gate, up)``), else the activation (a UNARY op); down (+bias)."""
         b = f"v.blk.{il}."
-        if self.w(b + "ffn_gate.weight", False) is not None:
-            raise _fail(self.p.path, "a gated vision FFN is not replayed")
         up, down = self.w(b + "ffn_up.weight"), self.w(b + "ffn_down.weight")
         assert up is not None and down is not None
-        if down.ne[0] == self.p.n_embd:  # load_tensors: old conversions swapped up and down
-            up_stem, down_stem = b + "ffn_down", b + "ffn_up"
+        if self.p.proj_type in _SWAPPED_FFN_TYPES and down.ne[0] == self.p.n_embd:
+            up_stem, down_stem = b + "ffn_down", b + "ffn_up"  # load_tensors: old conversions swapped them
         else:
             up_stem, down_stem = b + "ffn_up", b + "ffn_down"
-        cur = self.o.unary("UNARY", self.mm(cur, up_stem))
+        tmp = self.mm(cur, up_stem)
+        if self.w(b + "ffn_gate.weight", False) is not None:
+            cur = self.o.glu(self.mm(cur, b + "ffn_gate"), tmp)
+        else:
+            cur = self.o.unary("UNARY", tmp)
         return self.mm(cur, down_stem)
 
     def layer(self, inpL: T, il: int, n_pos: int) -> T:
@@ -335,9 +349,59 @@ class _Clip:
         return self.g
 
 
-def _graph(profile: ProjectorProfile, owner: int, flash: bool) -> Graph:
-    clip = _Clip(profile, owner, flash)
-    return clip.llava() if profile.proj_type == "mlp" else clip.siglip()
+    def pixtral(self) -> Graph:
+        """``clip_graph_pixtral::build``: 2D rope instead of learned positions, RMS norms, a SwiGLU
+        tower, Mistral-Small-3.1's patch merger (when the file has it), the LLaVA MLP (GELU), and an
+        ``[IMG_BREAK]`` row appended per image row."""
+        o, p, E, npx = self.o, self.p, self.p.n_embd, self.npx
+        m = p.spatial_merge_size or 1
+        self.pos = (o.input("pos_h", I32, [self.n_patches]), o.input("pos_w", I32, [self.n_patches]))
+        cur = o.reshape(self.inp(), E, self.n_patches)
+        if self.w("v.pre_ln.weight", False) is not None:
+            cur = self.norm(cur, "v.pre_ln")
+        for il in range(p.n_layer):
+            cur = self.layer(cur, il, self.n_patches)
+        if self.w("v.post_ln.weight", False) is not None:
+            cur = self.norm(cur, "v.post_ln")
+        cur = o.reshape(cur, E, self.n_patches, 1)
+        merger = self.w("mm.patch_merger.weight", False)
+        if merger is not None:
+            cur = o.binary("MUL", o.rms_norm(cur), self.w("mm.input_norm.weight"))  # type: ignore[arg-type]
+            cur = o.reshape(cur, E, npx, npx)
+            cur = o.cont(o.permute(cur, 2, 0, 1, 3))  # [x, y, n_embd]
+            kernel = o.view(cur, [m, m, cur.ne[2]], [0, 0], 0)  # a dummy kernel: unfold is an im2col
+            side = (npx - m) // m + 1
+            cur = o.new("IM2COL", F32, [cur.ne[2] * m * m, side, side, cur.ne[3]], kernel, cur)
+            cur = o.reshape(cur, cur.ne[0], cur.ne[1] * cur.ne[2])
+            cur = o.mul_mat(merger, cur)
+        cur = self.mm(cur, "mm.1")
+        cur = o.unary("UNARY", cur)  # FFN_GELU
+        cur = self.mm(cur, "mm.2")
+        brk = self.w("v.token_embd.img_break")
+        assert brk is not None
+        p_x = p_y = npx // m
+        n_text = cur.ne[0]
+        tmp = o.reshape(cur, n_text, p_x, p_y)
+        tok = T(self.g, "NONE", F32, [n_text, 1, p_y])  # a plain tensor of the graph, cleared by a scale
+        tok = o.binary("ADD", o.unary("SCALE", tok), brk)
+        tmp = o.concat(tmp, tok, 1)
+        cur = o.view(tmp, [n_text, p_x * p_y + p_y - 1], [tmp.nb[1]], 0)
+        self.g.expand(cur)
+        return self.g
+
+
+_SWAPPED_FFN_TYPES = frozenset({"mlp", "mlp_norm", "ldp", "ldpv2", "qwen2vl_merger", "qwen2.5vl_merger", "exaone4_5",
+                                "glm_edge", "gemma3", "idefics3", "minicpmv", "minicpmv4_6"})
+"""load_tensors' ``is_ffn_swapped``: for these types a ``ffn_down`` whose rows are ``n_embd`` long is
+really the up projection (old conversions)."""
+
+
+def warmup_image(profile: ProjectorProfile) -> int:
+    """``get_dummy_batch``'s square side: ``image_size``, or pixtral's ``set_warmup_n_tokens(256)``
+    (16 x 16 merged patches)."""
+    if profile.proj_type == "pixtral":
+        return 16 * profile.patch_size * (profile.spatial_merge_size or 1)
+    return profile.image_size
 
 
 _DYNAMIC_TOKENS: dict[str, tuple[int, int, str]] = {
@@ -380,30 +444,46 @@ def _estimate_on(profile: ProjectorProfile, backends: tuple[Backend, ...], flash
     """The projector on ``backends[0]`` (the CPU last); cached: the planner asks once per trial split."""
     index = None if len(backends) == 1 else 0
     w_bytes = weights_bytes(profile, "CPU" if index is None else backends[0].alloc or backends[0].kind)
-    owner = 0
-    compute: int | None = None
-    host: int | None = None
-    image, estimated = profile.warmup_image_size, False
+    image, estimated = warmup_image(profile), False
     if profile.has_vision and profile.proj_type not in REPLAYED_TYPES and profile.image_size > 0:
         image, estimated = largest_image(profile), True
-    n_pos = (image // profile.patch_size) ** 2 if profile.patch_size else 0
-    flash = _flash(profile, flash_attn, backends[owner], n_pos + (1 if profile.proj_type == "mlp" else 0))
-    graph: Graph | None = None
-    if profile.has_vision and profile.proj_type in REPLAYED_TYPES:
-        graph = _graph(profile, owner, flash)
-    elif estimated:
-        try:
-            graph = _Clip(profile, owner, flash, image).vit()
-        except ModelReadError:
-            graph = None  # a tower the guide cannot follow: unknown
-    if graph is not None:
+
+    def n_pos(side: int) -> int:
+        return (side // profile.patch_size) ** 2 + (1 if profile.proj_type == "mlp" else 0) if profile.patch_size else 0
+
+    flash = _flash(profile, flash_attn, backends[0], n_pos(image))
+
+    def sizes_at(side: int | None) -> tuple[int, int] | None:
+        if profile.has_vision and profile.proj_type in REPLAYED_TYPES:
+            clip = _Clip(profile, 0, flash, side)
+            graph = clip.pixtral() if profile.proj_type == "pixtral" else clip.llava() if profile.proj_type == "mlp" \
+                else clip.siglip()
+        elif estimated:
+            try:
+                graph = _Clip(profile, 0, flash, side).vit()
+            except ModelReadError:
+                return None  # a tower the guide cannot follow: unknown
+        else:
+            return None
         nodes, node_b, leafs, leaf_b = schedule(graph, list(backends), {}, 1)
         sizes = allocate_graph(nodes, node_b, leafs, leaf_b, list(backends), len(graph.all))
-        compute = sizes[0]
-        host = 0 if index is None else sizes[-1]
+        return sizes[0], (0 if index is None else sizes[-1])
+
+    at_warmup = sizes_at(image)
+    growth = host_growth = 0
+    largest = image
+    if at_warmup is not None and not estimated and profile.proj_type in _DYNAMIC_TOKENS:
+        # a larger image than the warmup's grows the buffers on its first encode (the allocator only grows)
+        largest = largest_image(profile)
+        at_most = sizes_at(largest)
+        if at_most is not None:
+            growth = max(0, at_most[0] - at_warmup[0])
+            host_growth = max(0, at_most[1] - at_warmup[1])
     return ProjectorEstimate(
-        proj_type=profile.proj_type, device_index=index, weights_bytes=w_bytes, compute_bytes=compute,
-        host_compute_bytes=host, flash_attn=flash, image_size=image, estimated=estimated and graph is not None,
+        proj_type=profile.proj_type, device_index=index, weights_bytes=w_bytes,
+        compute_bytes=at_warmup[0] if at_warmup else None, host_compute_bytes=at_warmup[1] if at_warmup else None,
+        flash_attn=flash, image_size=image, estimated=estimated and at_warmup is not None,
+        growth_bytes=growth, host_growth_bytes=host_growth, largest_image=largest,
     )
 
 
