@@ -503,6 +503,9 @@ def with_companions(main: Estimate, extra: CompanionEstimate) -> Estimate:
         compute_part = "mmproj_compute_estimate" if extra.mmproj.estimated else "mmproj_compute"
         add(extra.mmproj_device_name, compute_part, extra.mmproj.compute_bytes or 0)
         add(HOST, compute_part, extra.mmproj.host_compute_bytes or 0)
+        # a type that takes larger images than its warmup's: the buffers grow on the first such image
+        add(extra.mmproj_device_name, "mmproj_compute_growth", extra.mmproj.growth_bytes)
+        add(HOST, "mmproj_compute_growth", extra.mmproj.host_growth_bytes)
     return dataclasses.replace(main, devices=tuple(devs), host=host)
 
 

@@ -349,7 +349,8 @@ class Plan:
         out = []
         for what, parts in (("draft model", ("draft_model", "draft_context", "draft_compute", "draft_output")),
                             ("LoRA", ("lora", "lora_compute")),
-                            ("projector", ("mmproj_model", "mmproj_compute", "mmproj_compute_estimate")),
+                            ("projector", ("mmproj_model", "mmproj_compute", "mmproj_compute_estimate",
+                                           "mmproj_compute_growth")),
                             ("MTP context", ("mtp_context", "mtp_compute", "mtp_output"))):
             cells = []
             for d in (*self.devices, self.host):
