@@ -394,3 +394,14 @@ def test_pixtral_warmup_and_its_largest_image(tmp_path, spec, fa, warmup, device
         # recorded: the worker's third alloc_buffer after one chat request with a largest-size PNG
         # (benchmarks/mmproj_accuracy.py --growth): the warmup's buffer grown to that image's graph
         assert e.compute_bytes + e.growth_bytes == grown
+
+
+def test_plan_counts_pixtral_growth_apart(smollm2_path, tmp_path):
+    path = write_gemma3_mmproj(tmp_path / "mmproj-p.gguf", **P_SPEC)
+    p = llamasplit.plan(smollm2_path, [], ctx=1024, mmproj=str(path), fa="auto")
+    parts = p.host.companion_parts
+    # on the CPU alone (flash attention on): the warmup reservation, then what the largest image adds
+    e = estimate_projector(read_projector(path), [], flash_attn="auto")
+    assert parts == {"mmproj_model": e.weights_bytes, "mmproj_compute": e.compute_bytes,
+                     "mmproj_compute_growth": e.growth_bytes}
+    assert e.growth_bytes > 0 and "compute_growth" in p.summary()
