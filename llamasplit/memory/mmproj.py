@@ -38,10 +38,13 @@ Read from the pinned llama.cpp (``tools/mtmd``, ``tools/server``, ``common/arg.c
 
 The warmup graph is replayed (``_Clip``, through ``memory/graph``'s scheduler and allocator) for
 ``gemma3`` and ``idefics3`` (``models/siglip.cpp``: ``build_vit`` then the pooled projection, or the
-pixel shuffle) and LLaVA-1.5's ``mlp`` (``models/llava.cpp``). These take images of one size (or
-tiles of it, encoded one at a time: ``clip_graph_siglip`` does not batch), so the warmup is the
-largest reservation. ``benchmarks/mmproj_accuracy.py``: 70/70 buffers the same 0.01 MiB as
-llama-server, the worker's allocations the same byte. Other types get a guide
+pixel shuffle), LLaVA-1.5's ``mlp`` (``models/llava.cpp``) and ``pixtral`` (``models/pixtral.cpp``).
+The first three take images of one size (or tiles of it, encoded one at a time:
+``clip_graph_siglip`` does not batch), so the warmup is the largest reservation. Pixtral's warmup
+is 16 x 16 merged patches but it takes up to 1024 tokens: its graph is replayed at that largest
+image too, and the difference is part ``mmproj_compute_growth`` (the allocator only grows, on the
+first such image). ``benchmarks/mmproj_accuracy.py --growth``: 94/94 buffers the same 0.01 MiB as
+llama-server, the worker's allocations (the grown one after a real request included) the same byte. Other types get a guide
 (``_Clip.vit``: ``build_inp`` and the standard blocks at ``largest_image``, the largest image the
 type accepts; part ``mmproj_compute_estimate``), or None where the tower is not standard; their weights
 are exact.
