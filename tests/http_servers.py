@@ -19,17 +19,42 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 @dataclass
 class Log:
-    """Every request a server answered: (method, path, Range header, status, body bytes sent)."""
+    """Every request a server answered: (method, path, Range header, status, body bytes sent).
 
-    entries: list[tuple[str, str, str | None, int, int]] = field(default_factory=list)
-    authorization: list[str | None] = field(default_factory=list)
+    A request is counted as begun before its handler sends anything, and logged after its last
+    byte: reading ``entries`` or ``authorization`` waits (up to 5 s) until no request is in flight,
+    so a client that has its answer never reads the log before the server has written it."""
+
+    _entries: list[tuple[str, str, str | None, int, int]] = field(default_factory=list)
+    _authorization: list[str | None] = field(default_factory=list)
     """The ``Authorization`` header of every request, in order."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    in_flight: int = 0
+
+    def begin(self) -> None:
+        with self.lock:
+            self.in_flight += 1
 
     def add(self, *entry, authorization: str | None = None) -> None:
         with self.lock:
-            self.entries.append(entry)
-            self.authorization.append(authorization)
+            self._entries.append(entry)
+            self._authorization.append(authorization)
+            self.in_flight = max(0, self.in_flight - 1)
+            self.lock.notify_all()
+
+    def _settled(self) -> None:
+        with self.lock:
+            self.lock.wait_for(lambda: self.in_flight == 0, timeout=5.0)
+
+    @property
+    def entries(self) -> list[tuple[str, str, str | None, int, int]]:
+        self._settled()
+        return self._entries
+
+    @property
+    def authorization(self) -> list[str | None]:
+        self._settled()
+        return self._authorization
 
     @property
     def body_bytes(self) -> int:
@@ -39,9 +64,10 @@ class Log:
         return [e for e in self.entries if e[0] == "GET"]
 
     def clear(self) -> None:
+        self._settled()
         with self.lock:
-            self.entries.clear()
-            self.authorization.clear()
+            self._entries.clear()
+            self._authorization.clear()
 
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -80,9 +106,11 @@ class StaticServer:
                 pass
 
             def do_HEAD(self) -> None:
+                server.log.begin()
                 server._answer(self, head=True)
 
             def do_GET(self) -> None:
+                server.log.begin()
                 server._answer(self, head=False)
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
@@ -208,9 +236,11 @@ class HubServer:
                 pass
 
             def do_HEAD(self) -> None:
+                server.log.begin()
                 server._answer(self)
 
             def do_GET(self) -> None:
+                server.log.begin()
                 server._answer(self)
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
