@@ -1,7 +1,7 @@
 """llama-server's real buffers with ``--spec-type draft-mtp``, against the estimate.
 
-For the synthetic GLM-4.5-shaped glm4moe and the qwen3next with one NextN block each
-(tests/synth.py), on the CPU and on two RPC workers (every layer and ``-ngl 3``), two contexts,
+For the synthetic GLM-4.5-shaped glm4moe, the qwen3next and the DeepSeek-V3-shaped deepseek2 with
+one NextN block each (tests/synth.py, tests/synth_mtp.py), on the CPU and on two RPC workers (every layer and ``-ngl 3``), two contexts,
 flash attention on and off: llama-server's ``load_tensors`` / ``llama_kv_cache`` /
 ``llama_memory_recurrent`` / ``sched_reserve`` lines, split into the main context's and the MTP
 context's (the lines after ``creating MTP draft context``; a buffer reserved twice counts at its
@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from synth import write_glm4moe, write_qwen3next  # noqa: E402
+from synth_mtp import write_deepseek2_mtp  # noqa: E402
 
 from llamasplit.devices.device import Device  # noqa: E402
 from llamasplit.llamacpp.binaries import LLAMA_CPP_PYTHON_VERSION, find_binary, want_amx  # noqa: E402
@@ -40,8 +41,9 @@ RELEVANT_CPU_FLAGS = frozenset({"avx2", "avx512f", "amx_int8", "avx512_vnni", "a
 MODELS = {
     "glm4moe": lambda path, **kw: write_glm4moe(path, vocab="spm", **kw),
     "qwen3next": lambda path, **kw: write_qwen3next(path, n_nextn=1, **kw),
+    "deepseek2": write_deepseek2_mtp,
 }
-"""The two MTP archs whose MTP graph is replayed, each with one NextN block."""
+"""The MTP archs whose MTP graph is replayed, each with one NextN block."""
 
 _BUFFER = re.compile(r"(load_tensors|llama_kv_cache|sched_reserve|llama_memory_recurrent):\s+(\S+)\s+"
                      r"(model|KV|compute|RS) buffer size =\s+([\d.]+) MiB")

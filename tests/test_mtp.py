@@ -1,7 +1,7 @@
 """MTP speculative decoding (``--spec-type draft-mtp``, ``memory.mtp``) without binaries: the
 arithmetic of each rule, the refusals, and llama-server's real buffers recorded in
-``tests/golden/mtp_server.json`` (``benchmarks/mtp_server.py --record``: the synthetic glm4moe and
-qwen3next with one NextN block each, CPU and two RPC workers, every layer and ``-ngl 3``, two
+``tests/golden/mtp_server.json`` (``benchmarks/mtp_server.py --record``: the synthetic glm4moe,
+qwen3next and deepseek2 with one NextN block each, CPU and two RPC workers, every layer and ``-ngl 3``, two
 contexts, flash attention on and off), each the same 0.01 MiB in the estimate.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from synth import write_glm4moe, write_llama_dense, write_qwen3next
+from synth_mtp import write_deepseek2_mtp
 
 from llamasplit.devices.device import Device, Fleet, HostInfo
 from llamasplit.errors import UsageError
@@ -27,6 +28,7 @@ GOLDEN = json.loads((Path(__file__).with_name("golden") / "mtp_server.json").rea
 WRITERS = {
     "glm4moe": lambda path: write_glm4moe(path, vocab="spm", header_only=True),
     "qwen3next": lambda path: write_qwen3next(path, n_nextn=1, header_only=True),
+    "deepseek2": lambda path: write_deepseek2_mtp(path, header_only=True),
 }
 """benchmarks/mtp_server.py MODELS, header only."""
 
@@ -91,6 +93,9 @@ def test_draft_mtp_is_refused_in_one_line_where_llama_cpp_has_no_mtp_head(tmp_pa
         plan(llama, _fleet(), opts)
     with pytest.raises(UsageError, match="nextn_predict_layers is 0"):
         plan(no_nextn, _fleet(), opts)
+    two = read_model(write_deepseek2_mtp(tmp_path / "d.gguf", n_nextn=2, header_only=True), require_data=False)
+    with pytest.raises(UsageError, match="runs one NextN block, this model has 2"):
+        plan(two, _fleet(), opts)
     with pytest.raises(UsageError, match="not a flag of llama-fit-params"):
         LlamaSettings(spec_type="draft-mtp", binary="llama-fit-params")
     with pytest.raises(UsageError, match="comma-separated list"):

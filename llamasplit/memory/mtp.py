@@ -51,6 +51,9 @@ MTP_ARCHS = frozenset({
 })
 """Archs whose ``build_arch_graph`` builds an ``LLM_GRAPH_TYPE_DECODER_MTP`` graph (src/models/*.cpp)."""
 
+SINGLE_BLOCK_ARCHS = frozenset({"glm4moe", "qwen3next", "deepseek2"})
+"""Archs whose ``graph_mtp`` asserts ``n_layer_nextn == 1`` (glm4-moe.cpp, qwen3next.cpp, deepseek2.cpp)."""
+
 RS_ROLLBACK_ARCHS = frozenset({"kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "glm5-next", "nemotron_h",
                                "nemotron_h_moe", "lfm2", "lfm2moe", "bailingmoe3"})
 """``llm_arch_supports_rs_rollback`` (src/llama-arch.cpp): the archs whose recurrent state keeps
@@ -70,9 +73,16 @@ def check(model: ModelProfile) -> None:
     if model.arch not in MTP_ARCHS:
         raise UsageError(f"--spec-type draft-mtp: llama.cpp has no MTP head for the {model.arch} architecture",
                          remedy=f"use it with one of {', '.join(sorted(MTP_ARCHS))}, or drop --spec-type")
-    if not model.hparams.n_layer_nextn:
+    hp = model.hparams
+    if not hp.n_layer_nextn:
         raise UsageError(f"--spec-type draft-mtp: {model.arch}.nextn_predict_layers is 0, the model has no NextN block",
                          remedy="use a GGUF converted with its MTP layers (or give the MTP sidecar with -md)")
+    if model.arch in SINGLE_BLOCK_ARCHS and hp.n_layer_nextn != 1:
+        raise UsageError(f"--spec-type draft-mtp: llama.cpp's {model.arch} MTP head runs one NextN block, this model "
+                         f"has {hp.n_layer_nextn}", remedy="drop --spec-type draft-mtp")
+    if model.arch == "deepseek2" and not (hp.is_mla and hp.q_lora_rank > 0):
+        raise UsageError("--spec-type draft-mtp: llama.cpp's deepseek2 MTP head needs MLA with a Q LoRA "
+                         "(deepseek2.cpp graph_mtp asserts n_lora_q > 0)", remedy="drop --spec-type draft-mtp")
 
 
 def in_model(model: ModelProfile) -> bool:

@@ -468,6 +468,11 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
             raise UsageError("--spec-type draft-mtp is not planned under -sm tensor", remedy="use -sm layer")
         notes.append("speed: predicted without speculative decoding (its gain depends on how often the MTP head's "
                      "drafts are accepted)")
+        from llamasplit.memory.graph.mtp import MTP_BUILDERS
+
+        mtp_arch = (options.companions.draft.model if options.companions.draft is not None else model).arch
+        if mtp_arch not in MTP_BUILDERS:
+            notes.append(f"MTP context's compute estimated (as the main context's), not replayed for {mtp_arch}")
     if s.split_mode == "tensor":
         return _tensor_plan(model, fleet, options)
 

@@ -88,12 +88,12 @@ def _sampling(b: Builder, logits: T) -> None:
         b.expand(top)
 
 
-def _prologue(b: Builder, il: int):
+def _prologue(b: Builder, il: int, with_v: bool = True):
     o = b.o
     tok, h = _inputs(b, il)
     inp_pos = b.inp_pos()
     out_ids = b.inp_out_ids()
-    cache = b.cache(False, True, rot=False)
+    cache = b.cache(False, with_v, rot=False)
     cache.k_rot, cache.v_rot = b.rot_inputs()
     h_norm = b.norm(h, b.lw(il, "nextn.hnorm"), il)
     e_norm = b.norm(tok, b.lw(il, "nextn.enorm"), il)
@@ -169,9 +169,64 @@ def build_mtp_qwen3next(b: Builder) -> None:
     _head(b, il, cur, None)
 
 
+def build_mtp_deepseek2(b: Builder) -> None:
+    """src/models/deepseek2.cpp ``llama_model_deepseek2::graph_mtp``: the block's MLA attention (Q
+    through its LoRA, absorbed K, a K-only cache, ``attn_v_b`` after attention), sigmoid-routed
+    experts with ``exp_probs_b`` plus the shared expert, the rows picked after the head norm."""
+    o = b.o
+    hp = b.hp
+    il = hp.n_layer_kv
+    n_tok = b.ctx.n_tokens
+    n_head = hp.n_head[il]
+    hd_k = hp.n_embd_head_k_mla
+    rope = hp.n_rot
+    nope = hd_k - rope
+    kv_lora = hp.kv_lora_rank
+    cur, inp_pos, out_ids, cache = _prologue(b, il, with_v=False)
+    inpSA = cur
+    cur = b.norm(cur, b.lw(il, "attn_norm"), il)
+    q = o.mul_mat(b.lw(il, "attn_q_a"), cur)
+    q = b.norm(q, b.lw(il, "attn_q_a_norm"), il)
+    q = o.mul_mat(b.lw(il, "attn_q_b"), q)
+    rq = row_size(q.type, hd_k)
+    q_nope = o.view(q, [nope, n_head, n_tok], [rq, rq * n_head], 0)
+    q_pe = o.view(q, [rope, n_head, n_tok], [rq, rq * n_head], row_size(q.type, nope))
+    kv_pe = o.mul_mat(b.lw(il, "attn_kv_a_mqa"), cur)
+    row = row_size(kv_pe.type, kv_lora + rope)
+    kv_cmpr = o.view(kv_pe, [kv_lora, n_tok], [row], 0)
+    k_pe = o.view(kv_pe, [rope, 1, n_tok], [row, row], row_size(kv_pe.type, kv_lora))
+    kv_cmpr = b.norm(kv_cmpr, b.lw(il, "attn_kv_a_norm"), il)
+    q_pe = o.rope(q_pe, inp_pos, None)
+    k_pe = o.rope(k_pe, inp_pos, None)
+    q_abs = o.permute(o.mul_mat(b.lw(il, "attn_k_b"), o.permute(q_nope, 0, 2, 1, 3)), 0, 2, 1, 3)
+    q_cur = o.concat(q_abs, q_pe, 0)
+    kv_cmpr = o.reshape(kv_cmpr, kv_lora, 1, n_tok)
+    k_cur = o.concat(kv_cmpr, k_pe, 0)
+    v_cur = kv_cmpr
+    # build_attn(llm_graph_input_attn_k): q, v, k, store K only (graph/deepseek2.py)
+    b.expand(q_cur)
+    b.expand(v_cur)
+    b.expand(k_cur)
+    b.expand(b.cpy_k(il, k_cur, cache.k_idxs))
+    k = b.get_k(il, cache)
+    v = o.view(k, [v_cur.ne[0], k.ne[1], k.ne[2], k.ne[3]], [k.nb[1], k.nb[2], k.nb[3]], 0)
+    cur = b.mha(q_cur, k, v, cache.mask, il, v_mla=b.lw(il, "attn_v_b"))
+    cur = o.mul_mat(b.lw(il, "attn_output"), cur)
+    ffn_inp = o.binary("ADD", cur, inpSA)
+    cur = b.norm(ffn_inp, b.lw(il, "ffn_norm"), il)
+    gating = {2: "sigmoid"}.get(int(b.key("expert_gating_func", 0)), "softmax")
+    moe = b.moe(il, cur, hp.n_expert, hp.n_expert_used, norm_w=bool(b.md.get(f"{b.arch}.expert_weights_norm", False)),
+                w_scale=float(b.key("expert_weights_scale", 0.0)), gating=gating,
+                probs_b=b.lw(il, "exp_probs_b", "bias"))
+    cur = o.binary("ADD", moe, b.shared_expert(il, cur))
+    cur = o.binary("ADD", cur, ffn_inp)
+    _head(b, il, cur, out_ids)
+
+
 MTP_BUILDERS: dict[str, Callable[[Builder], None]] = {
     "glm4moe": build_mtp_glm4moe,
     "qwen3next": build_mtp_qwen3next,
+    "deepseek2": build_mtp_deepseek2,
 }
 """Archs whose MTP graph is replayed; the other MTP archs (``memory.mtp.MTP_ARCHS``) are estimated."""
 
