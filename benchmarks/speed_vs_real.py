@@ -12,7 +12,7 @@ workers, and a heterogeneous fleet (workers with -t 1 next to -t 2).
    against llama.cpp's default split (layers in proportion to free memory), same model and
    context, both measured; ours should be faster.
 
-    .venv/bin/python benchmarks/speed_vs_real.py [--reps 2] [--json out.json]
+    .venv/bin/python benchmarks/speed_vs_real.py [--reps 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="predicted vs measured speed on the CPU and loopback RPC workers")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args()
     binary = find_binary("llama-bench")

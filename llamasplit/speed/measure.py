@@ -32,7 +32,8 @@ N_PROMPT = 128
 """Prompt tokens per prefill run (one ubatch; small enough for a 1-thread worker)."""
 N_GEN = 32
 """Generated tokens per decode run (on average 16 cells of KV cache in use)."""
-REPETITIONS = 3
+REPETITIONS = 5
+"""Repetitions per llama-bench test; the fastest counts (on a shared 2-core VM, identical 2-thread runs differed 1.7x)."""
 
 
 @dataclass(frozen=True)
