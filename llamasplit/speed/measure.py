@@ -202,6 +202,24 @@ def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]
     return main, typed, ("smollm2", Path(fetch_model("smollm2")))
 
 
+def _wide_prefill(m: MeasuredSpeed, f: Features, r: BenchResult) -> MeasuredSpeed:
+    """The prefill rate of the 1024-wide reference probe instead of the narrow probes' fit: a
+    matrix multiplication's rate grows with its width (here the 256-wide probes' rate made the
+    1536-wide check model's prefill 20-30 % slower than measured), and the models people run are
+    wider still; the fixed costs stay the narrow probes'.
+
+    >>> m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=50.0, layer_us=10.0, token_us=100.0)
+    >>> _wide_prefill(m, Features(50e6, 9e9, 8), BenchResult("ref", 0.01, 0.1 + 180e-6, 128, 32)).prefill_gflops
+    90.0
+    """
+    if r.prefill_s is None or not f.prompt_flops:
+        return m
+    seconds = r.prefill_s - f.layers * m.layer_us * 1e-6 - m.token_us * 1e-6
+    if seconds <= 0:
+        return m
+    return dataclasses.replace(m, prefill_gflops=round(f.prompt_flops / seconds / 1e9, 3))
+
+
 def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResult]],
                  reference: tuple[Features, BenchResult] | None = None) -> dict[str, list[float]]:
     """Per weight type: its decode bandwidth and prefill rate. With ``reference`` (the same probe
@@ -287,6 +305,8 @@ def measure_fleet(
             progress(f"{label}: Q4_0 reference probe")
             reference = (features(ref_model[1], on_host=on_host), run_llama_bench(binary, ref_model[0], rpc=rpc, ngl=ngl,
                                                                                    device=dev))
+        if reference is not None:
+            speed = _wide_prefill(speed, *reference)
         if runs:
             speed = dataclasses.replace(speed, types=_typed_rates(speed, runs, reference) or None)
         if log is not None:
