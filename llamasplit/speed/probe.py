@@ -1,5 +1,6 @@
 """Probe models for ``llamasplit bench``: llama-architecture GGUFs of chosen shapes, written with
-gguf's own writer, whose weights are all zero (llama.cpp's speed does not depend on the values).
+gguf's own writer, whose weights are zero (the speed of Q4_0, Q4_1 and Q8_0 kernels does not depend
+on the values) or, for K-quants, pseudo-random blocks with normal scales (theirs does).
 
 Two shapes with the same layer count and very different bytes per token separate a device's
 bandwidth from its fixed costs; a shape with few, wide layers separates the per-layer from the
@@ -40,11 +41,35 @@ at almost no bytes (per-layer cost)."""
 
 TYPE_PROBES = tuple(
     ProbeShape(f"probe-{q.lower()}", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192, qtype=q)
-    for q in ("Q4_1", "Q6_K", "Q8_0")
+    for q in ("Q4_1", "Q4_K", "Q6_K", "Q8_0")
 )
 """One mid-sized probe (~50-90 MB) per other common weight type: its kernels may run at their own
 speed (on x86 the CPU backend repacks Q4_0, Q4_K, IQ4_NL and Q8_0 for its SIMD units, not Q4_1 or
-Q6_K). No Q4_K probe: with all-zero weights it ran ten times slower than real Q4_K weights here."""
+Q6_K). K-quant probes hold pseudo-random blocks with small, normal fp16 scales (``_kquant_blocks``):
+an all-zero Q4_K probe ran ten times slower than real Q4_K weights here."""
+
+K_SCALES = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}
+"""K-quant block bytes and the offsets of their fp16 scales (ggml-common.h block_q4_K: d, dmin,
+scales[12], qs[128]; block_q5_K: d, dmin, scales[12], qh[32], qs[128]; block_q6_K: ql[128], qh[64],
+scales[16], d)."""
+
+
+def _kquant_blocks(qtype: str, byte_shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Blocks of ``qtype`` with pseudo-random quants and sub-scales and every fp16 scale 2^-10:
+    weights a real model could have (no zero, NaN or subnormal scale).
+
+    >>> b = _kquant_blocks("Q4_K", (2, 288), 0)
+    >>> b.shape, b.dtype.name, [float(x) for x in b.reshape(-1, 144)[:, 0:2].copy().view(np.float16).ravel()]
+    ((2, 288), 'uint8', [0.0009765625, 0.0009765625, 0.0009765625, 0.0009765625])
+    """
+    size, offsets = K_SCALES[qtype]
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=byte_shape, dtype=np.uint8)
+    blocks = data.reshape(-1, size)
+    scale = np.array([2.0 ** -10], dtype=np.float16).view(np.uint8)
+    for off in offsets:
+        blocks[:, off:off + 2] = scale
+    return data
 
 TYPE_REFERENCE = ProbeShape("probe-q4_0-ref", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192)
 """The type probes' shape in Q4_0, the type the main probes measure. A type's rates are the main
@@ -83,16 +108,20 @@ def write_probe(path: str | Path, shape: ProbeShape) -> Path:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(hd)
-    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "Q4_K": 15, "Q6_K": 18}.get(shape.qtype, 1))
+    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18}.get(shape.qtype, 1))
     w.add_tokenizer_model("no_vocab")
     w.add_vocab_size(shape.n_vocab)
     for name, ne in tensors:
         typ = GGMLQuantizationType.F32 if len(ne) == 1 else qtype
         block, size = GGML_QUANT_SIZES[typ]
         byte_shape = (*reversed(ne[1:]), ne[0] // block * size)
-        w.add_tensor(name, np.zeros(byte_shape, dtype=np.uint8) if typ != GGMLQuantizationType.F32
-                     else np.zeros(tuple(reversed(ne)), dtype=np.float32),
-                     raw_shape=byte_shape if typ != GGMLQuantizationType.F32 else None, raw_dtype=typ)
+        if typ == GGMLQuantizationType.F32:
+            data = np.zeros(tuple(reversed(ne)), dtype=np.float32)
+        elif shape.qtype in K_SCALES:
+            data = _kquant_blocks(shape.qtype, byte_shape, seed=len(name))
+        else:
+            data = np.zeros(byte_shape, dtype=np.uint8)
+        w.add_tensor(name, data, raw_shape=byte_shape if typ != GGMLQuantizationType.F32 else None, raw_dtype=typ)
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -111,7 +140,8 @@ def probe_path(shape: ProbeShape, folder: Path | None = None) -> Path:
 
     folder = folder or cache_dir() / "probes"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{shape.name}-{shape.n_layer}x{shape.n_embd}-{shape.qtype}.gguf"
+    rnd = "-rnd" if shape.qtype in K_SCALES else ""  # not the all-zero K-quant probes of earlier versions
+    path = folder / f"{shape.name}-{shape.n_layer}x{shape.n_embd}-{shape.qtype}{rnd}.gguf"
     if not path.is_file():
         write_probe(path, shape)
     return path
