@@ -41,12 +41,14 @@ at almost no bytes (per-layer cost)."""
 
 TYPE_PROBES = tuple(
     ProbeShape(f"probe-{q.lower()}", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192, qtype=q)
-    for q in ("Q4_1", "Q4_K", "Q6_K", "Q8_0")
+    for q in ("Q4_1", "Q6_K", "Q8_0")
 )
 """One mid-sized probe (~50-90 MB) per other common weight type: its kernels may run at their own
 speed (on x86 the CPU backend repacks Q4_0, Q4_K, IQ4_NL and Q8_0 for its SIMD units, not Q4_1 or
 Q6_K). K-quant probes hold pseudo-random blocks with small, normal fp16 scales (``_kquant_blocks``):
-an all-zero Q4_K probe ran ten times slower than real Q4_K weights here."""
+an all-zero Q6_K probe decoded at half the speed of random blocks here. No Q4_K probe: with it,
+Gemma-3 Q4_K_M's prefill on this CPU was predicted 2.8x too fast (1.5-1.7x without), since its
+640-wide matrices do not run at the 1024-wide probe's repacked rate."""
 
 K_SCALES = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}
 """K-quant block bytes and the offsets of their fp16 scales (ggml-common.h block_q4_K: d, dmin,
