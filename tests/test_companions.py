@@ -312,6 +312,23 @@ def test_launch_argv_carries_the_draft_and_warns_on_a_second_one(models):
     assert any("overrides the plan's -md" in w for w in conflicting_args(p, opts))
 
 
+def test_an_unknown_draft_cache_type_is_one_line(models):
+    _, main_model = models["main"]
+    draft_path, draft_model = models["draft"]
+    for kind in ("type_k", "type_v"):
+        for fa in ("on", "off"):
+            comp = Companions(draft=Draft(draft_model, DraftSpec(str(draft_path), **{kind: "foo"})))
+            with pytest.raises(UsageError, match="cache type 'foo' is not one llama.cpp accepts"):
+                plan(main_model, fleet_from_spec("3090"), PlanOptions(settings=LlamaSettings(flash_attn=fa), companions=comp))
+
+
+def test_draft_options_of_the_wrong_type_are_one_line(models):
+    draft_path, _ = models["draft"]
+    for bad in ({"n_max": "5"}, {"n_cpu_moe": 1.5}, {"n_max": True}):
+        with pytest.raises(UsageError, match="must be a whole number"):
+            DraftSpec(str(draft_path), **bad)
+
+
 def test_a_quantised_draft_cache_must_divide_the_draft_head(models, tmp_path):
     _, main_model = models["main"]
     # heads of 16 (n_embd 64 / 4): q8_0's blocks of 32 do not divide them (llama_init_from_model refuses)

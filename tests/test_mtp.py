@@ -103,6 +103,15 @@ def test_draft_mtp_is_refused_in_one_line_where_llama_cpp_has_no_mtp_head(tmp_pa
     result = plan(models["glm4moe"], _fleet(), opts)
     assert result.host.companion_parts["mtp_context"] == 2 * 128 * 4096 * 2
     assert "--spec-type" in result.argv()
+    # a NextN block without its projection: llama.cpp's load fails (missing tensor), ours is one line
+    import dataclasses
+
+    from llamasplit.errors import ModelReadError
+
+    glm = models["glm4moe"]
+    missing = dataclasses.replace(glm, tensors=tuple(t for t in glm.tensors if not t.name.endswith("nextn.eh_proj.weight")))
+    with pytest.raises(ModelReadError, match=r"has no blk\.\d+\.nextn\.eh_proj\.weight"):
+        plan(missing, _fleet(), opts)
 
 
 @pytest.mark.parametrize("family", sorted(WRITERS))

@@ -47,6 +47,7 @@ LoRA adapters (src/llama-adapter.cpp ``llama_adapter_lora_init_impl``):
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ from typing import Any
 
 from llamasplit.devices.device import Device
 from llamasplit.errors import ModelReadError, UsageError
-from llamasplit.memory import mtp
+from llamasplit.memory import kv, mtp
 from llamasplit.memory.estimate import DeviceEstimate, Estimate, estimate
 from llamasplit.memory.mmproj import ProjectorEstimate, estimate_projector
 from llamasplit.memory.settings import EXPERT_PATTERN, LlamaSettings
@@ -93,6 +94,10 @@ class DraftSpec:
     ``LlamaSettings.spec_draft_n_max``, which emits the flag."""
 
     def __post_init__(self) -> None:
+        for name in ("n_max", "n_cpu_moe"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{name} must be a whole number, not {value!r}", remedy="e.g. 3")
         if self.n_max < 0:
             raise UsageError(f"--spec-draft-n-max {self.n_max} is negative", remedy="give a number of tokens from 0")
         if self.n_cpu_moe < 0:
@@ -321,13 +326,15 @@ def check_cache_types(model: ModelProfile, settings: LlamaSettings, what: str) -
     """A quantised K/V cache with flash attention needs its block to divide the head size
     (src/llama-context.cpp ``llama_init_from_model``: "K cache type %s with block size %u does not
     divide n_embd_head_k=%u"): one UsageError line instead of llama.cpp's failed load."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf import GGML_QUANT_SIZES
 
+    for type_name in (settings.type_k, settings.type_v):
+        kv.cache_type(type_name)  # an unknown name is one line, with or without flash attention
     if settings.flash_attn == "off":
         return
     hp = model.hparams
     for kind, type_name, head in (("K", settings.type_k, hp.n_embd_head_k), ("V", settings.type_v, hp.n_embd_head_v)):
-        block = GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]][0]
+        block = GGML_QUANT_SIZES[kv.cache_type(type_name)][0]
         if block > 1 and head and head % block:
             flag = "-ctkd" if kind == "K" else "-ctvd"
             raise UsageError(f"{what}: {kind} cache type {type_name} has blocks of {block}, which do not divide its head "
@@ -537,7 +544,7 @@ def companions_from_flags(
         raise UsageError("--spec-draft-ngl / --spec-draft-device need a draft model", remedy="give -md DRAFT.gguf")
     adapters = []
     for item in lora or []:
-        adapters += [read_lora(p) for p in item.split(",") if p]  # common/arg.cpp: parse_csv_row
+        adapters += [read_lora(p) for p in os.fspath(item).split(",") if p]  # common/arg.cpp: parse_csv_row
     for item in lora_scaled or []:
         for one in item.split(","):
             path, sep, scale = one.rpartition(":")

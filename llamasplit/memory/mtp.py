@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llamasplit.errors import UsageError
+from llamasplit.errors import ModelReadError, UsageError
 from llamasplit.model.profile import HParams, ModelProfile
 from llamasplit.memory import kv
 
@@ -58,6 +58,9 @@ RS_ROLLBACK_ARCHS = frozenset({"kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "de
                                "nemotron_h_moe", "lfm2", "lfm2moe", "bailingmoe3"})
 """``llm_arch_supports_rs_rollback`` (src/llama-arch.cpp): the archs whose recurrent state keeps
 ``n_rs_seq`` snapshots per sequence."""
+
+NEXTN_REQUIRED = ("eh_proj", "enorm", "hnorm")
+"""The NextN tensors every MTP graph reads (graph/mtp.py ``_inputs``)."""
 
 DRAFT_N_MAX = 3
 """``common_params_speculative_draft::n_max`` default (common/common.h), --spec-draft-n-max."""
@@ -83,6 +86,17 @@ def check(model: ModelProfile) -> None:
     if model.arch == "deepseek2" and not (hp.is_mla and hp.q_lora_rank > 0):
         raise UsageError("--spec-type draft-mtp: llama.cpp's deepseek2 MTP head needs MLA with a Q LoRA "
                          "(deepseek2.cpp graph_mtp asserts n_lora_q > 0)", remedy="drop --spec-type draft-mtp")
+    names = {t.name for t in model.tensors}
+    nextn_blocks = sorted({t.layer for t in model.tensors if ".nextn." in t.name and t.layer is not None})
+    for il in nextn_blocks[:1]:  # the NextN block the MTP graph runs (graph/mtp.py)
+        for part in NEXTN_REQUIRED:
+            name = f"blk.{il}.nextn.{part}.weight"
+            if name not in names:
+                # llama-model.cpp load_tensors creates them without TENSOR_NOT_REQUIRED once the
+                # NextN block is loaded: llama.cpp's load fails with "missing tensor"
+                raise ModelReadError(f"--spec-type draft-mtp: the model's NextN block {il} has no {name} "
+                                     "(llama.cpp would fail to load it: missing tensor)",
+                                     remedy="use a complete GGUF with its MTP layers, or drop --spec-type draft-mtp")
 
 
 def in_model(model: ModelProfile) -> bool:
