@@ -39,6 +39,10 @@ class Log:
         with self.lock:
             self._entries.append(entry)
             self._authorization.append(authorization)
+
+    def end(self) -> None:
+        """A request's handler returned (after its ``add``, or after failing)."""
+        with self.lock:
             self.in_flight = max(0, self.in_flight - 1)
             self.lock.notify_all()
 
@@ -107,11 +111,17 @@ class StaticServer:
 
             def do_HEAD(self) -> None:
                 server.log.begin()
-                server._answer(self, head=True)
+                try:
+                    server._answer(self, head=True)
+                finally:
+                    server.log.end()
 
             def do_GET(self) -> None:
                 server.log.begin()
-                server._answer(self, head=False)
+                try:
+                    server._answer(self, head=False)
+                finally:
+                    server.log.end()
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -237,11 +247,17 @@ class HubServer:
 
             def do_HEAD(self) -> None:
                 server.log.begin()
-                server._answer(self)
+                try:
+                    server._answer(self)
+                finally:
+                    server.log.end()
 
             def do_GET(self) -> None:
                 server.log.begin()
-                server._answer(self)
+                try:
+                    server._answer(self)
+                finally:
+                    server.log.end()
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -360,10 +360,7 @@ def test_mutated_projector_headers_end_in_our_errors(proj_a, tmp_path):
     seeds = [fuzzgguf.header_of_file(proj_a)]
     path = tmp_path / "case.gguf"
     planned = failed = 0
-    start = time.monotonic()
     for i in range(CASES_FUZZ):
-        if time.monotonic() - start > 20.0:
-            break
         path.write_bytes(fuzzgguf.case(seeds, random.Random(20261202 * 1_000_003 + i)))
         t0 = time.monotonic()
         try:
@@ -375,7 +372,7 @@ def test_mutated_projector_headers_end_in_our_errors(proj_a, tmp_path):
         except LlamasplitError:
             failed += 1
         assert time.monotonic() - t0 < 10.0, f"case {i} ran away"
-    assert planned + failed >= 100 and planned and failed
+    assert planned + failed == CASES_FUZZ and planned and failed
 
 
 CASES_FUZZ = 400

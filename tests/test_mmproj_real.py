@@ -88,7 +88,10 @@ def test_projector_on_an_rpc_worker_is_what_llama_server_allocates(smollm2_path,
     ep = endpoints([worker])[0]
     start = len(worker.log_text())
     log = _server_log(smollm2_path, projectors[which], ["--rpc", ep, "-ngl", "0", "-fa", fa])
-    time.sleep(0.3)  # the worker's last lines
+    deadline = time.monotonic() + 10.0  # the worker's last lines reach its log a moment later
+    while len(_ALLOC.findall(worker.log_text()[start:])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # and no third buffer follows
     allocs = [int(n) for n in _ALLOC.findall(worker.log_text()[start:])]
     assert f"CLIP using RPC0[{ep}] backend" in log
     est = estimate_projector(read_projector(projectors[which]), [_rpc_device(ep)], flash_attn=fa)

@@ -48,6 +48,7 @@ def _buffers(path, args: list[str], eps: list[str]) -> tuple[dict, dict, str]:
         log = server.log_text()
     finally:
         server.stop()
+    assert "model loaded" in log, log[-3000:]  # a slow or failed load says so, not a missing buffer
     main: dict[str, str] = {}
     mtp: dict[str, str] = {}
     part = main
