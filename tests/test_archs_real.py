@@ -203,18 +203,19 @@ def test_recurrent_compute_is_llama_servers_allocation(family, ngl, fa, family_d
         assert f"{dev.compute_bytes / MiB:.2f}" == printed[dev.name], (family, dev.name, dev.compute_bytes / MiB)
 
 
-@pytest.mark.parametrize("family", ["nemotron_h", "lfm2"])
-def test_rollback_snapshots_compute_is_llama_servers_allocation(family, family_dir, workers):
+@pytest.mark.parametrize("family, n_max", [("nemotron_h", 3), ("lfm2", 3), ("lfm2", 16)])
+def test_rollback_snapshots_compute_is_llama_servers_allocation(family, n_max, family_dir, workers):
     """``--spec-type draft-mtp`` on an arch that rolls its recurrent state back
     (``llm_arch_supports_rs_rollback``): ``n_rs_seq`` = 3, four state rows per slot and four
     conv/state copies per block in the graph. llama-server reserves the main context (and
-    then stops: these models have no MTP head); its compute buffers are the replay's to the 0.01 MiB."""
+    then stops: these models have no MTP head); its compute buffers are the replay's to the 0.01 MiB.
+    With ``--spec-draft-n-max 16`` the snapshots follow it (``n_rs_seq`` = n_max)."""
     path = family_dir / f"{family}.gguf"
     if not path.exists():
         FAMILIES[family](path)
     model = read_model(path)
     settings = LlamaSettings(n_ctx=4096, flash_attn="on", tensor_split=(1.0, 1.0), binary="llama-server",
-                             spec_type="draft-mtp")
+                             spec_type="draft-mtp", spec_draft_n_max=n_max)
     printed = _server_compute_buffers(path, [*settings.to_args(), "--rpc", ",".join(workers)], workers)
     est = estimate(model, _devices(workers), settings, cpu=CPU)
     assert sorted(printed) == sorted(d.name for d in (*est.devices, est.host))

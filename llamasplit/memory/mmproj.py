@@ -520,7 +520,8 @@ def check_projector(profile: ProjectorProfile, model) -> list[str]:
         side = largest_image(profile)
         notes.append(f"projector type {printable(profile.proj_type, limit=40)}: weights exact; compute estimated, "
                      f"not replayed (a plain ViT at the largest image, {side} x {side}; replayed: "
-                     + ", ".join(sorted(REPLAYED_TYPES)) + ")")
+                     + ", ".join(sorted(REPLAYED_TYPES)) + "); a tower that is no plain ViT (fused QKV, Q/K norms) "
+                     "has its compute unknown and not counted in the fit check")
     if profile.has_vision and profile.has_audio:
         # clip_init loads a second context for the audio encoder on the same backend, with its own warmup
         notes.append("projector: its audio encoder's weights are counted, its compute buffer is not modelled")

@@ -112,7 +112,7 @@ def compute_bytes(
         pin_norms=(n_tokens < 32 or full_offload),
     )
     ctx.layers = list(range(hp.n_layer_kv))
-    ctx.n_rs_seq = mtp.n_rs_seq(model.arch, settings.spec_type)  # 0 unless a rollback arch drafts
+    ctx.n_rs_seq = mtp.n_rs_seq(model.arch, settings.spec_type, settings.spec_draft_n_max)  # 0 unless a rollback arch drafts
     family = family_of(model.arch)
     b = Builder(model, ctx, family)
     (family.build or transformer.build_transformer)(b)
