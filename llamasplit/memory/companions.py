@@ -58,7 +58,7 @@ from llamasplit.errors import ModelReadError, UsageError
 from llamasplit.memory import kv, mtp
 from llamasplit.memory.estimate import DeviceEstimate, Estimate, estimate
 from llamasplit.memory.mmproj import ProjectorEstimate, estimate_projector
-from llamasplit.memory.settings import EXPERT_PATTERN, LlamaSettings
+from llamasplit.memory.settings import LlamaSettings, with_moe_overrides
 from llamasplit.memory.weights import _backend, _override_map, _tables, alloc_bytes
 from llamasplit.model.profile import Block, ModelProfile, Role, TensorInfo
 from llamasplit.model.projector import ProjectorProfile
@@ -108,12 +108,7 @@ class DraftSpec:
     @property
     def effective_overrides(self) -> tuple[tuple[str, str], ...]:
         """``-otd`` plus what ``-cmoed`` / ``-ncmoed`` append (common/arg.cpp)."""
-        extra: list[tuple[str, str]] = []
-        if self.cpu_moe:
-            extra.append((EXPERT_PATTERN, "CPU"))
-        for il in range(self.n_cpu_moe):
-            extra.append((rf"blk\.{il}{EXPERT_PATTERN}", "CPU"))
-        return self.overrides + tuple(extra)
+        return with_moe_overrides(self.overrides, self.cpu_moe, self.n_cpu_moe)
 
     def to_args(self) -> list[str]:
         """llama.cpp's flags for this draft."""

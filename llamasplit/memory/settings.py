@@ -27,6 +27,21 @@ EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 """The tensors --cpu-moe sends to the CPU (common/common.h LLM_FFN_EXPS_REGEX)."""
 
 
+def with_moe_overrides(overrides: tuple[tuple[str, str], ...], cpu_moe: bool, n_cpu_moe: int) -> tuple[tuple[str, str], ...]:
+    r"""``-ot`` pairs plus what ``--cpu-moe`` / ``--n-cpu-moe`` append after them (common/arg.cpp; the
+    draft's ``-cmoed`` / ``-ncmoed`` the same way).
+
+    >>> [(p[:8], b) for p, b in with_moe_overrides((("a", "CUDA0"),), True, 2)]
+    [('a', 'CUDA0'), ('\\.ffn_(u', 'CPU'), ('blk\\.0\\.', 'CPU'), ('blk\\.1\\.', 'CPU')]
+    """
+    extra: list[tuple[str, str]] = []
+    if cpu_moe:
+        extra.append((EXPERT_PATTERN, "CPU"))
+    for il in range(n_cpu_moe):
+        extra.append((rf"blk\.{il}{EXPERT_PATTERN}", "CPU"))
+    return overrides + tuple(extra)
+
+
 @dataclass(frozen=True)
 class LlamaSettings:
     """llama.cpp's memory-relevant flags. ``None`` means llama.cpp's default for the binary."""
@@ -118,12 +133,7 @@ class LlamaSettings:
     @property
     def effective_overrides(self) -> tuple[tuple[str, str], ...]:
         """-ot pairs plus the ones --cpu-moe / --n-cpu-moe add (common/arg.cpp appends them last)."""
-        extra: list[tuple[str, str]] = []
-        if self.cpu_moe:
-            extra.append((EXPERT_PATTERN, "CPU"))
-        for il in range(self.n_cpu_moe):
-            extra.append((rf"blk\.{il}{EXPERT_PATTERN}", "CPU"))
-        return self.overrides + tuple(extra)
+        return with_moe_overrides(self.overrides, self.cpu_moe, self.n_cpu_moe)
 
     def replace(self, **changes: Any) -> LlamaSettings:
         return dataclasses.replace(self, **changes)
