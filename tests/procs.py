@@ -5,9 +5,30 @@ Tests use these instead of starting processes themselves, so no test leaves a ch
 
 from __future__ import annotations
 
+import time
+
+from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.runner.processes import free_port, rpc_workers, run_to_end, spawn, start_rpc_worker
 
-__all__ = ["free_port", "rpc_workers", "run_to_end", "spawn", "start_rpc_worker", "endpoints", "plan_of_a_corrupt_model"]
+__all__ = ["free_port", "rpc_workers", "run_to_end", "spawn", "start_rpc_worker", "endpoints", "plan_of_a_corrupt_model",
+           "server_load_log"]
+
+
+def server_load_log(model, args: list[str], *, timeout_s: float = 90.0) -> str:
+    """llama-server's log (``-lv 4``, one thread, no ``--fit``) up to "model loaded" or its exit:
+    every buffer line it prints while loading. The server is stopped before this returns."""
+    argv = [str(find_binary("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(free_port()),
+            "-lv", "4", "-fit", "off", "-t", "1", *args]
+    server = spawn(argv)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "llama_server: model loaded" in server.log_text() or not server.alive():
+                break
+            time.sleep(0.2)
+        return server.log_text()
+    finally:
+        server.stop()
 
 
 def endpoints(workers) -> list[str]:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from synth import FAMILIES, write_glm4moe, write_llama_dense
@@ -26,7 +25,7 @@ from llamasplit.model.profile import read_model
 from llamasplit.memory.estimate import estimate
 from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings
-from procs import endpoints, free_port, rpc_workers, run_to_end, spawn
+from procs import endpoints, rpc_workers, run_to_end, server_load_log
 
 pytestmark = pytest.mark.llamacpp
 
@@ -72,20 +71,7 @@ _MODEL_BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+
 
 def _server_model_buffers(path, args: list[str]) -> dict[str, str]:
     """llama-server's ``load_tensors`` buffer lines (``%8.2f`` MiB), read once it listens."""
-    port = free_port()
-    argv = [str(find_binary("llama-server")), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
-            "-lv", "4", "--no-warmup", "-fit", "off", "-t", "1", *args]
-    server = spawn(argv)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            log = server.log_text()
-            if "llama_server: model loaded" in log or not server.alive():
-                break
-            time.sleep(0.2)
-        log = server.log_text()
-    finally:
-        server.stop()
+    log = server_load_log(path, ["--no-warmup", *args])
     found = {}
     for name, mib in _MODEL_BUFFER.findall(log):
         if not name.startswith("RPC"):
@@ -160,20 +146,7 @@ RECURRENT_FAMILIES = ("mamba", "mamba2", "lfm2", "lfm2moe", "granitehybrid", "gr
 
 def _server_compute_buffers(path, args: list[str], eps: list[str]) -> dict[str, str]:
     """llama-server's ``sched_reserve`` compute buffer lines (``%8.2f`` MiB) by device name."""
-    port = free_port()
-    argv = [str(find_binary("llama-server")), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
-            "-lv", "4", "--no-warmup", "-fit", "off", "-t", "1", *args]
-    server = spawn(argv)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            log = server.log_text()
-            if "llama_server: model loaded" in log or not server.alive():
-                break
-            time.sleep(0.2)
-        log = server.log_text()
-    finally:
-        server.stop()
+    log = server_load_log(path, ["--no-warmup", *args])
     found = {}
     for name, mib in _COMPUTE_BUFFER.findall(log):
         if name.startswith("RPC"):  # RPC0[host:port]: every worker calls its device RPC0

@@ -16,7 +16,7 @@ import re
 import time
 
 import pytest
-from procs import endpoints, free_port, rpc_workers, spawn
+from procs import endpoints, free_port, rpc_workers, spawn, server_load_log
 from synth_spec import lora_targets, write_draft_like, write_lora
 
 from llamasplit.cli import main
@@ -71,20 +71,7 @@ def _owner(buffer: str) -> str:
 def _server_buffers(model, args: list[str]) -> dict[tuple[str, str, str], float]:
     """llama-server's buffer lines once it listens: (``main``/``draft``, owner, kind) -> MiB; a
     compute buffer reserved again (after the LoRA is set) replaces the first."""
-    port = free_port()
-    argv = [str(find_binary("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-            "-lv", "4", "-fit", "off", "-t", "1", *args]
-    server = spawn(argv)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            log = server.log_text()
-            if "llama_server: model loaded" in log or not server.alive():
-                break
-            time.sleep(0.2)
-        log = server.log_text()
-    finally:
-        server.stop()
+    log = server_load_log(model, args, timeout_s=120)
     assert "llama_server: model loaded" in log, log[-3000:]
     out: dict[tuple[str, str, str], float] = {}
     part = "main"

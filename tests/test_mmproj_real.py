@@ -19,10 +19,9 @@ import pytest
 from synth import write_gemma3_mmproj
 
 from llamasplit.devices.device import Device
-from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.memory.mmproj import estimate_projector
 from llamasplit.model.projector import read_projector
-from procs import endpoints, free_port, rpc_workers, spawn
+from procs import endpoints, free_port, rpc_workers, server_load_log
 
 pytestmark = pytest.mark.llamacpp
 
@@ -60,20 +59,7 @@ def worker():
 
 def _server_log(model, mmproj, args: list[str]) -> str:
     """llama-server's log up to "model loaded" (the projector loads, and reserves, before it)."""
-    port = free_port()
-    argv = [str(find_binary("llama-server")), "-m", str(model), "--mmproj", str(mmproj), "--host", "127.0.0.1",
-            "--port", str(port), "-lv", "4", "-fit", "off", "-t", "1", "-c", "1024", *args]
-    server = spawn(argv)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            log = server.log_text()
-            if "llama_server: model loaded" in log or not server.alive():
-                break
-            time.sleep(0.2)
-        log = server.log_text()
-    finally:
-        server.stop()
+    log = server_load_log(model, ["--mmproj", str(mmproj), "-c", "1024", *args])
     assert "loaded multimodal model" in log, log[-3000:]
     return log
 

@@ -7,18 +7,17 @@ contexts (model, KV, compute; ``%.2f`` MiB) is the estimate's, main context and 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from synth import write_glm4moe
 
 from llamasplit.devices.device import Device
-from llamasplit.llamacpp.binaries import find_binary, want_amx
+from llamasplit.llamacpp.binaries import want_amx
 from llamasplit.memory.estimate import estimate
 from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings
 from llamasplit.model.profile import read_model
-from procs import endpoints, free_port, rpc_workers, spawn
+from procs import endpoints, rpc_workers, server_load_log
 
 pytestmark = pytest.mark.llamacpp
 
@@ -38,16 +37,7 @@ def glm(tmp_path_factory):
 
 
 def _buffers(path, args: list[str], eps: list[str]) -> tuple[dict, dict, str]:
-    port = free_port()
-    server = spawn([str(find_binary("llama-server")), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
-                    "-lv", "4", "--no-warmup", "-fit", "off", "-t", "1", *args])
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and "model loaded" not in server.log_text() and server.alive():
-            time.sleep(0.2)
-        log = server.log_text()
-    finally:
-        server.stop()
+    log = server_load_log(path, ["--no-warmup", *args])
     assert "model loaded" in log, log[-3000:]  # a slow or failed load says so, not a missing buffer
     main: dict[str, str] = {}
     mtp: dict[str, str] = {}
