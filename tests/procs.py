@@ -5,13 +5,32 @@ Tests use these instead of starting processes themselves, so no test leaves a ch
 
 from __future__ import annotations
 
+import socket
 import time
 
 from llamasplit.llamacpp.binaries import find_binary
 from llamasplit.runner.processes import free_port, rpc_workers, run_to_end, spawn, start_rpc_worker
 
 __all__ = ["free_port", "rpc_workers", "run_to_end", "spawn", "start_rpc_worker", "endpoints", "plan_of_a_corrupt_model",
-           "server_load_log"]
+           "server_load_log", "free_port_pair"]
+
+
+def free_port_pair(host: str = "127.0.0.1", avoid: tuple[int, ...] = ()) -> int:
+    """A port p with p and p + 1 free on ``host`` a moment ago, neither in ``avoid``: for a
+    ``llamasplit worker``, whose device endpoint listens on --port + 1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port >= 65535 or port in avoid or port + 1 in avoid:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind((host, port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
 
 
 def server_load_log(model, args: list[str], *, timeout_s: float = 90.0) -> str:

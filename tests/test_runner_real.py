@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from procs import plan_of_a_corrupt_model, free_port, start_rpc_worker
+from procs import free_port, free_port_pair, plan_of_a_corrupt_model, start_rpc_worker
 
 import llamasplit
 from llamasplit.cli import main
@@ -112,7 +112,8 @@ def _rpc(workers) -> str:
 
 
 def test_cli_worker_and_run_serve_smollm2_unevenly_and_ctrl_c_stops_everything(smollm2_path, tmp_path):
-    ports = [free_port(), free_port()]
+    first = free_port_pair()
+    ports = [first, free_port_pair(avoid=(first, first + 1))]  # each worker's device endpoint is on --port + 1
     worker_clis = [_Cli(tmp_path, f"worker{i}", "worker", "--port", str(p), "--threads", "1") for i, p in enumerate(ports)]
     run = None
     try:
@@ -331,7 +332,7 @@ def test_worker_refuses_a_public_address_without_allow_remote(capsys):
 
 def test_allowed_remote_worker_warns_and_dies_with_us(tmp_path):
     # 127.0.0.2 is loopback on Linux but not the address the check trusts: it stands in for a LAN address
-    port = free_port()
+    port = free_port_pair("127.0.0.2")
     worker = _Cli(tmp_path, "worker", "worker", "--host", "127.0.0.2", "--allow-remote", "--port", str(port))
     rpc_pid = None
     try:

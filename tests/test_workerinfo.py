@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fake_nvml import FakeNvml, rtx3090, rtx4060ti16
+from procs import free_port_pair
 from llamasplit.devices.device import Device, Fleet
 from llamasplit.devices.fleet import fleet_from_spec
 from llamasplit.devices.inventory import save_inventory
@@ -27,23 +28,6 @@ from llamasplit.errors import UsageError
 from llamasplit.model.profile import read_model
 from llamasplit.planner.plan import PlanOptions, plan
 from llamasplit.memory.settings import LlamaSettings
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free on loopback."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
 
 
 def _rpc_device(endpoint: str, n: int = 0, free_bytes: int = 23 * 1024**3) -> Device:
@@ -85,7 +69,7 @@ def test_described_worker_is_sized_as_its_gpu():
 
 def test_published_snapshot_over_a_real_http_endpoint_on_loopback():
     fleet = _gpu_fleet()
-    port = _free_port_pair()
+    port = free_port_pair()
     endpoint = f"127.0.0.1:{port}"
     with InfoServer(worker_document(fleet, endpoint), "127.0.0.1", info_port(port)):
         published, why = fetch_published(endpoint)
@@ -115,7 +99,7 @@ def test_published_snapshot_over_a_real_http_endpoint_on_loopback():
 
 
 def test_plain_rpc_server_without_endpoint_is_assumed_cpu():
-    port = _free_port_pair()  # nothing listens on port + 1
+    port = free_port_pair()  # nothing listens on port + 1
     d = serving([_rpc_device(f"127.0.0.1:{port}")], f"127.0.0.1:{port}")[0]
     assert (d.serves, d.serves_source, d.alloc_backend) == ("CPU", ASSUMED_CPU, "CPU")
     assert "no device endpoint at port" in d.notes[-1] and f"--rpc 127.0.0.1:{port}=GPU" in d.notes[-1]
@@ -123,7 +107,7 @@ def test_plain_rpc_server_without_endpoint_is_assumed_cpu():
 
 def _raw_server(payload: bytes) -> tuple[int, threading.Thread]:
     """A loopback server that answers any request with ``payload`` (a hostile or broken worker)."""
-    port = _free_port_pair()
+    port = free_port_pair()
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port + 1))
@@ -227,7 +211,7 @@ def test_a_real_llamasplit_worker_publishes_its_fake_nvml_snapshot(tmp_path, smo
     gpus = NvmlSource(FakeNvml([rtx3090("0000:01:00.0", "GPU-cccccccc-0000-0000-0000-000000000003")]),
                       env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
     inv = save_inventory(gpus, tmp_path / "worker.json")
-    port = _free_port_pair()
+    port = free_port_pair()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("llamasplit")), "worker", "--port", str(port), "--inventory", str(inv)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -320,7 +304,7 @@ def test_a_workers_nvlink_between_its_own_gpus_reaches_the_fleet():
     b = rtx3090("0000:02:00.0", "GPU-eeeeeeee-0000-0000-0000-000000000002", nvlinks=[("0000:01:00.0", GPU)] * 4)
     worker = NvmlSource(FakeNvml([a, b]), env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}).read()
     assert worker.link(worker.devices[0].id, worker.devices[1].id).kind.value == "NV"
-    port = _free_port_pair()
+    port = free_port_pair()
     endpoint = f"127.0.0.1:{port}"
     from llamasplit.devices.workerinfo import serving_fleet
 
