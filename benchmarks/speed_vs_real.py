@@ -36,8 +36,8 @@ from llamasplit.planner.plan import PlanOptions, plan
 from llamasplit.memory.settings import LlamaSettings
 from llamasplit.realmodels import fetch_model
 from llamasplit.runner.processes import start_rpc_worker
-from llamasplit.speed.measure import in_sample, measure_fleet, run_llama_bench
-from llamasplit.speed.model import layer_split_speed
+from llamasplit.speed.measure import PASSES, fastest, in_sample, measure_fleet, run_llama_bench
+from llamasplit.speed.model import host_cpu, layer_split_speed
 from llamasplit.speed.probe import ProbeShape, probe_path
 
 N_PROMPT, N_GEN = 64, 32
@@ -58,14 +58,23 @@ def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | 
             n_prompt: int) -> tuple[float, float]:
     s = LlamaSettings(n_ctx=n_prompt + N_GEN, n_gpu_layers=0 if on_host else None, tensor_split=ts, binary="llama-completion")
     devs = [] if on_host else devices
-    est = estimate(model, devs, s, fast=True)
+    est = estimate(model, devs, s, fast=True, cpu=host_cpu(fleet.host))  # the host's repacked weights, as plan() has them
     sp = layer_split_speed(model, fleet, devs, est, prompt_tokens=n_prompt, kv_fill=(N_GEN / 2) / est.n_ctx)
     return sp.decode_tok_s, sp.prefill_tok_s
 
 
+def bench_run(binary, model, **kw):
+    """The fastest of ``PASSES`` llama-bench runs, as ``llamasplit bench`` takes its probes'."""
+    best = None
+    for _ in range(PASSES):
+        r = run_llama_bench(binary, model, **kw)
+        best = r if best is None else fastest(best, r)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="predicted vs measured speed on the CPU and loopback RPC workers")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10, help="llama-bench repetitions per check (the fastest counts, as in bench)")
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args()
     binary = find_binary("llama-bench")
@@ -117,7 +126,7 @@ def main() -> None:
                     continue
                 n_prompt = SYNTH_PROMPT if mname.startswith("synthetic") else N_PROMPT
                 say(f"run: {label}, {mname}")
-                run = run_llama_bench(binary, path, rpc=[eps[i] for i in idx], ngl=0 if on_host else 99, tensor_split=ts,
+                run = bench_run(binary, path, rpc=[eps[i] for i in idx], ngl=0 if on_host else 99, tensor_split=ts,
                                       n_prompt=n_prompt, n_gen=N_GEN, repetitions=args.reps)
                 dec, pre = predict(profiles[mname], sub_fleet, sub, ts, on_host, n_prompt)
                 rows.append({"config": label, "model": mname, "decode_measured": 1 / run.decode_s, "decode_predicted": dec,
@@ -136,10 +145,10 @@ def main() -> None:
             ts = p.settings.tensor_split if p.settings.tensor_split and len(p.devices) > 1 else None
             ngl = p.settings.n_gpu_layers if p.settings.n_gpu_layers is not None else 99
             say(f"run: heterogeneous, {mname}: ours --rpc {','.join(ours_eps)} -ngl {ngl} -ts {ts}")
-            ours = run_llama_bench(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=n_prompt,
+            ours = bench_run(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=n_prompt,
                                    n_gen=N_GEN, repetitions=args.reps)
             say(f"run: heterogeneous, {mname}: llama.cpp default --rpc {eps[0]},{eps[1]} -ngl 99")
-            default = run_llama_bench(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=n_prompt, n_gen=N_GEN,
+            default = bench_run(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=n_prompt, n_gen=N_GEN,
                                       repetitions=args.reps)
             hetero.append({
                 "model": mname, "ours_args": " ".join(p.to_llama_args()),

@@ -231,6 +231,6 @@ def _check_measured(item: dict[str, Any], label: str) -> None:
     for key in ("decode_gb_s", "prefill_gflops"):
         if not value[key] > 0:
             raise DeviceQueryError(f"{label}.measured.{key} must be positive, not {value[key]!r}", remedy=_REMEDY)
-    for key in ("layer_us", "token_us"):
+    for key in ("layer_us", "token_us", "row_ns", "prefill_row_ns"):
         if key in value and value[key] < 0:
             raise DeviceQueryError(f"{label}.measured.{key} is negative", remedy=_REMEDY)

@@ -12,8 +12,9 @@ class MeasuredSpeed:
     """What ``llamasplit bench`` measured on one device (or the host CPU) with llama-bench.
 
     The speed model (``llamasplit.speed``) uses these instead of datasheet figures: a token costs
-    ``bytes read / decode_gb_s + layers x layer_us + token_us`` there, a prompt ubatch
-    ``FLOPs / prefill_gflops`` plus the same fixed costs.
+    ``bytes read / decode_gb_s + layers x layer_us + matrix rows x row_ns + token_us`` there, a
+    prompt ubatch ``FLOPs / prefill_gflops + rows x tokens x prefill_row_ns`` plus the same fixed
+    costs. Inventories written before ``row_ns`` existed read as 0 (no per-row cost).
     """
 
     decode_gb_s: float
@@ -24,6 +25,10 @@ class MeasuredSpeed:
     """Fixed cost per layer and token (kernel launches, small ops), microseconds."""
     token_us: float = 0.0
     """Fixed cost per token on this device (graph launch; over RPC the round trips), microseconds."""
+    row_ns: float = 0.0
+    """Fixed cost per matrix row a decoded token computes (one dot product), nanoseconds."""
+    prefill_row_ns: float = 0.0
+    """Fixed cost per matrix row and prompt token, nanoseconds."""
     threads: int | None = None
     """CPU threads llama-bench used (CPU and CPU-backed RPC workers)."""
     how: str = ""

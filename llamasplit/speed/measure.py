@@ -1,14 +1,18 @@
 """``llamasplit bench``: measure the speed model's coefficients on the user's own devices.
 
 For the host CPU (``-ngl 0``) and for each RPC worker alone (``--rpc EP -ngl 99``), llama-bench runs
-the probe models (``speed/probe.py``: the same layer count at ~13 MB and ~215 MB a token, and four
-times the layers at almost no bytes) and the SmolLM2 fixture. Each result is one equation of the
-speed model for that device, ``seconds = bytes / bandwidth + layers x layer cost + token cost``
-(decode) and ``FLOPs / rate + the same fixed costs`` (prefill), where bytes, layers and FLOPs come
-from our own estimator, exactly as the planner computes them; a non-negative least-squares fit on
-relative error gives the device's ``MeasuredSpeed``. With two or more workers, one more run splits
-SmolLM2 over the first two: what it takes beyond the two workers' own shares is the cost of one
-stage boundary between workers, stored as their link's latency.
+the probe models (``speed/probe.py``: Q4_0 at ~13 MB and ~215 MB a token with the same layer count,
+four times the layers at almost no bytes, a 262,144-row vocabulary in Q8_0, and one probe per
+other common weight type with a Q4_0 reference of the same shape). Each result is one equation of
+the speed model for that device, ``seconds = bytes / bandwidth + layers x layer cost + plain-kernel
+matrix rows x row cost + token cost`` (decode) and ``FLOPs / rate + rows x prompt tokens x row cost
++ the output matrix read once + the same fixed costs`` (prefill), where bytes, layers, rows and
+FLOPs come from our own estimator, exactly as the planner computes them (the host's repacked
+weights, ``memory.repack``, cost no per-row time). A non-negative least-squares fit on relative
+error over the Q4_0 and Q8_0 probes gives the device's ``MeasuredSpeed``; every other type's
+rates are Q4_0's times its probe's speed over the reference's. With two or more workers, one
+more run splits SmolLM2 over the first two: what it takes beyond the two workers' own shares is
+the cost of one stage boundary between workers, stored as their link's latency.
 
 The host's link to a measured device is inside that device's token cost (llama-bench measured it
 with the host in the loop), so the speed model does not add it again (``speed/links.py``, FOLDED).
@@ -32,8 +36,16 @@ N_PROMPT = 128
 """Prompt tokens per prefill run (one ubatch; small enough for a 1-thread worker)."""
 N_GEN = 32
 """Generated tokens per decode run (on average 16 cells of KV cache in use)."""
-REPETITIONS = 5
-"""Repetitions per llama-bench test; the fastest counts (on a shared 2-core VM, identical 2-thread runs differed 1.7x)."""
+REPETITIONS = 10
+"""Repetitions per llama-bench test; the fastest counts. On this shared 2-core VM the fastest of 5
+back-to-back repetitions of one probe moved by +-15 % from one llama-bench run to the next, a second
+apart (fast moments recur every few seconds); the fastest of 10 spans more of them."""
+
+
+PASSES = 2
+"""Passes over a device's probes; each probe's fastest run over all passes counts. One pass's
+fitted type rates moved by up to 30 % from one bench to the next here, since a probe and its
+reference, measured seconds apart, could fall into different slow spells of the machine."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,16 @@ class BenchResult:
     """Seconds for the whole prompt; ``None`` when no prefill test was run (``n_prompt`` 0)."""
     n_prompt: int
     n_gen: int
+
+
+def fastest(a: BenchResult, b: BenchResult) -> BenchResult:
+    """The faster decode and the faster prefill of two runs of the same test.
+
+    >>> fastest(BenchResult("m", 0.02, 0.5, 128, 32), BenchResult("m", 0.01, 0.7, 128, 32))
+    BenchResult(model='m', decode_s=0.01, prefill_s=0.5, n_prompt=128, n_gen=32)
+    """
+    pre = min((x for x in (a.prefill_s, b.prefill_s) if x is not None), default=None)
+    return dataclasses.replace(a, decode_s=min(a.decode_s, b.decode_s), prefill_s=pre)
 
 
 def parse_llama_bench(text: str) -> dict[str, tuple[float, int, int]]:
@@ -113,15 +135,51 @@ def run_llama_bench(
 
 @dataclass(frozen=True)
 class Features:
-    """What the speed model says one run asks of the device: bytes per token, prompt FLOPs, layers."""
+    """What the speed model says one run asks of the device: bytes per token, prompt FLOPs, layers,
+    matrix rows (``speed.model.StageRows``)."""
 
     bytes_per_token: float
     prompt_flops: float
     layers: float
+    rows: float = 0.0
+    """Matrix rows a decoded token computes."""
+    prompt_rows: float = 0.0
+    """Matrix rows the whole prompt computes (rows per prompt token x prompt tokens)."""
+    output_bytes: float = 0.0
+    """The output matrix, read once by the prompt's last token."""
+    output_rows: float = 0.0
+    joint_bytes: float = 0.0
+    """Of ``bytes_per_token``, the bytes of ``JOINT_TYPE`` weights (fitted at their own rate)."""
+    joint_flops: float = 0.0
+    """Of ``prompt_flops``, the FLOPs of ``JOINT_TYPE`` weights."""
+    output_type: str = ""
+
+    def prefill_fixed_s(self, m: MeasuredSpeed) -> float:
+        """The prompt's seconds that do not depend on the matmul rate: fixed costs, the per-row
+        cost of every token's dot products, the output matrix read once."""
+        return (self.layers * m.layer_us * 1e-6 + m.token_us * 1e-6 + self.prompt_rows * m.prefill_row_ns * 1e-9
+                + self.output_bytes / (_decode_rate(m, self.output_type) * 1e9) + self.output_rows * m.row_ns * 1e-9)
+
+    def decode_fixed_s(self, m: MeasuredSpeed) -> float:
+        """A decoded token's seconds that do not depend on the bandwidth."""
+        return self.layers * m.layer_us * 1e-6 + m.token_us * 1e-6 + self.rows * m.row_ns * 1e-9
 
 
-def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_GEN) -> Features:
-    """Our estimator's view of a llama-bench run with everything on one device (or the CPU)."""
+JOINT_TYPE = "Q8_0"
+"""The weight type fitted together with the Q4_0 probes: the vocabulary probe holds it, so that its
+rows run on a plain kernel on every x86 device (the host repacks Q4_0 into interleaved kernels
+with no per-row cost to measure, never Q8_0: ggml-cpu/repack.cpp repacks Q8_0 on ARM only)."""
+
+
+def _decode_rate(m: MeasuredSpeed, ggml_type: str) -> float:
+    """GB/s a decoded token reads ``ggml_type`` weights at on the measured device."""
+    rate = (m.types or {}).get(ggml_type)
+    return rate[0] if rate and rate[0] > 0 else m.decode_gb_s
+
+
+def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_GEN, cpu=None) -> Features:
+    """Our estimator's view of a llama-bench run with everything on one device (or the CPU);
+    ``cpu``: the host's CPU features, for which of its weights llama.cpp repacks."""
     from llamasplit.memory.estimate import estimate
     from llamasplit.memory.settings import LlamaSettings
     from llamasplit.speed.model import layer_workload
@@ -129,14 +187,21 @@ def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_G
     dev = Device("bench", "BENCH0", "bench", "RPC", 1 << 40, 1 << 40)
     devices = [] if on_host else [dev]
     s = LlamaSettings(n_ctx=n_prompt + n_gen, n_gpu_layers=0 if on_host else None, binary="llama-completion")
-    est = estimate(model, devices, s, fast=True)
+    est = estimate(model, devices, s, fast=True, cpu=cpu if on_host else None)
     work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=n_prompt,
-                          kv_fill=(n_gen / 2) / est.n_ctx, host=True)
+                          kv_fill=(n_gen / 2) / est.n_ctx, host=True,
+                          cpu=cpu if on_host and est.host.extra_buffers else None)
     col = len(devices) if on_host else 0
-    b = sum(st[col][0] for st in work.stages)
-    f = sum(st[col][1] for st in work.stages)
-    layers = sum(nl for st, nl in zip(work.stages, work.layers) if st[col][0] or st[col][1])
-    return Features(b, f * n_prompt, layers)
+    mine = [i for i, st in enumerate(work.stages) if st[col][0] or st[col][1]]
+    b = sum(work.stages[i][col][0] for i in mine)
+    f = sum(work.stages[i][col][1] for i in mine)
+    layers = sum(work.layers[i] for i in mine)
+    r = [work.rows[i] for i in mine] if work.rows else []
+    joint = [(jb, jf) for name, jb, jf in work.type_mix[col] if name == JOINT_TYPE] if work.type_mix else []
+    return Features(b, f * n_prompt, layers, sum(x.decode for x in r), sum(x.prefill for x in r) * n_prompt,
+                    sum(x.output_bytes for x in r), sum(x.output_rows for x in r),
+                    sum(jb for jb, _ in joint), sum(jf for _, jf in joint) * n_prompt,
+                    next((x.output_type for x in r if x.output_type), ""))
 
 
 def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:
@@ -163,21 +228,42 @@ def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> l
 
 
 def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads: int | None, how: str) -> MeasuredSpeed:
-    """The device's MeasuredSpeed from its runs (decode: bandwidth, layer and token cost; prefill: rate)."""
-    rows = [(f.bytes_per_token, f.layers, 1.0) for f, _ in observations]
+    """The device's MeasuredSpeed from its runs of the Q4_0 probes and the ``JOINT_TYPE`` ones.
+
+    Decode: one non-negative least-squares fit (relative error) of the Q4_0 and the joint type's
+    bandwidths and the per-layer, per-row and per-token costs. Prefill, given those fixed costs:
+    the two types' matmul rates and the per-row cost per prompt token (probes of the same rows and
+    other widths, or the same width and other rows, separate them). The joint type's rates go to
+    ``types``; without joint-type runs its columns are zero and it gets none."""
+    rows = [(f.bytes_per_token - f.joint_bytes, f.joint_bytes, f.layers, f.rows, 1.0) for f, _ in observations]
     times = [r.decode_s for _, r in observations]
-    inv_bw, layer_s, token_s = _nnls_relative(rows, times)
+    inv_bw, inv_bw_j, layer_s, row_s, token_s = _nnls_relative(rows, times)
     if inv_bw <= 0:  # noise swamped the bytes (a busy machine): bandwidth alone, no fixed costs
-        (inv_bw,) = _nnls_relative([(b,) for b, _, _ in rows], times)
-        layer_s = token_s = 0.0
+        (inv_bw,) = _nnls_relative([(b + j,) for b, j, _, _, _ in rows], times)
+        inv_bw_j, layer_s, row_s, token_s = inv_bw, 0.0, 0.0, 0.0
     if inv_bw <= 0:
         raise LaunchError("the decode runs do not depend on the bytes read: cannot measure a bandwidth",
                           remedy="run llamasplit bench again when the machine is idle")
-    pre = [(f.prompt_flops, r.prefill_s - f.layers * layer_s - token_s) for f, r in observations
-           if f.prompt_flops and r.prefill_s is not None]
-    (inv_f,) = _nnls_relative([(fl,) for fl, _ in pre], [max(t, 1e-9) for _, t in pre])
+    if inv_bw_j <= 0:
+        inv_bw_j = inv_bw
+    types = {JOINT_TYPE: [1 / inv_bw_j / 1e9, 1.0]}
+    dec = MeasuredSpeed(decode_gb_s=1 / inv_bw / 1e9, prefill_gflops=1.0, layer_us=layer_s * 1e6, token_us=token_s * 1e6,
+                        row_ns=row_s * 1e9, types=types)
+    pre = [((f.prompt_flops - f.joint_flops, f.joint_flops, f.prompt_rows), r.prefill_s - f.prefill_fixed_s(dec))
+           for f, r in observations if f.prompt_flops and r.prefill_s is not None]
+    cols = [c for c, _ in pre]
+    ts = [max(t, 1e-9) for _, t in pre]
+    inv_f, inv_f_j, prow_s = _nnls_relative(cols, ts)
+    if inv_f <= 0:
+        (inv_f,) = _nnls_relative([(a + b,) for a, b, _ in cols], ts)
+        inv_f_j, prow_s = inv_f, 0.0
+    if inv_f_j <= 0:
+        inv_f_j = inv_f
+    joint = any(f.joint_bytes for f, _ in observations)
     return MeasuredSpeed(decode_gb_s=round(1 / inv_bw / 1e9, 4), prefill_gflops=round(1 / inv_f / 1e9, 3),
-                         layer_us=round(layer_s * 1e6, 2), token_us=round(token_s * 1e6, 1), threads=threads, how=how)
+                         layer_us=round(layer_s * 1e6, 2), token_us=round(token_s * 1e6, 1), row_ns=round(row_s * 1e9, 3),
+                         prefill_row_ns=round(prow_s * 1e9, 3), threads=threads, how=how,
+                         types={JOINT_TYPE: [round(1 / inv_bw_j / 1e9, 4), round(1 / inv_f_j / 1e9, 3)]} if joint else None)
 
 
 def prompt_tokens(model_name: str) -> int:
@@ -202,24 +288,6 @@ def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]
     return main, typed, ("smollm2", Path(fetch_model("smollm2")))
 
 
-def _wide_prefill(m: MeasuredSpeed, f: Features, r: BenchResult) -> MeasuredSpeed:
-    """The prefill rate of the 1024-wide reference probe instead of the narrow probes' fit: a
-    matrix multiplication's rate grows with its width (here the 256-wide probes' rate made the
-    1536-wide check model's prefill 20-30 % slower than measured), and the models people run are
-    wider still; the fixed costs stay the narrow probes'.
-
-    >>> m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=50.0, layer_us=10.0, token_us=100.0)
-    >>> _wide_prefill(m, Features(50e6, 9e9, 8), BenchResult("ref", 0.01, 0.1 + 180e-6, 128, 32)).prefill_gflops
-    90.0
-    """
-    if r.prefill_s is None or not f.prompt_flops:
-        return m
-    seconds = r.prefill_s - f.layers * m.layer_us * 1e-6 - m.token_us * 1e-6
-    if seconds <= 0:
-        return m
-    return dataclasses.replace(m, prefill_gflops=round(f.prompt_flops / seconds / 1e9, 3))
-
-
 def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResult]],
                  reference: tuple[Features, BenchResult] | None = None) -> dict[str, list[float]]:
     """Per weight type: its decode bandwidth and prefill rate. With ``reference`` (the same probe
@@ -236,9 +304,8 @@ def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResu
     {'Q4_1': [16.0, 40.0]}
     """
     def implied(f: Features, r: BenchResult) -> tuple[float, float] | None:
-        fixed = f.layers * m.layer_us * 1e-6 + m.token_us * 1e-6
-        dec = r.decode_s - fixed
-        pre = (r.prefill_s - fixed) if r.prefill_s is not None else None
+        dec = r.decode_s - f.decode_fixed_s(m)
+        pre = (r.prefill_s - f.prefill_fixed_s(m)) if r.prefill_s is not None else None
         if dec <= 0 or not pre or pre <= 0:
             return None
         return f.bytes_per_token / dec, f.prompt_flops / pre
@@ -246,6 +313,8 @@ def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResu
     base = implied(*reference) if reference is not None else None
     out = {}
     for qtype, f, r in runs:
+        if qtype in (m.types or {}):
+            continue  # fitted with the Q4_0 probes
         rates = implied(f, r)
         if rates is None:
             continue
@@ -261,7 +330,7 @@ def measure_fleet(
     fleet: Fleet, *, binary: str | Path, progress: Callable[[str], None] = lambda _: None, host: bool = True,
     hop: bool = True, models: Sequence[tuple[str, Path]] | None = None,
     type_models: Sequence[tuple[str, Path]] | None = None, hop_model: tuple[str, Path] | None = None,
-    log: list | None = None, type_reference: Path | None = None,
+    log: list | None = None, type_reference: Path | None = None, passes: int = PASSES,
 ) -> Fleet:
     """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
     worker-to-worker hop on their links. ``models`` (the Q4_0 probes), ``type_models`` ((weight
@@ -269,6 +338,7 @@ def measure_fleet(
     Features, BenchResult) of every run. ``type_reference`` is the type probes' shape in Q4_0
     (default ``probe.TYPE_REFERENCE``), run once per device when there are type probes."""
     from llamasplit.model.profile import read_model
+    from llamasplit.speed.model import host_cpu
     from llamasplit.speed.probe import TYPE_REFERENCE, probe_path
 
     if models is None or type_models is None or hop_model is None:
@@ -283,34 +353,37 @@ def measure_fleet(
         ref_path = type_reference or probe_path(TYPE_REFERENCE)
         ref_model = (ref_path, read_model(ref_path))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    how = (f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS} on {', '.join(n for n, _, _ in main)}"
+    how = (f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS}, fastest of {passes} passes, on {', '.join(n for n, _, _ in main)}"
            + (f" and {', '.join(q for q, _, _ in typed)} probes (relative to Q4_0 on their shape)" if typed else "")
            + f", {when}")
 
     def measure(label: str, on_host: bool, rpc: list[str], threads: int | None, dev: str | None = None) -> MeasuredSpeed:
-        obs = []
+        cpu = host_cpu(fleet.host) if on_host else None
         ngl = 0 if on_host else 99
-        for name, path, m in main:
-            progress(f"{label}: {name}")
-            n_prompt = prompt_tokens(name)
-            obs.append((features(m, on_host=on_host, n_prompt=n_prompt or N_PROMPT),
-                        run_llama_bench(binary, path, rpc=rpc, ngl=ngl, n_prompt=n_prompt, device=dev)))
-        speed = fit_device(obs, threads=threads, how=how)
-        runs = []
-        for q, path, m in typed:
-            progress(f"{label}: {q} probe")
-            runs.append((q, features(m, on_host=on_host), run_llama_bench(binary, path, rpc=rpc, ngl=ngl, device=dev)))
+        jobs = [(name, path, prompt_tokens(name)) for name, path, _ in main]
+        if typed and ref_model is not None:  # Q4_0 as well: one more equation for the fit
+            jobs.append(("Q4_0 reference probe", ref_model[0], N_PROMPT))
+        jobs += [(f"{q} probe", path, N_PROMPT) for q, path, _ in typed]
+        done: dict[str, BenchResult] = {}
+        for k in range(passes):  # every probe once per pass: the passes are tens of seconds apart
+            for key, path, n_prompt in jobs:
+                progress(f"{label}: {key}" + (f" (pass {k + 1} of {passes})" if passes > 1 else ""))
+                r = run_llama_bench(binary, path, rpc=rpc, ngl=ngl, n_prompt=n_prompt, device=dev)
+                done[key] = fastest(done[key], r) if key in done else r
+        obs = [(features(m, on_host=on_host, n_prompt=prompt_tokens(name) or N_PROMPT, cpu=cpu), done[name])
+               for name, _, m in main]
         reference = None
-        if runs and ref_model is not None:
-            progress(f"{label}: Q4_0 reference probe")
-            reference = (features(ref_model[1], on_host=on_host), run_llama_bench(binary, ref_model[0], rpc=rpc, ngl=ngl,
-                                                                                   device=dev))
-        if reference is not None:
-            speed = _wide_prefill(speed, *reference)
+        if "Q4_0 reference probe" in done:
+            reference = (features(ref_model[1], on_host=on_host, cpu=cpu), done["Q4_0 reference probe"])
+        runs = [(q, features(m, on_host=on_host, cpu=cpu), done[f"{q} probe"]) for q, _, m in typed]
+        joint = [(f, r) for q, f, r in runs if q == JOINT_TYPE]
+        speed = fit_device(obs + ([reference] if reference is not None else []) + joint, threads=threads, how=how)
         if runs:
-            speed = dataclasses.replace(speed, types=_typed_rates(speed, runs, reference) or None)
+            speed = dataclasses.replace(speed, types={**(speed.types or {}), **_typed_rates(speed, runs, reference)} or None)
         if log is not None:
             log.extend((label, n, f, r) for (n, _, _), (f, r) in zip(main, obs))
+            if reference is not None:
+                log.append((label, "probe-q4_0-ref", *reference))
             log.extend((label, f"probe-{q}", f, r) for q, f, r in runs)
         return speed
 
@@ -378,7 +451,6 @@ __all__ = ["BenchResult", "Features", "features", "fit_device", "host_fleet", "m
 
 def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult) -> tuple[float, float | None]:
     """The fitted model's decode and prefill seconds for one of the bench's own runs."""
-    fixed = f.layers * m.layer_us * 1e-6 + m.token_us * 1e-6
-    dec = f.bytes_per_token / (m.decode_gb_s * 1e9) + fixed
-    pre = f.prompt_flops / (m.prefill_gflops * 1e9) + fixed if r.prefill_s is not None else None
+    dec = f.bytes_per_token / (m.decode_gb_s * 1e9) + f.decode_fixed_s(m)
+    pre = f.prompt_flops / (m.prefill_gflops * 1e9) + f.prefill_fixed_s(m) if r.prefill_s is not None else None
     return dec, pre  # the main (Q4_0) rates: a typed probe's own rates reproduce it exactly

@@ -3,15 +3,17 @@
 **Decode.** A token runs through the stages in order. On each device it reads the bytes its
 layers hold (``estimate()``'s ``read_bytes``: weights, routed experts times used/total, the
 output matrix) plus the KV cache at the current depth, at that device's *effective* bandwidth;
-each layer adds a fixed cost (kernel launches and small ops a roofline misses) and each device a
-fixed cost per token (graph launch and synchronisation; over RPC the round trips). Each boundary
+each layer adds a fixed cost (kernel launches and small ops a roofline misses), on a measured CPU
+each matrix row of a plain (not repacked) kernel one dot product's overhead (``StageRows``), and
+each device a fixed cost per token (graph launch and synchronisation; over RPC the round trips). Each boundary
 between stages costs its link (``speed/links.py``: PCIe, NVLink, network or loopback RPC), and
 the logits cross from the last device to the host.
 
 **Prefill.** Each ubatch costs its matmul FLOPs over the device's effective compute rate for each
 weight type (the rate of the kernel the pinned llama.cpp runs it with: ``prefill_path``), without
-flash attention the KQ matrix's traffic at the device's bandwidth, plus the same fixed and
-transfer costs; layer split pipelines ubatches over the stages.
+flash attention the KQ matrix's traffic at the device's bandwidth, on a measured CPU the per-row
+overhead per prompt token, the output matrix read once for the ubatch's last token, plus the same
+fixed and transfer costs; layer split pipelines ubatches over the stages.
 
 **Where the numbers come from** (``speed.json``, every coefficient with its source): ``measured``
 when ``llamasplit bench`` measured the device (``Device.measured``, in the inventory); else
@@ -89,6 +91,11 @@ class DeviceSpeed:
     """``measured``, ``calibrated``, ``datasheet`` or ``assumed``."""
     types: tuple[tuple[str, float, float], ...] = ()
     """(weight type, bytes/s, FLOP/s) for types whose kernels run at their own speed."""
+    row_s: float = 0.0
+    """Fixed cost per matrix row a decoded token computes (one dot product: on a CPU the call and
+    the store around it; ``llamasplit bench`` measures it, GPUs fold it into ``layer_s``)."""
+    prefill_row_s: float = 0.0
+    """The same per matrix row and prompt token of a ubatch."""
 
     def rates(self, ggml_type: str) -> tuple[float, float]:
         for name, bw, fl in self.types:
@@ -240,7 +247,28 @@ def host_speed(host: HostInfo, coeffs: dict[str, Any] | None = None) -> DeviceSp
 
 def _measured(m) -> DeviceSpeed:
     types = tuple((k, v[0] * 1e9, v[1] * 1e9) for k, v in sorted((m.types or {}).items()))
-    return DeviceSpeed(m.decode_gb_s * 1e9, m.prefill_gflops * 1e9, m.layer_us * 1e-6, m.token_us * 1e-6, MEASURED, types)
+    return DeviceSpeed(m.decode_gb_s * 1e9, m.prefill_gflops * 1e9, m.layer_us * 1e-6, m.token_us * 1e-6, MEASURED, types,
+                       m.row_ns * 1e-9, m.prefill_row_ns * 1e-9)
+
+
+@dataclass(frozen=True)
+class StageRows:
+    """The per-row work of one layer-split stage, and what its ubatches read once.
+
+    A matrix of ``ne1`` rows costs ``ne1`` dot products per token; ``llamasplit bench`` measures a
+    CPU's fixed cost of each (``DeviceSpeed.row_s``), which a model with a large vocabulary or
+    narrow layers pays far more often per byte than the probes do. A prompt ubatch computes the
+    logits of its last token only (llama-bench, llama-server and llama-cli mark only that token
+    as an output), so the output matrix is read once per ubatch, at its type's decode rate."""
+
+    decode: float = 0.0
+    """Rows a decoded token computes (routed experts in the share the router picks)."""
+    prefill: float = 0.0
+    """Rows each prompt token computes (the layers' matrices, not the output's)."""
+    output_bytes: float = 0.0
+    """Bytes of the output matrix this stage reads once per ubatch."""
+    output_rows: float = 0.0
+    output_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -274,6 +302,9 @@ class Workload:
     prefill_bytes: tuple[tuple[float, ...], ...] = ()
     """Per stage and column: bytes each prompt token moves at the device's bandwidth on top of its
     FLOPs (the KQ matrix without flash attention, ``NO_FA_BYTES_PER_KQ``); empty: none."""
+    rows: tuple[StageRows, ...] = ()
+    """Layer split, per stage: the matrix rows its device computes and the output matrix it reads
+    once per ubatch (empty: none; tensor split has none)."""
 
     @property
     def n_devices(self) -> int:
@@ -388,7 +419,7 @@ def predict(
             rates[j] = (mixed[0], mixed[1])
 
     def stage_time(stage: Sequence[tuple[float, float]], n_layers: float, pick: int, scale: float,
-                   extra: Sequence[float] = ()) -> float:
+                   extra: Sequence[float] = (), rows: StageRows | None = None) -> float:
         times = []
         for j, (pair, s) in enumerate(zip(stage, sp)):
             if not (pair[0] or pair[1]):
@@ -405,12 +436,20 @@ def predict(
                         amount -= part
             if extra and extra[j]:
                 seconds += extra[j] / s.bandwidth_bytes_s
-            times.append((amount / rate + seconds) * scale + n_layers * s.layer_s)
+            fixed = n_layers * s.layer_s
+            if rows is not None and pick == 0:
+                fixed += rows.decode * s.row_s
+            elif rows is not None:
+                seconds += rows.prefill * s.prefill_row_s
+                out_bw = s.rates(rows.output_type)[0]
+                fixed += rows.output_bytes / out_bw + rows.output_rows * s.row_s
+            times.append((amount / rate + seconds) * scale + fixed)
         return max(max(times, default=0.0), sum(times) / p)
 
-    compute_dec = sum(stage_time(st, nl, 0, 1.0) for st, nl in zip(work.stages, layers))
+    row_costs = work.rows or (None,) * len(work.stages)
+    compute_dec = sum(stage_time(st, nl, 0, 1.0, (), r) for st, nl, r in zip(work.stages, layers, row_costs))
     extras = work.prefill_bytes or ((),) * len(work.stages)
-    per_ub = [stage_time(st, nl, 1, ub, ex) for st, nl, ex in zip(work.stages, layers, extras)]
+    per_ub = [stage_time(st, nl, 1, ub, ex, r) for st, nl, ex, r in zip(work.stages, layers, extras, row_costs)]
     if work.mode == "tensor":
         token = max((sp[j].token_s for j in active), default=0.0) + fixed_s
         pre = k * (sum(per_ub) + comm_pre_ub + token) + fetch
@@ -556,16 +595,30 @@ def _is_output(t) -> bool:
     return t.block is Block.OUTPUT or t.name == "token_embd.weight"
 
 
+def host_cpu(host: HostInfo):
+    """The host's CPU features as the repack rules read them (``memory.repack``), or ``None``."""
+    from llamasplit.memory.repack import CpuFeatures
+
+    if host.cpu_flags is None:
+        return None
+    return CpuFeatures(frozenset(host.cpu_flags), host.cpu_machine or "x86_64", amx_built=True)
+
+
 def layer_workload(
     model, est, names: Sequence[str], *, prompt_tokens: int = 512, kv_fill: float = KV_FILL, host: bool = False,
-    n_ubatch: int = 512,
+    n_ubatch: int = 512, cpu=None,
 ) -> Workload:
     """Layer split: each device reads and multiplies the layers ``est`` put on it (``estimate()``).
 
     With ``host``, the layers left on the CPU are a first stage in an extra column (``HOST_NAME``).
     Without flash attention (``est.flash_attn`` false) each prompt token also moves its row of the
     KQ matrix (``NO_FA_BYTES_PER_KQ`` per head and cell; a ubatch attends to every cell filled so
-    far, the ``k``-th of ``K`` to ``k x n_ubatch``, so ``n_ubatch x (K + 1) / 2`` on average)."""
+    far, the ``k``-th of ``K`` to ``k x n_ubatch``, so ``n_ubatch x (K + 1) / 2`` on average).
+
+    Matrix rows (``StageRows``) count only weights that run on plain, row-at-a-time kernels: with
+    ``cpu`` (the host repacks, ``est.host.extra_buffers``), the host's repacked weights (``AMX``,
+    ``CPU_REPACK``: interleaved kernels that compute 4-8 rows per call) cost no per-row time."""
+    from llamasplit.memory import repack
     from llamasplit.memory.weights import _tables
 
     hp = model.hparams
@@ -577,6 +630,8 @@ def layer_workload(
     ub = max(1, min(prompt_tokens, n_ubatch))
     n_kv = ub * (math.ceil(prompt_tokens / ub) + 1) / 2
     mix: list[dict[str, list[float]]] = [{} for _ in range(cols)]
+    rows = [[0.0, 0.0, 0.0, 0.0] for _ in range(cols)]  # decode rows, prefill rows, output bytes, output rows
+    out_type = [""] * cols
     for item in _tables(model).items:
         if item.slot is None:
             continue
@@ -588,9 +643,19 @@ def layer_workload(
             dev = n
         kind = mix[dev].setdefault(_type_name(t.ggml_type), [0.0, 0.0])
         kind[0] += item.read_bytes
-        if _is_output(t):
-            continue  # prefill computes the logits of the last token only
         share = active if t.role.value == "experts" else 1.0
+        repacked = (cpu is not None and dev == n and host
+                    and repack.extra_buffer(t, cpu, tied_output=item.dup and item.slot == hp.n_layer) is not None)
+        n_rows = 0.0 if repacked else _rows(t) * share
+        rows[dev][0] += n_rows
+        if _is_output(t):
+            # prefill computes the logits of the last token only: the matrix is read once per ubatch
+            rows[dev][2] += item.read_bytes
+            rows[dev][3] += n_rows
+            if len(t.shape) >= 2:  # the matrix, not output_norm
+                out_type[dev] = _type_name(t.ggml_type)
+            continue
+        rows[dev][1] += n_rows
         flops[dev] += _flops_weight(t) * share
         kind[1] += _flops_weight(t) * share
     for il in range(hp.n_layer_kv):
@@ -601,7 +666,7 @@ def layer_workload(
             flops[dev] += _attention_flops(model, il, hp.n_head[il], prompt_tokens / 2)
             if not est.flash_attn:
                 kq_bytes[dev] += hp.n_head[il] * n_kv * NO_FA_BYTES_PER_KQ
-    stages, layers, extra = [], [], []
+    stages, layers, extra, stage_rows = [], [], [], []
     parts = [(n, est.host)] if host else []
     parts += list(enumerate(est.devices))
     for j, e in parts:
@@ -612,10 +677,21 @@ def layer_workload(
         stages.append(tuple(row))
         layers.append(float(sum(1 for il in e.layers if il < hp.n_layer)))
         extra.append(tuple(kq_bytes[j] if k == j else 0.0 for k in range(cols)))
+        stage_rows.append(StageRows(*rows[j], out_type[j]))
     all_names = (*names, HOST_NAME) if host else tuple(names)
     type_mix = tuple(tuple((k, v[0], v[1]) for k, v in sorted(m.items())) for m in mix)
     return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers), type_mix=type_mix,
-                    prefill_bytes=tuple(extra) if any(kq_bytes) else ())
+                    prefill_bytes=tuple(extra) if any(kq_bytes) else (), rows=tuple(stage_rows))
+
+
+def _rows(t) -> float:
+    """Matrix rows of a weight (``ne1 x ne2 ...``): the dot products it costs per token."""
+    if len(t.shape) < 2:
+        return 0.0
+    out = 1.0
+    for d in t.shape[1:]:
+        out *= d
+    return out
 
 
 def _type_name(ggml_type: int) -> str:
@@ -696,8 +772,9 @@ def layer_split_speed(
     crossing each boundary, the logits coming back to the host."""
     if len(est.devices) != len(devices):
         raise ValueError(f"the estimate covers {len(est.devices)} devices, not the {len(devices)} given")
+    cpu = host_cpu(fleet.host) if est.host.extra_buffers else None
     work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=prompt_tokens, kv_fill=kv_fill, host=True,
-                          n_ubatch=n_ubatch)
+                          n_ubatch=n_ubatch, cpu=cpu)
     speeds = [device_speed(d, coeffs) for d in devices] + [host_speed(fleet.host, coeffs)]
     n = len(devices)
     order = [j for st in work.stages for j in range(len(st)) if st[j][0] or st[j][1]]

@@ -1,5 +1,5 @@
 """Probe models for ``llamasplit bench``: llama-architecture GGUFs of chosen shapes, written with
-gguf's own writer, whose weights are zero (the speed of Q4_0, Q4_1 and Q8_0 kernels does not depend
+gguf's own writer, whose weights are zero (the speed of Q4_0, Q4_1, Q5_0 and Q8_0 kernels does not depend
 on the values) or, for K-quants, pseudo-random blocks with normal scales (theirs does).
 
 Two shapes with the same layer count and very different bytes per token separate a device's
@@ -35,20 +35,28 @@ PROBES = (
     ProbeShape("probe-narrow", n_layer=24, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=8192),
     ProbeShape("probe-wide", n_layer=24, n_embd=1024, n_ff=4096, n_head=8, n_head_kv=2, n_vocab=8192),
     ProbeShape("probe-deep", n_layer=96, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=8192),
+    ProbeShape("probe-vocab", n_layer=24, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=262144, qtype="Q8_0"),
 )
 """narrow vs wide: same layers, ~13 MB vs ~215 MB a token (bandwidth); narrow vs deep: 4x the layers
-at almost no bytes (per-layer cost)."""
+at almost no bytes (per-layer cost). The vocabulary probe is the narrow shape with a 262,144-row
+output (Gemma-3's vocabulary), in Q8_0: against the Q8_0 type probe (about the same bytes, a fifth
+of the rows) it gives the per-row cost of a plain kernel (``measure.JOINT_TYPE``). 640-wide Gemma-3
+decoded at 0.7x the bandwidth of the wide probe here, its 262,144 short output rows each a dot
+product; Q8_0 because the host repacks Q4_0 into kernels that compute 8 rows a call."""
 
 TYPE_PROBES = tuple(
     ProbeShape(f"probe-{q.lower()}", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192, qtype=q)
-    for q in ("Q4_1", "Q6_K", "Q8_0")
+    for q in ("Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 )
-"""One mid-sized probe (~50-90 MB) per other common weight type: its kernels may run at their own
-speed (on x86 the CPU backend repacks Q4_0, Q4_K, IQ4_NL and Q8_0 for its SIMD units, not Q4_1 or
-Q6_K). K-quant probes hold pseudo-random blocks with small, normal fp16 scales (``_kquant_blocks``):
-an all-zero Q6_K probe decoded at half the speed of random blocks here. No Q4_K probe: with it,
-Gemma-3 Q4_K_M's prefill on this CPU was predicted 2.8x too fast (1.5-1.7x without), since its
-640-wide matrices do not run at the 1024-wide probe's repacked rate."""
+"""One mid-sized probe (~50-90 MB) per other common weight type: its kernels run at their own
+speed (on x86 the host's CPU backend repacks Q4_0, Q4_K, IQ4_NL and Q8_0 for its SIMD units, not
+Q4_1, Q5_0 or Q6_K; an RPC worker repacks nothing). A type without a probe runs at Q4_0's rates.
+Q5_0 and Q8_0 are there for the "_M" mixes as much as for whole files: llama-quantize gives a
+tensor whose rows are not a multiple of 256 Q5_0 instead of Q4_K and Q8_0 instead of Q6_K
+(src/llama-quant.cpp, ``nx % qk_k``), so Gemma-3-270M Q4_K_M (640 wide) holds 44 MB of Q5_0 and
+only 13 MB of Q4_K; without a Q5_0 probe its prefill on this CPU ran at the repacked Q4_0 rate and
+was predicted 1.5-2.8x too fast. K-quant probes hold pseudo-random blocks with small, normal fp16
+scales (``_kquant_blocks``): an all-zero Q6_K probe decoded at half the speed of random blocks here."""
 
 K_SCALES = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}
 """K-quant block bytes and the offsets of their fp16 scales (ggml-common.h block_q4_K: d, dmin,
@@ -110,7 +118,7 @@ def write_probe(path: str | Path, shape: ProbeShape) -> Path:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(hd)
-    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18}.get(shape.qtype, 1))
+    w.add_file_type({"Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q8_0": 7, "F16": 1, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18}.get(shape.qtype, 1))
     w.add_tokenizer_model("no_vocab")
     w.add_vocab_size(shape.n_vocab)
     for name, ne in tensors:
