@@ -64,7 +64,8 @@ def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | 
 
 
 def bench_run(binary, model, **kw):
-    """The fastest of ``PASSES`` llama-bench runs, as ``llamasplit bench`` takes its probes'."""
+    """The fastest of ``PASSES`` back-to-back llama-bench runs (``llamasplit bench`` takes the fastest
+    of as many passes, though its passes are spread over all of a device's probes)."""
     best = None
     for _ in range(PASSES):
         r = run_llama_bench(binary, model, **kw)

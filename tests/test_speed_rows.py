@@ -26,7 +26,7 @@ def _host_rows(tmp_path, qtype: str, cpu):
     model = read_model(path)
     s = LlamaSettings(n_ctx=256, n_gpu_layers=0, binary="llama-completion")
     est = estimate(model, [], s, fast=True, cpu=cpu)
-    work = layer_workload(model, est, [], prompt_tokens=64, host=True, cpu=cpu if est.host.extra_buffers else None)
+    work = layer_workload(model, est, [], prompt_tokens=64, host=True, cpu=cpu)
     (rows,) = work.rows
     return rows, est
 

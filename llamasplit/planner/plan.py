@@ -28,9 +28,8 @@ from llamasplit.memory.companions import Companions, DraftSpec, LoraAdapter, dra
 from llamasplit.memory.estimate import Estimate, estimate, with_host_extras
 from llamasplit.memory.weights import HOST
 from llamasplit.memory.graph import replayable
-from llamasplit.memory.repack import CpuFeatures
 from llamasplit.memory.settings import LlamaSettings
-from llamasplit.speed.model import HOST_NAME, IDLE, SpeedEstimate, device_speed, layer_split_speed
+from llamasplit.speed.model import HOST_NAME, IDLE, SpeedEstimate, device_speed, host_cpu, layer_split_speed
 from llamasplit.units import GiB, format_size
 
 PLAN_SCHEMA = "llamasplit.plan/1"
@@ -548,9 +547,9 @@ def plan(model: ModelProfile, fleet: Fleet, options: PlanOptions | None = None) 
     est, settings = best.est, best.settings
     devices = [devices[i] for i in best.kept]
     budgets = [budgets[i] for i in best.kept]
-    if fleet.host.cpu_flags is not None:
-        # the host's weights llama.cpp repacks for this CPU (AMX / CPU_REPACK buffers, planner.repack)
-        cpu = CpuFeatures(frozenset(fleet.host.cpu_flags), fleet.host.cpu_machine or "x86_64", amx_built=True)
+    cpu = host_cpu(fleet.host)
+    if cpu is not None:
+        # the host's weights llama.cpp repacks for this CPU (AMX / CPU_REPACK buffers, memory.repack)
         est = with_host_extras(model, devices, settings, est, cpu)
     if settings.tensor_split is not None and len(devices) == 1 and "tensor_split" not in options.fixed:
         settings = settings.replace(tensor_split=None)  # one device: nothing to split

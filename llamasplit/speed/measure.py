@@ -189,8 +189,7 @@ def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_G
     s = LlamaSettings(n_ctx=n_prompt + n_gen, n_gpu_layers=0 if on_host else None, binary="llama-completion")
     est = estimate(model, devices, s, fast=True, cpu=cpu if on_host else None)
     work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=n_prompt,
-                          kv_fill=(n_gen / 2) / est.n_ctx, host=True,
-                          cpu=cpu if on_host and est.host.extra_buffers else None)
+                          kv_fill=(n_gen / 2) / est.n_ctx, host=True, cpu=cpu if on_host else None)
     col = len(devices) if on_host else 0
     mine = [i for i, st in enumerate(work.stages) if st[col][0] or st[col][1]]
     b = sum(work.stages[i][col][0] for i in mine)

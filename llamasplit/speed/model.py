@@ -621,6 +621,9 @@ def layer_workload(
     from llamasplit.memory import repack
     from llamasplit.memory.weights import _tables
 
+    if not est.host.extra_buffers:
+        cpu = None  # this estimate repacks nothing (no CPU features, -nr, or a CUDA device present)
+
     hp = model.hparams
     n = len(est.devices)
     cols = n + (1 if host else 0)
@@ -772,9 +775,8 @@ def layer_split_speed(
     crossing each boundary, the logits coming back to the host."""
     if len(est.devices) != len(devices):
         raise ValueError(f"the estimate covers {len(est.devices)} devices, not the {len(devices)} given")
-    cpu = host_cpu(fleet.host) if est.host.extra_buffers else None
     work = layer_workload(model, est, [d.name for d in devices], prompt_tokens=prompt_tokens, kv_fill=kv_fill, host=True,
-                          n_ubatch=n_ubatch, cpu=cpu)
+                          n_ubatch=n_ubatch, cpu=host_cpu(fleet.host))
     speeds = [device_speed(d, coeffs) for d in devices] + [host_speed(fleet.host, coeffs)]
     n = len(devices)
     order = [j for st in work.stages for j in range(len(st)) if st[j][0] or st[j][1]]
