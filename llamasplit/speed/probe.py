@@ -1,6 +1,7 @@
 """Probe models for ``llamasplit bench``: llama-architecture GGUFs of chosen shapes, written with
-gguf's own writer, whose weights are zero (the speed of Q4_0, Q4_1, Q5_0 and Q8_0 kernels does not depend
-on the values) or, for K-quants, pseudo-random blocks with normal scales (theirs does).
+gguf's own writer, whose weights look to llama.cpp's kernels like a trained model's: random quants,
+block scales spread as a real model's (``SCALE_SPREAD_LOG2``: the CPU kernels' speed depends on it)
+and norms of one, so that activations flow (``_blocks``).
 
 Two shapes with the same layer count and very different bytes per token separate a device's
 bandwidth from its fixed costs; a shape with few, wide layers separates the per-layer from the
@@ -11,6 +12,7 @@ token ids and never needs one.
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,30 +57,72 @@ Q5_0 and Q8_0 are there for the "_M" mixes as much as for whole files: llama-qua
 tensor whose rows are not a multiple of 256 Q5_0 instead of Q4_K and Q8_0 instead of Q6_K
 (src/llama-quant.cpp, ``nx % qk_k``), so Gemma-3-270M Q4_K_M (640 wide) holds 44 MB of Q5_0 and
 only 13 MB of Q4_K; without a Q5_0 probe its prefill on this CPU ran at the repacked Q4_0 rate and
-was predicted 1.5-2.8x too fast. K-quant probes hold pseudo-random blocks with small, normal fp16
-scales (``_kquant_blocks``): an all-zero Q6_K probe decoded at half the speed of random blocks here."""
+was predicted 1.5-2.8x too fast. An all-zero Q6_K probe decoded at half the speed of random blocks
+here, and a zero or one-scale Q4_1 probe 1.3x faster than the real SmolLM2 of the same shape
+(``SCALE_SPREAD_LOG2``)."""
 
-K_SCALES = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}
-"""K-quant block bytes and the offsets of their fp16 scales (ggml-common.h block_q4_K: d, dmin,
-scales[12], qs[128]; block_q5_K: d, dmin, scales[12], qh[32], qs[128]; block_q6_K: ql[128], qh[64],
-scales[16], d)."""
+BLOCKS = {
+    "Q4_0": (18, (0,), 4.61, True), "Q4_1": (20, (0, 2), 4.61, False), "Q5_0": (22, (0,), 9.23, True),
+    "Q8_0": (34, (0,), 73.9, False), "Q4_K": (144, (0, 2), None, False), "Q5_K": (176, (0, 2), None, False),
+    "Q6_K": (210, (208,), None, True),
+}
+"""Per type: block bytes, the offsets of its fp16 scales, the standard deviation of a uniformly
+random quant centred (``q - 8``, ``q - 16``, an int8: ``sqrt((levels^2 - 1) / 12)``; ``None`` for
+K-quants, whose 6-bit sub-scales are random too), and whether the scale ``d`` takes both signs
+(llama-quantize divides the block's extreme value by -8, -16 or -32 there). ggml-common.h:
+block_q4_0 {d, qs[16]}, block_q4_1 {d, m, qs[16]}, block_q5_0 {d, qh[4], qs[16]}, block_q8_0
+{d, qs[32]}, block_q4_K {d, dmin, scales[12], qs[128]}, block_q5_K {d, dmin, scales[12], qh[32],
+qs[128]}, block_q6_K {ql[128], qh[64], scales[16], d}."""
+
+SCALE_SPREAD_LOG2 = 0.5
+"""Standard deviation of log2 of a block's scale. Trained models spread their block scales so:
+SmolLM2-135M Q4_1 (d 0.44, m 0.51), its Q8_0 embedding 0.60, Gemma-3-270M Q4_K_M's Q5_0 0.57,
+Q4_K 0.56 (d) and 0.59 (dmin), Q6_K 0.40, Q8_0 0.34-0.53. The spread matters to the speed: on x86
+with F16C, ggml-cpu/simd-mappings.h defines only ``GGML_CPU_COMPUTE_FP16_TO_FP32`` as
+``_cvtsh_ss``, so ``GGML_CPU_FP16_TO_FP32``, which the plain vec_dot kernels
+(ggml-cpu/arch/x86/quants.c, ``ggml_vec_dot_q4_1_q8_1``) call for every block's scales, falls back
+to ``ggml_lookup_fp16_to_fp32``: a 256 KB table, one lookup per scale. With one scale for every
+block the table stays in L1; with a real model's scales it does not. Here, on a one-thread RPC
+worker, a SmolLM2-shaped Q4_1 probe decoded at 106-114 tok/s with one scale, 65 with log-uniform
+scales over 30x, and the real SmolLM2 at 78-89; the real SmolLM2 with its scales replaced by one
+constant, at 105-109."""
 
 
-def _kquant_blocks(qtype: str, byte_shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Blocks of ``qtype`` with pseudo-random quants and sub-scales and every fp16 scale 2^-10:
-    weights a real model could have (no zero, NaN or subnormal scale).
+def _blocks(qtype: str, byte_shape: tuple[int, ...], n_in: int, seed: int) -> np.ndarray:
+    """Blocks of ``qtype`` as a trained model's look to the kernels: uniformly random quants (and
+    K-quant sub-scales), zero-mean weights of standard deviation about ``1 / sqrt(n_in)`` for legacy
+    types (a matrix that keeps its input's scale, so activations flow as in a real model), and
+    fp16 scales spread log-normally (``SCALE_SPREAD_LOG2``, clipped at 3 sigma: never zero, NaN or
+    subnormal). K-quant scales are centred on 2^-10; Q4_1's minimum is ``-7.5 d``, give or take.
 
-    >>> b = _kquant_blocks("Q4_K", (2, 288), 0)
-    >>> b.shape, b.dtype.name, [float(x) for x in b.reshape(-1, 144)[:, 0:2].copy().view(np.float16).ravel()]
-    ((2, 288), 'uint8', [0.0009765625, 0.0009765625, 0.0009765625, 0.0009765625])
+    >>> b = _blocks("Q4_1", (64, 40), 256, 0).reshape(-1, 20)
+    >>> d, m = (b[:, k:k + 2].copy().view(np.float16).astype(np.float32).ravel() for k in (0, 2))
+    >>> bool((d > 0).all() and (m < 0).all()), len(set(d.tolist())) > 100
+    (True, True)
+    >>> base = 1 / (4.61 * 16)
+    >>> bool((d >= base * 2 ** -1.5 * 0.999).all() and (d <= base * 2 ** 1.5 * 1.001).all())
+    True
+    >>> q6 = _blocks("Q6_K", (8, 210), 256, 1)[:, 208:210].copy().view(np.float16).ravel()
+    >>> bool((q6 > 0).any() and (q6 < 0).any() and (np.abs(q6) >= 2.0 ** -14).all())
+    True
     """
-    size, offsets = K_SCALES[qtype]
+    size, offsets, spread, signed = BLOCKS[qtype]
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=byte_shape, dtype=np.uint8)
     blocks = data.reshape(-1, size)
-    scale = np.array([2.0 ** -10], dtype=np.float16).view(np.uint8)
-    for off in offsets:
-        blocks[:, off:off + 2] = scale
+    n = blocks.shape[0]
+    base = 2.0 ** -10 if spread is None else 1.0 / (spread * np.sqrt(n_in))
+
+    def spread_scales(centre: float, sigma: float = SCALE_SPREAD_LOG2) -> np.ndarray:
+        return centre * np.exp2(np.clip(rng.normal(0.0, sigma, n), -3 * sigma, 3 * sigma))
+
+    d = spread_scales(base)
+    if signed:
+        d = np.where(rng.random(n) < 0.5, -d, d)
+    blocks[:, offsets[0]:offsets[0] + 2] = d.astype(np.float16).view(np.uint8).reshape(n, 2)
+    if len(offsets) > 1:  # Q4_1's m (negative), a K-quant's dmin (positive)
+        second = -7.5 * d * np.exp2(np.clip(rng.normal(0.0, 0.25, n), -0.75, 0.75)) if qtype == "Q4_1" else spread_scales(base)
+        blocks[:, offsets[1]:offsets[1] + 2] = second.astype(np.float16).view(np.uint8).reshape(n, 2)
     return data
 
 TYPE_REFERENCE = ProbeShape("probe-q4_0-ref", n_layer=8, n_embd=1024, n_ff=2048, n_head=8, n_head_kv=2, n_vocab=8192)
@@ -125,13 +169,14 @@ def write_probe(path: str | Path, shape: ProbeShape) -> Path:
         typ = GGMLQuantizationType.F32 if len(ne) == 1 else qtype
         block, size = GGML_QUANT_SIZES[typ]
         byte_shape = (*reversed(ne[1:]), ne[0] // block * size)
-        if typ == GGMLQuantizationType.F32:
-            data = np.zeros(tuple(reversed(ne)), dtype=np.float32)
-        elif shape.qtype in K_SCALES:
-            data = _kquant_blocks(shape.qtype, byte_shape, seed=len(name))
-        else:
-            data = np.zeros(byte_shape, dtype=np.uint8)
-        w.add_tensor(name, data, raw_shape=byte_shape if typ != GGMLQuantizationType.F32 else None, raw_dtype=typ)
+        if typ == GGMLQuantizationType.F32:  # the norms' weights: ones, so activations flow as in a real model
+            data = np.ones(tuple(reversed(ne)), dtype=np.float32)
+        elif shape.qtype not in BLOCKS:  # F16: normal weights of standard deviation 1 / sqrt(n_in)
+            rng = np.random.default_rng(zlib.crc32(name.encode()))
+            data = (rng.standard_normal(tuple(reversed(ne))) / np.sqrt(ne[0])).astype(np.float16)
+        else:  # each tensor its own blocks (seeded by its name)
+            data = _blocks(shape.qtype, byte_shape, ne[0], seed=zlib.crc32(name.encode()))
+        w.add_tensor(name, data, raw_shape=byte_shape if data.dtype == np.uint8 else None, raw_dtype=typ)
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -150,8 +195,8 @@ def probe_path(shape: ProbeShape, folder: Path | None = None) -> Path:
 
     folder = folder or cache_dir() / "probes"
     folder.mkdir(parents=True, exist_ok=True)
-    rnd = "-rnd" if shape.qtype in K_SCALES else ""  # not the all-zero K-quant probes of earlier versions
-    path = folder / f"{shape.name}-{shape.n_layer}x{shape.n_embd}-{shape.qtype}{rnd}.gguf"
+    # "-v3": trained-like blocks (spread scales, unit norms); earlier versions held zeros or one scale
+    path = folder / f"{shape.name}-{shape.n_layer}x{shape.n_embd}-{shape.qtype}-v3.gguf"
     if not path.is_file():
         write_probe(path, shape)
     return path
