@@ -3,7 +3,8 @@ workers, and a heterogeneous fleet (workers with -t 1 next to -t 2).
 
 1. ``llamasplit bench`` (``measure_fleet``) measures the host CPU and every worker with the probe
    models (Q4_0 at three shapes, one probe per other common weight type; ``-p 128 -n 32``).
-2. Every configuration below is then run with llama-bench at other lengths (``-p 64 -n 32``; the
+2. Every configuration below is then run with llama-bench (in passes over all of them, the fastest
+   of each check's runs counting) at other lengths (``-p 64 -n 32``; the
    synthetic model ``-p 16``) on the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic
    llama of ~250 MB that the bench never saw (16 layers of 1536, Q4_0), and compared with the speed model's prediction from
    the bench figures, through the planner's own path (``estimate`` -> ``layer_split_speed``).
@@ -63,16 +64,6 @@ def predict(model, fleet: Fleet, devices: list[Device], ts: tuple[float, ...] | 
     return sp.decode_tok_s, sp.prefill_tok_s
 
 
-def bench_run(binary, model, **kw):
-    """The fastest of ``PASSES`` back-to-back llama-bench runs (``llamasplit bench`` takes the fastest
-    of as many passes, though its passes are spread over all of a device's probes)."""
-    best = None
-    for _ in range(PASSES):
-        r = run_llama_bench(binary, model, **kw)
-        best = r if best is None else fastest(best, r)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description="predicted vs measured speed on the CPU and loopback RPC workers")
     ap.add_argument("--reps", type=int, default=10, help="llama-bench repetitions per check (the fastest counts, as in bench)")
@@ -102,7 +93,8 @@ def main() -> None:
         mdev = list(measured.devices)
         speeds = {"CPU": measured.host.measured, **{d.name: d.measured for d in mdev}}
         for dev, mname, f, r in log:  # how well the fit reproduces the bench's own runs
-            dec, pre = in_sample(speeds[dev], f, r)
+            qtype = mname[len("probe-"):] if mname[len("probe-"):] in (speeds[dev].types or {}) else None
+            dec, pre = in_sample(speeds[dev], f, r, qtype)
             say(f"fit {dev:<5} {mname:<13} decode {1 / r.decode_s:7.1f} measured, {1 / dec:7.1f} fitted"
                 + (f"; prefill {r.n_prompt / r.prefill_s:7.1f} measured, {r.n_prompt / pre:7.1f} fitted" if pre else ""))
         for name, m in [("CPU", measured.host.measured), *((d.name, d.measured) for d in mdev)]:
@@ -116,24 +108,31 @@ def main() -> None:
         configs.append(("1 worker (-t 1)", [0], None, False))
         configs.append(("2 workers (-t 1, -t 2) even", [0, 1], (1.0, 1.0), False))
         configs.append(("3 workers (-t 1, -t 2, -t 1) even", [0, 1, 2], (1.0, 1.0, 1.0), False))
-        rows = []
+        checks = []
         for label, idx, ts, on_host in configs:
-            sub = [mdev[i] for i in idx]
-            sub_fleet = dataclasses.replace(measured, devices=tuple(sub))
             for mname, path in models.items():
                 if len(idx) == 3 and mname != "smollm2":
                     continue  # keep the run short: the 3-worker split on one model
                 if mname == "gemma3" and label not in ("CPU", "1 worker (-t 2)"):
                     continue
                 n_prompt = SYNTH_PROMPT if mname.startswith("synthetic") else N_PROMPT
-                say(f"run: {label}, {mname}")
-                run = bench_run(binary, path, rpc=[eps[i] for i in idx], ngl=0 if on_host else 99, tensor_split=ts,
+                checks.append((label, idx, ts, on_host, mname, path, n_prompt))
+        best: list = [None] * len(checks)
+        for k in range(PASSES):  # every check once per pass, so that a check's passes are minutes apart
+            for i, (label, idx, ts, on_host, mname, path, n_prompt) in enumerate(checks):
+                say(f"run: {label}, {mname} (pass {k + 1} of {PASSES})")
+                run = run_llama_bench(binary, path, rpc=[eps[j] for j in idx], ngl=0 if on_host else 99, tensor_split=ts,
                                       n_prompt=n_prompt, n_gen=N_GEN, repetitions=args.reps)
-                dec, pre = predict(profiles[mname], sub_fleet, sub, ts, on_host, n_prompt)
-                rows.append({"config": label, "model": mname, "decode_measured": 1 / run.decode_s, "decode_predicted": dec,
-                             "prefill_measured": n_prompt / run.prefill_s, "prefill_predicted": pre, "prompt": n_prompt})
-                say(f"  decode {rows[-1]['decode_measured']:.1f} (predicted {dec:.1f}), prefill "
-                    f"{rows[-1]['prefill_measured']:.1f} (predicted {pre:.1f})")
+                best[i] = run if best[i] is None else fastest(best[i], run)
+        rows = []
+        for (label, idx, ts, on_host, mname, path, n_prompt), run in zip(checks, best):
+            sub = [mdev[j] for j in idx]
+            sub_fleet = dataclasses.replace(measured, devices=tuple(sub))
+            dec, pre = predict(profiles[mname], sub_fleet, sub, ts, on_host, n_prompt)
+            rows.append({"config": label, "model": mname, "decode_measured": 1 / run.decode_s, "decode_predicted": dec,
+                         "prefill_measured": n_prompt / run.prefill_s, "prefill_predicted": pre, "prompt": n_prompt})
+            say(f"  {label}, {mname}: decode {rows[-1]['decode_measured']:.1f} (predicted {dec:.1f}), prefill "
+                f"{rows[-1]['prefill_measured']:.1f} (predicted {pre:.1f})")
 
         # heterogeneous fleet: the plan from the bench figures against llama.cpp's default split
         hetero = []
@@ -145,12 +144,16 @@ def main() -> None:
             ours_eps = [d.device_id.split(":", 1)[1].split("#")[0] for d in p.devices]
             ts = p.settings.tensor_split if p.settings.tensor_split and len(p.devices) > 1 else None
             ngl = p.settings.n_gpu_layers if p.settings.n_gpu_layers is not None else 99
-            say(f"run: heterogeneous, {mname}: ours --rpc {','.join(ours_eps)} -ngl {ngl} -ts {ts}")
-            ours = bench_run(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=n_prompt,
-                                   n_gen=N_GEN, repetitions=args.reps)
-            say(f"run: heterogeneous, {mname}: llama.cpp default --rpc {eps[0]},{eps[1]} -ngl 99")
-            default = bench_run(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=n_prompt, n_gen=N_GEN,
-                                      repetitions=args.reps)
+            say(f"run: heterogeneous, {mname}: ours --rpc {','.join(ours_eps)} -ngl {ngl} -ts {ts}, against llama.cpp's "
+                f"default --rpc {eps[0]},{eps[1]} -ngl 99, alternately")
+            ours = default = None
+            for _ in range(PASSES):  # alternately, so that neither gets the machine's faster minutes
+                r = run_llama_bench(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=n_prompt,
+                                    n_gen=N_GEN, repetitions=args.reps)
+                ours = r if ours is None else fastest(ours, r)
+                r = run_llama_bench(binary, models[mname], rpc=eps[:2], ngl=99, n_prompt=n_prompt, n_gen=N_GEN,
+                                    repetitions=args.reps)
+                default = r if default is None else fastest(default, r)
             hetero.append({
                 "model": mname, "ours_args": " ".join(p.to_llama_args()),
                 "ours_decode_measured": 1 / ours.decode_s, "ours_decode_predicted": p.decode_tok_s,

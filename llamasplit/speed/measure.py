@@ -43,9 +43,12 @@ apart (fast moments recur every few seconds); the fastest of 10 spans more of th
 
 
 PASSES = 2
-"""Passes over a device's probes; each probe's fastest run over all passes counts. One pass's
+"""Passes over every device's probes; each probe's fastest run over all passes counts. One pass's
 fitted type rates moved by up to 30 % from one bench to the next here, since a probe and its
-reference, measured seconds apart, could fall into different slow spells of the machine."""
+reference, measured seconds apart, could fall into different slow spells of the machine. A pass
+covers all devices before the next begins, so a probe's passes are minutes apart: the same
+llama-bench run (SmolLM2, the fastest of 10 repetitions), repeated for 6 minutes on this idle VM,
+ranged over 1.35-1.5x, in spells of a minute or more."""
 
 
 @dataclass(frozen=True)
@@ -356,19 +359,13 @@ def measure_fleet(
            + (f" and {', '.join(q for q, _, _ in typed)} probes (relative to Q4_0 on their shape)" if typed else "")
            + f", {when}")
 
-    def measure(label: str, on_host: bool, rpc: list[str], threads: int | None, dev: str | None = None) -> MeasuredSpeed:
+    jobs = [(name, path, prompt_tokens(name)) for name, path, _ in main]
+    if typed and ref_model is not None:  # Q4_0 as well: one more equation for the fit
+        jobs.append(("Q4_0 reference probe", ref_model[0], N_PROMPT))
+    jobs += [(f"{q} probe", path, N_PROMPT) for q, path, _ in typed]
+
+    def fit(label: str, on_host: bool, threads: int | None, done: dict[str, BenchResult]) -> MeasuredSpeed:
         cpu = host_cpu(fleet.host) if on_host else None
-        ngl = 0 if on_host else 99
-        jobs = [(name, path, prompt_tokens(name)) for name, path, _ in main]
-        if typed and ref_model is not None:  # Q4_0 as well: one more equation for the fit
-            jobs.append(("Q4_0 reference probe", ref_model[0], N_PROMPT))
-        jobs += [(f"{q} probe", path, N_PROMPT) for q, path, _ in typed]
-        done: dict[str, BenchResult] = {}
-        for k in range(passes):  # every probe once per pass: the passes are tens of seconds apart
-            for key, path, n_prompt in jobs:
-                progress(f"{label}: {key}" + (f" (pass {k + 1} of {passes})" if passes > 1 else ""))
-                r = run_llama_bench(binary, path, rpc=rpc, ngl=ngl, n_prompt=n_prompt, device=dev)
-                done[key] = fastest(done[key], r) if key in done else r
         obs = [(features(m, on_host=on_host, n_prompt=prompt_tokens(name) or N_PROMPT, cpu=cpu), done[name])
                for name, _, m in main]
         reference = None
@@ -386,14 +383,15 @@ def measure_fleet(
             log.extend((label, f"probe-{q}", f, r) for q, f, r in runs)
         return speed
 
-    out_host = fleet.host
+    # what to measure: (label, on the host, RPC endpoints, threads, llama-bench -dev, index in devices)
+    targets: list[tuple[str, bool, list[str], int | None, str | None, int | None]] = []
     if host:
-        out_host = dataclasses.replace(fleet.host, measured=measure("CPU", True, [], fleet.host.cpu_cores))
+        targets.append(("CPU", True, [], fleet.host.cpu_cores, None, None))
     devices = list(fleet.devices)
     for i, d in enumerate(devices):
         if d.backend.upper() == "CUDA" and d.cuda_index is not None:
             # a local GPU alone: llama-bench -dev CUDAn -ngl 99 (CUDA's own device order, as cuda_index holds it)
-            devices[i] = dataclasses.replace(d, measured=measure(d.name, False, [], None, dev=f"CUDA{d.cuda_index}"))
+            targets.append((d.name, False, [], None, f"CUDA{d.cuda_index}", i))
     endpoints = {}
     for i, d in enumerate(devices):
         if d.backend.upper() != "RPC":
@@ -402,7 +400,21 @@ def measure_fleet(
         if ep in endpoints:
             continue  # a worker with several devices: llama-bench offloads to all of them
         endpoints[ep] = i
-        devices[i] = dataclasses.replace(d, measured=measure(d.name, False, [ep], None))
+        targets.append((d.name, False, [ep], None, None, i))
+    done: list[dict[str, BenchResult]] = [{} for _ in targets]
+    for k in range(passes):  # every device's every probe once per pass: a probe's passes are minutes apart
+        for (label, on_host, rpc, _, dev, _), seen in zip(targets, done):
+            for key, path, n_prompt in jobs:
+                progress(f"{label}: {key}" + (f" (pass {k + 1} of {passes})" if passes > 1 else ""))
+                r = run_llama_bench(binary, path, rpc=rpc, ngl=0 if on_host else 99, n_prompt=n_prompt, device=dev)
+                seen[key] = fastest(seen[key], r) if key in seen else r
+    out_host = fleet.host
+    for (label, on_host, _, threads, _, i), seen in zip(targets, done):
+        speed = fit(label, on_host, threads, seen)
+        if i is None:
+            out_host = dataclasses.replace(fleet.host, measured=speed)
+        else:
+            devices[i] = dataclasses.replace(devices[i], measured=speed)
     out = dataclasses.replace(fleet, devices=tuple(devices), host=out_host)
     eps = list(endpoints)
     if hop and len(eps) >= 2:
@@ -448,8 +460,24 @@ def host_fleet() -> Fleet:
 __all__ = ["BenchResult", "Features", "features", "fit_device", "host_fleet", "measure_fleet", "parse_llama_bench", "run_llama_bench"]
 
 
-def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult) -> tuple[float, float | None]:
-    """The fitted model's decode and prefill seconds for one of the bench's own runs."""
-    dec = f.bytes_per_token / (m.decode_gb_s * 1e9) + f.decode_fixed_s(m)
-    pre = f.prompt_flops / (m.prefill_gflops * 1e9) + f.prefill_fixed_s(m) if r.prefill_s is not None else None
-    return dec, pre  # the main (Q4_0) rates: a typed probe's own rates reproduce it exactly
+def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult, ggml_type: str | None = None) -> tuple[float, float | None]:
+    """The fitted model's decode and prefill seconds for one of the bench's own runs: the
+    ``JOINT_TYPE`` bytes and FLOPs at their own rates, the rest at ``ggml_type``'s (a type probe's
+    weights; ``None``: the main Q4_0 rates).
+
+    >>> m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=100.0, layer_us=0.0, token_us=1000.0,
+    ...                   types={"Q8_0": [20.0, 50.0], "Q4_1": [5.0, 25.0]})
+    >>> f = Features(1e9, 10e9, 8, joint_bytes=0.4e9, joint_flops=5e9)
+    >>> r = BenchResult("m", 0.0, 0.0, 128, 32)
+    >>> [round(x, 6) for x in in_sample(m, f, r)]  # 0.6 GB at 10 + 0.4 at 20 + 1 ms; 5 GFLOP at 100 + 5 at 50 + 1 ms
+    [0.081, 0.151]
+    >>> [round(x, 6) for x in in_sample(m, f, r, "Q4_1")]  # the rest at Q4_1's 5 GB/s and 25 GFLOP/s
+    [0.141, 0.301]
+    """
+    bw, fl = (m.types or {}).get(ggml_type) or (m.decode_gb_s, m.prefill_gflops)
+    bw_j, fl_j = (m.types or {}).get(JOINT_TYPE) or (m.decode_gb_s, m.prefill_gflops)
+    dec = (f.bytes_per_token - f.joint_bytes) / (bw * 1e9) + f.joint_bytes / (bw_j * 1e9) + f.decode_fixed_s(m)
+    pre = None
+    if r.prefill_s is not None:
+        pre = (f.prompt_flops - f.joint_flops) / (fl * 1e9) + f.joint_flops / (fl_j * 1e9) + f.prefill_fixed_s(m)
+    return dec, pre
