@@ -68,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="predicted vs measured speed on the CPU and loopback RPC workers")
     ap.add_argument("--reps", type=int, default=10, help="llama-bench repetitions per check (the fastest counts, as in bench)")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--passes", type=int, default=PASSES, help="passes of the bench and of the checks (the fastest counts)")
     args = ap.parse_args()
     binary = find_binary("llama-bench")
     t0 = time.time()
@@ -89,7 +90,7 @@ def main() -> None:
         devices = [rpc_device(ep, i, ram) for i, ep in enumerate(eps)]
         fleet = Fleet(devices=tuple(devices), host=host, links=network_links(devices), source="loopback")
         log: list = []
-        measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"bench: {m}"), log=log)
+        measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"bench: {m}"), log=log, passes=args.passes)
         mdev = list(measured.devices)
         speeds = {"CPU": measured.host.measured, **{d.name: d.measured for d in mdev}}
         for dev, mname, f, r in log:  # how well the fit reproduces the bench's own runs
@@ -118,9 +119,9 @@ def main() -> None:
                 n_prompt = SYNTH_PROMPT if mname.startswith("synthetic") else N_PROMPT
                 checks.append((label, idx, ts, on_host, mname, path, n_prompt))
         best: list = [None] * len(checks)
-        for k in range(PASSES):  # every check once per pass, so that a check's passes are minutes apart
+        for k in range(args.passes):  # every check once per pass, so that a check's passes are minutes apart
             for i, (label, idx, ts, on_host, mname, path, n_prompt) in enumerate(checks):
-                say(f"run: {label}, {mname} (pass {k + 1} of {PASSES})")
+                say(f"run: {label}, {mname} (pass {k + 1} of {args.passes})")
                 run = run_llama_bench(binary, path, rpc=[eps[j] for j in idx], ngl=0 if on_host else 99, tensor_split=ts,
                                       n_prompt=n_prompt, n_gen=N_GEN, repetitions=args.reps)
                 best[i] = run if best[i] is None else fastest(best[i], run)
@@ -147,7 +148,7 @@ def main() -> None:
             say(f"run: heterogeneous, {mname}: ours --rpc {','.join(ours_eps)} -ngl {ngl} -ts {ts}, against llama.cpp's "
                 f"default --rpc {eps[0]},{eps[1]} -ngl 99, alternately")
             ours = default = None
-            for _ in range(PASSES):  # alternately, so that neither gets the machine's faster minutes
+            for _ in range(args.passes):  # alternately, so that neither gets the machine's faster minutes
                 r = run_llama_bench(binary, models[mname], rpc=ours_eps, ngl=ngl, tensor_split=ts, n_prompt=n_prompt,
                                     n_gen=N_GEN, repetitions=args.reps)
                 ours = r if ours is None else fastest(ours, r)

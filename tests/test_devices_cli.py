@@ -159,3 +159,12 @@ def test_errors_are_one_line_on_stderr(capsys, argv, code, words):
     assert err.count("\n") == 1 and err.startswith("llamasplit: error: ")
     for word in words:
         assert word in err
+
+
+@pytest.mark.parametrize("passes", ["0", "11", "two"])
+def test_bench_passes_out_of_range_is_one_clear_line(capsys, passes):
+    # checked before anything is started or measured: no llama-bench, no worker
+    assert main(["bench", "--passes", passes]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "--passes" in err and "Traceback" not in err

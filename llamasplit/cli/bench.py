@@ -36,6 +36,8 @@ def bench_cmd(
     save: str = typer.Option(None, "--save", help="Write the fleet with its measured speeds as an inventory (for plan --inventory)."),
     no_host: bool = typer.Option(False, "--no-host", help="Do not measure the host CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured fleet as JSON (stdout)."),
+    passes: int = typer.Option(2, "--passes", min=1, max=10,
+                               help="Passes over every device's probes; each probe's fastest run counts (more: steadier on a busy machine, longer)."),
 ) -> None:
     """Measure the host CPU, each local GPU and each RPC worker with llama-bench (about a minute per device)."""
     from llamasplit.devices.inventory import inventory_dict, save_inventory
@@ -54,7 +56,8 @@ def bench_cmd(
     if unmeasurable:
         say(f"llamasplit: {len(unmeasurable)} device(s) with no llama.cpp device name are not measured "
             "(their speed stays calibrated/datasheet)")
-    measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"llamasplit: bench: {m}"), host=not no_host)
+    measured = measure_fleet(fleet, binary=binary, progress=lambda m: say(f"llamasplit: bench: {m}"), host=not no_host,
+                             passes=passes)
     if save:
         path = save_inventory(measured, save)
         say(f"llamasplit: saved {path}; plan with: llamasplit plan MODEL --inventory {path}")
