@@ -130,7 +130,10 @@ TYPE_REFERENCE = ProbeShape("probe-q4_0-ref", n_layer=8, n_embd=1024, n_ff=2048,
 rates times its probe's speed over this one's: measured on the same shape, so what the shape itself
 does to the speed (a working set that partly fits a CPU's cache, short rows) cancels. Taken as
 absolute rates instead, a 48 MB Q4_1 probe read at 15.9 GB/s on this 2-core VM, where the 97 MB
-SmolLM2 of the same type decodes at about 8: the host's SmolLM2 prediction was 2x too fast."""
+SmolLM2 of the same type decodes at about 8: the host's SmolLM2 prediction was 2x too fast (that
+probe held zeros, one scale for every block: ``SCALE_SPREAD_LOG2``). With trained-like blocks the
+absolute rates still predicted the host's prefill worse than the relative ones (SmolLM2 +35 % and
+Gemma-3 +45 % against +11 % and +23 %, from the same bench)."""
 
 
 def write_probe(path: str | Path, shape: ProbeShape) -> Path:
