@@ -94,8 +94,8 @@ def main() -> None:
         mdev = list(measured.devices)
         speeds = {"CPU": measured.host.measured, **{d.name: d.measured for d in mdev}}
         for dev, mname, f, r in log:  # how well the fit reproduces the bench's own runs
-            qtype = mname[len("probe-"):] if mname[len("probe-"):] in (speeds[dev].types or {}) else None
-            dec, pre = in_sample(speeds[dev], f, r, qtype)
+            qtype = mname.removeprefix("probe-")  # a type probe's own rates; the main ones for the rest
+            dec, pre = in_sample(speeds[dev], f, r, qtype if qtype in (speeds[dev].types or {}) else None)
             say(f"fit {dev:<5} {mname:<13} decode {1 / r.decode_s:7.1f} measured, {1 / dec:7.1f} fitted"
                 + (f"; prefill {r.n_prompt / r.prefill_s:7.1f} measured, {r.n_prompt / pre:7.1f} fitted" if pre else ""))
         for name, m in [("CPU", measured.host.measured), *((d.name, d.measured) for d in mdev)]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from llamasplit.speed.probe import BLOCKS, SCALE_SPREAD_LOG2, ProbeShape, write_probe
@@ -22,7 +22,8 @@ def probes(tmp_path_factory) -> dict[str, GGUFReader]:
 
 
 def _scales(t, qtype: str) -> list[np.ndarray]:
-    size, offsets, _, _ = BLOCKS[qtype]
+    offsets = BLOCKS[qtype][0]
+    size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]][1]
     blocks = np.asarray(t.data).reshape(-1, size)
     return [blocks[:, o:o + 2].copy().view(np.float16).astype(np.float32).ravel() for o in offsets]
 
@@ -30,7 +31,7 @@ def _scales(t, qtype: str) -> list[np.ndarray]:
 @pytest.mark.parametrize("qtype", sorted(BLOCKS))
 def test_scales_spread_like_a_trained_model(probes, qtype):
     reader = probes[qtype]
-    _, offsets, _, signed = BLOCKS[qtype]
+    _, _, signed = BLOCKS[qtype]
     matrices = [t for t in reader.tensors if t.tensor_type.name == qtype]
     assert len(matrices) == 3 + 7 * SHAPE["n_layer"] - 1  # token_embd, output + 7 per layer (norms are F32)
     for t in matrices:
@@ -47,7 +48,7 @@ def test_scales_spread_like_a_trained_model(probes, qtype):
     assert len({_scales(t, qtype)[0][:8].tobytes() for t in matrices}) == len(matrices)  # no two tensors alike
 
 
-@pytest.mark.parametrize("qtype", sorted(q for q, b in BLOCKS.items() if b[2] is not None))
+@pytest.mark.parametrize("qtype", sorted(q for q, b in BLOCKS.items() if b[1] is not None))
 def test_legacy_weights_keep_their_input_scale(probes, qtype):
     for t in probes[qtype].tensors:
         if t.tensor_type.name != qtype:

@@ -62,11 +62,12 @@ here, and a zero or one-scale Q4_1 probe 1.3x faster than the real SmolLM2 of th
 (``SCALE_SPREAD_LOG2``)."""
 
 BLOCKS = {
-    "Q4_0": (18, (0,), 4.61, True), "Q4_1": (20, (0, 2), 4.61, False), "Q5_0": (22, (0,), 9.23, True),
-    "Q8_0": (34, (0,), 73.9, False), "Q4_K": (144, (0, 2), None, False), "Q5_K": (176, (0, 2), None, False),
-    "Q6_K": (210, (208,), None, True),
+    "Q4_0": ((0,), 4.61, True), "Q4_1": ((0, 2), 4.61, False), "Q5_0": ((0,), 9.23, True),
+    "Q8_0": ((0,), 73.9, False), "Q4_K": ((0, 2), None, False), "Q5_K": ((0, 2), None, False),
+    "Q6_K": ((208,), None, True),
 }
-"""Per type: block bytes, the offsets of its fp16 scales, the standard deviation of a uniformly
+"""Per type: the byte offsets of its fp16 scales in a block (the block's size is gguf's
+``GGML_QUANT_SIZES``), the standard deviation of a uniformly
 random quant centred (``q - 8``, ``q - 16``, an int8: ``sqrt((levels^2 - 1) / 12)``; ``None`` for
 K-quants, whose 6-bit sub-scales are random too), and whether the scale ``d`` takes both signs
 (llama-quantize divides the block's extreme value by -8, -16 or -32 there). ggml-common.h:
@@ -106,7 +107,10 @@ def _blocks(qtype: str, byte_shape: tuple[int, ...], n_in: int, seed: int) -> np
     >>> bool((q6 > 0).any() and (q6 < 0).any() and (np.abs(q6) >= 2.0 ** -14).all())
     True
     """
-    size, offsets, spread, signed = BLOCKS[qtype]
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    offsets, spread, signed = BLOCKS[qtype]
+    size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]][1]
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=byte_shape, dtype=np.uint8)
     blocks = data.reshape(-1, size)
@@ -174,11 +178,13 @@ def write_probe(path: str | Path, shape: ProbeShape) -> Path:
         byte_shape = (*reversed(ne[1:]), ne[0] // block * size)
         if typ == GGMLQuantizationType.F32:  # the norms' weights: ones, so activations flow as in a real model
             data = np.ones(tuple(reversed(ne)), dtype=np.float32)
-        elif shape.qtype not in BLOCKS:  # F16: normal weights of standard deviation 1 / sqrt(n_in)
+        elif typ == GGMLQuantizationType.F16:  # normal weights of standard deviation 1 / sqrt(n_in)
             rng = np.random.default_rng(zlib.crc32(name.encode()))
             data = (rng.standard_normal(tuple(reversed(ne))) / np.sqrt(ne[0])).astype(np.float16)
-        else:  # each tensor its own blocks (seeded by its name)
+        elif shape.qtype in BLOCKS:  # each tensor its own blocks (seeded by its name)
             data = _blocks(shape.qtype, byte_shape, ne[0], seed=zlib.crc32(name.encode()))
+        else:  # a type with no trained-like blocks here: zeros, as before
+            data = np.zeros(byte_shape, dtype=np.uint8)
         w.add_tensor(name, data, raw_shape=byte_shape if data.dtype == np.uint8 else None, raw_dtype=typ)
     try:
         w.write_header_to_file()
