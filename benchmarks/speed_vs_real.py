@@ -5,7 +5,8 @@ workers, and a heterogeneous fleet (workers with -t 1 next to -t 2).
    models (Q4_0 at three shapes, one probe per other common weight type; ``-p 128 -n 32``).
 2. Every configuration below is then run with llama-bench (in passes over all of them, the fastest
    of each check's runs counting) at other lengths (``-p 64 -n 32``; the
-   synthetic model ``-p 16``) on the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic
+   synthetic model ``-p 16``, and on the CPU and the -t 2 worker ``-p 64`` as well, for the
+   prompt-length effect) on the fixture models (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and a synthetic
    llama of ~250 MB that the bench never saw (16 layers of 1536, Q4_0), and compared with the speed model's prediction from
    the bench figures, through the planner's own path (``estimate`` -> ``layer_split_speed``).
    Target: median |predicted / measured - 1| within 15 %, every row within 30 %.
@@ -94,7 +95,7 @@ def main() -> None:
         mdev = list(measured.devices)
         speeds = {"CPU": measured.host.measured, **{d.name: d.measured for d in mdev}}
         for dev, mname, f, r in log:  # how well the fit reproduces the bench's own runs
-            qtype = mname.removeprefix("probe-")  # a type probe's own rates; the main ones for the rest
+            qtype = mname.removeprefix("probe-").removesuffix("-narrow")  # a type probe's own rates; the main ones for the rest
             dec, pre = in_sample(speeds[dev], f, r, qtype if qtype in (speeds[dev].types or {}) else None)
             say(f"fit {dev:<5} {mname:<13} decode {1 / r.decode_s:7.1f} measured, {1 / dec:7.1f} fitted"
                 + (f"; prefill {r.n_prompt / r.prefill_s:7.1f} measured, {r.n_prompt / pre:7.1f} fitted" if pre else ""))
@@ -118,6 +119,9 @@ def main() -> None:
                     continue
                 n_prompt = SYNTH_PROMPT if mname.startswith("synthetic") else N_PROMPT
                 checks.append((label, idx, ts, on_host, mname, path, n_prompt))
+                if mname.startswith("synthetic") and len(idx) <= 1 and label != "1 worker (-t 1)":
+                    # the same model at a 4x longer prompt: the prompt-length effect (weights read once a ubatch)
+                    checks.append((label, idx, ts, on_host, mname, path, N_PROMPT))
         best: list = [None] * len(checks)
         for k in range(args.passes):  # every check once per pass, so that a check's passes are minutes apart
             for i, (label, idx, ts, on_host, mname, path, n_prompt) in enumerate(checks):
@@ -165,15 +169,16 @@ def main() -> None:
         for w in workers:
             w.stop()
 
-    print(f"\npredicted vs measured tok/s (llama-bench -p {N_PROMPT} -n {N_GEN}, synthetic -p {SYNTH_PROMPT}; bench figures from -p 128 -n 32)")
-    print(f"{'config':<36} {'model':<16} {'decode meas':>11} {'pred':>8} {'err':>6}   {'prefill meas':>12} {'pred':>8} {'err':>6}")
+    print(f"\npredicted vs measured tok/s (llama-bench -p {N_PROMPT} -n {N_GEN}, synthetic -p {SYNTH_PROMPT} and {N_PROMPT}; "
+          f"bench figures from -p 128 -n 32, the wide probe -p 16)")
+    print(f"{'config':<36} {'model':<16} {'-p':>3} {'decode meas':>11} {'pred':>8} {'err':>6}   {'prefill meas':>12} {'pred':>8} {'err':>6}")
     errs = {"decode": [], "prefill": []}
     for r in rows:
         de = r["decode_predicted"] / r["decode_measured"] - 1
         pe = r["prefill_predicted"] / r["prefill_measured"] - 1
         errs["decode"].append(abs(de))
         errs["prefill"].append(abs(pe))
-        print(f"{r['config']:<36} {r['model']:<16} {r['decode_measured']:>11.1f} {r['decode_predicted']:>8.1f} {de:>+6.0%}   "
+        print(f"{r['config']:<36} {r['model']:<16} {r['prompt']:>3} {r['decode_measured']:>11.1f} {r['decode_predicted']:>8.1f} {de:>+6.0%}   "
               f"{r['prefill_measured']:>12.1f} {r['prefill_predicted']:>8.1f} {pe:>+6.0%}")
     ok = True
     for phase, e in errs.items():

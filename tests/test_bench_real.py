@@ -41,6 +41,8 @@ def test_bench_measures_workers_and_plan_uses_it(smollm2_path, tmp_path, capsys)
             assert m is not None and m.decode_gb_s > 0.1 and m.prefill_gflops > 1 and math.isfinite(m.token_us)
             # Q4_1 from its probe, Q8_0 fitted with the Q4_0 probes (the vocabulary probe's type)
             assert set(m.types or {}) == {"Q4_1", JOINT_TYPE} and all(v[0] > 0 and v[1] > 0 for v in m.types.values())
+            # Q4_1's narrow probe (added by default for a type that has one) gives its own per-row cost
+            assert len(m.types["Q4_1"]) == 3 and m.types["Q4_1"][2] >= 0
         hop = measured.link(measured.devices[0].id, measured.devices[1].id)
         assert hop is not None and hop.latency_us is not None and hop.latency_us >= 0
         # the fitted figures give SmolLM2 on one worker a finite, positive speed (how close that

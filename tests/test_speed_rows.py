@@ -36,6 +36,7 @@ def test_plain_rows_are_every_matrix_row(tmp_path):
     assert rows.decode == 4 * ROWS_PER_LAYER + 4096  # the layers and the output's vocabulary rows
     assert rows.prefill == 4 * ROWS_PER_LAYER  # a prompt token computes no logits but the last one's
     assert rows.output_rows == 4096 and rows.output_type == "Q8_0"
+    assert rows.prefill_types == (("Q8_0", 4 * ROWS_PER_LAYER),)  # every layer matrix is Q8_0
     assert rows.output_bytes == 4096 * 256 // 32 * 34 + 256 * 4  # output.weight (Q8_0: 34 bytes per 32) and output_norm (F32)
 
 
@@ -62,15 +63,15 @@ def test_prediction_adds_row_costs_and_one_output_read_per_ubatch():
 
 def test_fit_recovers_row_costs_and_the_joint_type():
     truth = MeasuredSpeed(decode_gb_s=12.0, prefill_gflops=150.0, layer_us=25.0, token_us=400.0, row_ns=9.0,
-                          prefill_row_ns=3.0, types={JOINT_TYPE: [20.0, 90.0]})
+                          prefill_row_ns=3.0, types={JOINT_TYPE: [20.0, 90.0]}, prefill_read_gb_s=15.0)
     jr = truth.types[JOINT_TYPE]
-    feats = [  # narrow, wide, deep (Q4_0), the Q4_0 reference, the Q8_0 type probe, the Q8_0 vocabulary probe
-        Features(13e6, 5e9, 24, 7e4, 7e4 * 128, 4e6, 8192),
-        Features(215e6, 0.0, 24, 2.9e5, 0.0, 4e6, 8192),
-        Features(40e6, 19e9, 96, 2.5e5, 2.5e5 * 128, 4e6, 8192),
-        Features(45e6, 18e9, 8, 6.9e4, 6.9e4 * 128, 4e6, 8192),
-        Features(85e6, 18e9, 8, 6.9e4, 6.9e4 * 128, 9e6, 8192, 85e6, 18e9, JOINT_TYPE),
-        Features(95e6, 5e9, 24, 3.2e5, 6.1e4 * 128, 7e7, 262144, 95e6, 5e9, JOINT_TYPE),
+    feats = [  # narrow, wide (a 16-token prompt), deep (Q4_0), the Q4_0 reference, the Q8_0 type probe, the Q8_0 vocabulary probe
+        Features(13e6, 5e9, 24, 7e4, 7e4 * 128, 4e6, 8192, ubatch_bytes=13e6),
+        Features(215e6, 11e9, 24, 2.9e5, 2.9e5 * 16, 4e6, 8192, ubatch_bytes=215e6),
+        Features(40e6, 19e9, 96, 2.5e5, 2.5e5 * 128, 4e6, 8192, ubatch_bytes=40e6),
+        Features(45e6, 18e9, 8, 6.9e4, 6.9e4 * 128, 4e6, 8192, ubatch_bytes=45e6),
+        Features(85e6, 18e9, 8, 6.9e4, 6.9e4 * 128, 9e6, 8192, 85e6, 18e9, JOINT_TYPE, ubatch_bytes=85e6),
+        Features(95e6, 5e9, 24, 3.2e5, 6.1e4 * 128, 7e7, 262144, 95e6, 5e9, JOINT_TYPE, ubatch_bytes=95e6),
     ]
 
     def seconds(f: Features) -> BenchResult:
@@ -85,8 +86,34 @@ def test_fit_recovers_row_costs_and_the_joint_type():
     assert m.layer_us == pytest.approx(25.0, rel=1e-3) and m.token_us == pytest.approx(400.0, rel=1e-3)
     assert m.row_ns == pytest.approx(9.0, rel=1e-3) and m.prefill_row_ns == pytest.approx(3.0, rel=1e-3)
     assert m.types[JOINT_TYPE] == [pytest.approx(20.0, rel=1e-3), pytest.approx(90.0, rel=1e-3)]
+    assert m.prefill_read_gb_s == pytest.approx(15.0, rel=1e-3)
+
+
+def test_a_measured_read_rate_adds_the_stage_weights_once_per_ubatch():
+    plain = DeviceSpeed(10e9, 100e9, layer_s=20e-6, token_s=300e-6)
+    reads = DeviceSpeed(10e9, 100e9, layer_s=20e-6, token_s=300e-6, prefill_read_bytes_s=5e9)
+    work = Workload("layer", ("X",), (((1e8, 2e8),),), 256, 4096, layers=(10.0,), rows=(StageRows(),))
+    a, b = (predict(work, [s], None, prompt_tokens=1024, n_ubatch=512) for s in (plain, reads))
+    assert 1 / a.decode_tok_s == 1 / b.decode_tok_s  # decode reads the weights anyway
+    # two ubatches, each reading the stage's 1e8 bytes once at 5 GB/s: 2 x 20 ms more
+    assert 1024 / b.prefill_tok_s - 1024 / a.prefill_tok_s == pytest.approx(2 * 1e8 / 5e9, rel=1e-9)
 
 
 def test_inventory_without_row_costs_reads_as_none_charged():
     m = MeasuredSpeed.from_dict({"decode_gb_s": 10.0, "prefill_gflops": 50.0, "layer_us": 5.0, "token_us": 100.0})
-    assert m.row_ns == 0.0 and m.prefill_row_ns == 0.0
+    assert m.row_ns == 0.0 and m.prefill_row_ns == 0.0 and m.prefill_read_gb_s is None
+
+
+def test_a_type_with_its_own_row_cost_pays_it_on_its_rows_only():
+    from llamasplit.speed.model import _measured
+
+    m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=100.0, prefill_row_ns=2.0,
+                      types={"Q4_1": [8.0, 50.0, 6.0], JOINT_TYPE: [12.0, 90.0]})
+    speed = _measured(m)
+    assert speed.type_prefill_row_s == (("Q4_1", pytest.approx(6e-9)),)  # Q8_0 has none: the device's 2 ns
+    rows = StageRows(prefill=8e4, prefill_types=(("Q4_1", 5e4), (JOINT_TYPE, 3e4)))
+    base = StageRows(prefill=8e4)
+    work = lambda r: Workload("layer", ("X",), (((1e8, 2e8),),), 256, 4096, layers=(1.0,), rows=(r,))
+    a, b = (predict(work(r), [speed], None, prompt_tokens=512, n_ubatch=512) for r in (base, rows))
+    # one ubatch of 512 tokens: the 5e4 Q4_1 rows at 6 ns instead of 2 ns
+    assert 512 / b.prefill_tok_s - 512 / a.prefill_tok_s == pytest.approx(512 * 5e4 * 4e-9, rel=1e-9)

@@ -29,13 +29,19 @@ class MeasuredSpeed:
     """Fixed cost per matrix row a decoded token computes (one dot product), nanoseconds."""
     prefill_row_ns: float = 0.0
     """Fixed cost per matrix row and prompt token, nanoseconds."""
+    prefill_read_gb_s: float | None = None
+    """Each prompt ubatch reads its weights once at this rate, GB/s, on top of its FLOPs (a CPU
+    worker's matmuls do not hide that read behind their compute at short prompts); ``None``: not
+    measured (inventories written before it existed), no such cost."""
     threads: int | None = None
     """CPU threads llama-bench used (CPU and CPU-backed RPC workers)."""
     how: str = ""
     """What was run, and when."""
     types: dict[str, list[float]] | None = None
     """Per weight type (``Q4_K``, ``Q8_0``, ...): ``[decode GB/s, prefill GFLOP/s]`` when its kernels
-    run at other speeds than the probes' Q4_0 (the CPU repacks some types for its SIMD units)."""
+    run at other speeds than the probes' Q4_0 (the CPU repacks some types for its SIMD units), and
+    a third element, the type's own prefill cost per matrix row and prompt token in ns (instead of
+    ``prefill_row_ns``), where a narrow probe of the type measured it."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasuredSpeed:

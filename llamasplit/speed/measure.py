@@ -6,7 +6,8 @@ four times the layers at almost no bytes, a 262,144-row vocabulary in Q8_0, and 
 other common weight type with a Q4_0 reference of the same shape). Each result is one equation of
 the speed model for that device, ``seconds = bytes / bandwidth + layers x layer cost + plain-kernel
 matrix rows x row cost + token cost`` (decode) and ``FLOPs / rate + rows x prompt tokens x row cost
-+ the output matrix read once + the same fixed costs`` (prefill), where bytes, layers, rows and
++ the output matrix read once + weights / read rate + the same fixed costs`` (prefill; the wide
+probe's 16-token prompt separates the once-per-ubatch read of the weights), where bytes, layers, rows and
 FLOPs come from our own estimator, exactly as the planner computes them (the host's repacked
 weights, ``memory.repack``, cost no per-row time). A non-negative least-squares fit on relative
 error over the Q4_0 and Q8_0 probes gives the device's ``MeasuredSpeed``; every other type's
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,7 +37,15 @@ from llamasplit.errors import LaunchError
 N_PROMPT = 128
 """Prompt tokens per prefill run (one ubatch; small enough for a 1-thread worker)."""
 N_GEN = 32
+SHORT_PROMPT = 16
+"""The wide probe's prompt: short, so that the once-per-ubatch read of its 215 MB of weights
+(``MeasuredSpeed.prefill_read_gb_s``) is a visible share of the prompt's time (and a one-thread
+worker is done in a second). Here a -t 2 RPC worker took 1.15-1.45x longer per token over a
+16-token prompt than over 64 on the wide probe, the 250 MB check model and the Q4_0 reference;
+the host, flat (its repacked kernels hide the read)."""
 """Generated tokens per decode run (on average 16 cells of KV cache in use)."""
+N_UBATCH = 512
+"""llama-bench's default ubatch (``-ub 512``), so every probe's prompt is one ubatch."""
 REPETITIONS = 10
 """Repetitions per llama-bench test; the fastest counts. On this shared 2-core VM the fastest of 5
 back-to-back repetitions of one probe moved by +-15 % from one llama-bench run to the next, a second
@@ -156,12 +166,15 @@ class Features:
     joint_flops: float = 0.0
     """Of ``prompt_flops``, the FLOPs of ``JOINT_TYPE`` weights."""
     output_type: str = ""
+    ubatch_bytes: float = 0.0
+    """Weight bytes the prompt's ubatches read once each (``MeasuredSpeed.prefill_read_gb_s``)."""
 
     def prefill_fixed_s(self, m: MeasuredSpeed) -> float:
         """The prompt's seconds that do not depend on the matmul rate: fixed costs, the per-row
         cost of every token's dot products, the output matrix read once."""
         return (self.layers * m.layer_us * 1e-6 + m.token_us * 1e-6 + self.prompt_rows * m.prefill_row_ns * 1e-9
-                + self.output_bytes / (_decode_rate(m, self.output_type) * 1e9) + self.output_rows * m.row_ns * 1e-9)
+                + self.output_bytes / (_decode_rate(m, self.output_type) * 1e9) + self.output_rows * m.row_ns * 1e-9
+                + (self.ubatch_bytes / (m.prefill_read_gb_s * 1e9) if m.prefill_read_gb_s else 0.0))
 
     def decode_fixed_s(self, m: MeasuredSpeed) -> float:
         """A decoded token's seconds that do not depend on the bandwidth."""
@@ -203,7 +216,7 @@ def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_G
     return Features(b, f * n_prompt, layers, sum(x.decode for x in r), sum(x.prefill for x in r) * n_prompt,
                     sum(x.output_bytes for x in r), sum(x.output_rows for x in r),
                     sum(jb for jb, _ in joint), sum(jf for _, jf in joint) * n_prompt,
-                    next((x.output_type for x in r if x.output_type), ""))
+                    next((x.output_type for x in r if x.output_type), ""), b * math.ceil(n_prompt / N_UBATCH))
 
 
 def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:
@@ -251,27 +264,28 @@ def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads:
     types = {JOINT_TYPE: [1 / inv_bw_j / 1e9, 1.0]}
     dec = MeasuredSpeed(decode_gb_s=1 / inv_bw / 1e9, prefill_gflops=1.0, layer_us=layer_s * 1e6, token_us=token_s * 1e6,
                         row_ns=row_s * 1e9, types=types)
-    pre = [((f.prompt_flops - f.joint_flops, f.joint_flops, f.prompt_rows), r.prefill_s - f.prefill_fixed_s(dec))
+    pre = [((f.prompt_flops - f.joint_flops, f.joint_flops, f.prompt_rows, f.ubatch_bytes), r.prefill_s - f.prefill_fixed_s(dec))
            for f, r in observations if f.prompt_flops and r.prefill_s is not None]
     cols = [c for c, _ in pre]
     ts = [max(t, 1e-9) for _, t in pre]
-    inv_f, inv_f_j, prow_s = _nnls_relative(cols, ts)
+    inv_f, inv_f_j, prow_s, read_s = _nnls_relative(cols, ts)
     if inv_f <= 0:
-        (inv_f,) = _nnls_relative([(a + b,) for a, b, _ in cols], ts)
-        inv_f_j, prow_s = inv_f, 0.0
+        (inv_f,) = _nnls_relative([(a + b,) for a, b, _, _ in cols], ts)
+        inv_f_j, prow_s, read_s = inv_f, 0.0, 0.0
     if inv_f_j <= 0:
         inv_f_j = inv_f
     joint = any(f.joint_bytes for f, _ in observations)
     return MeasuredSpeed(decode_gb_s=round(1 / inv_bw / 1e9, 4), prefill_gflops=round(1 / inv_f / 1e9, 3),
                          layer_us=round(layer_s * 1e6, 2), token_us=round(token_s * 1e6, 1), row_ns=round(row_s * 1e9, 3),
                          prefill_row_ns=round(prow_s * 1e9, 3), threads=threads, how=how,
+                         prefill_read_gb_s=round(1 / read_s / 1e9, 4) if read_s > 0 else None,
                          types={JOINT_TYPE: [round(1 / inv_bw_j / 1e9, 4), round(1 / inv_f_j / 1e9, 3)]} if joint else None)
 
 
 def prompt_tokens(model_name: str) -> int:
-    """The wide probe only decodes (it is there for the bandwidth; its prefill would take a
-    one-thread CPU worker half a minute)."""
-    return 0 if model_name == "probe-wide" else N_PROMPT
+    """The wide probe's prompt is ``SHORT_PROMPT`` (at 128 tokens it would take a one-thread CPU
+    worker half a minute); every other probe's, ``N_PROMPT``."""
+    return SHORT_PROMPT if model_name == "probe-wide" else N_PROMPT
 
 
 def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]], tuple[str, Path]]:
@@ -290,12 +304,31 @@ def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]
     return main, typed, ("smollm2", Path(fetch_model("smollm2")))
 
 
+def narrow_models(types: Sequence[str], progress: Callable[[str], None]) -> list[tuple[str, Path]]:
+    """(weight type, its narrow probe) for those of ``types`` that have one (``NARROW_TYPE_PROBES``)."""
+    from llamasplit.speed.probe import NARROW_TYPE_PROBES, probe_path
+
+    out = []
+    for shape in NARROW_TYPE_PROBES:
+        if shape.qtype in types:
+            progress(f"probe model {shape.name}")
+            out.append((shape.qtype, probe_path(shape)))
+    return out
+
+
 def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResult]],
-                 reference: tuple[Features, BenchResult] | None = None) -> dict[str, list[float]]:
+                 reference: tuple[Features, BenchResult] | None = None,
+                 narrow: dict[str, tuple[Features, BenchResult]] | None = None) -> dict[str, list[float]]:
     """Per weight type: its decode bandwidth and prefill rate. With ``reference`` (the same probe
     shape in Q4_0, the main probes' type): the main rates scaled by the type's speed over the
     reference's, so the shape's own effects cancel (``probe.TYPE_REFERENCE``); without it, the rates
     the probe implies given the device's fixed costs.
+
+    With ``narrow`` (the type's narrow probe, ``probe.NARROW_TYPE_PROBES``): the two probes'
+    prompts, ``seconds = FLOPs / rate + rows x tokens x c`` each once the fixed costs are taken
+    off, give the type's own per-row cost ``c`` (ns, a third element; never below 0). The rate
+    is then the one that keeps the type probe's own prediction: what the reference method gives
+    its shape, with ``c`` in place of the device's ``prefill_row_ns``.
 
     >>> m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=100.0, layer_us=0.0, token_us=0.0)
     >>> ref = (Features(50e6, 10e9, 8), BenchResult("ref", 50e6 / 16e9, 10e9 / 80e9, 128, 32))
@@ -304,6 +337,11 @@ def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResu
     {'Q4_1': [10.0, 50.0]}
     >>> _typed_rates(m, [q41])
     {'Q4_1': [16.0, 40.0]}
+    >>> wide = Features(55e6, 10e9, 8, prompt_rows=1e7)  # 10 GFLOP at 50 GFLOP/s + 1e7 rows at 5 ns
+    >>> thin = Features(15e6, 2e9, 24, prompt_rows=1e7)
+    >>> t = lambda f: BenchResult("q41", 55e6 / 16e9, f.prompt_flops / 50e9 + f.prompt_rows * 5e-9, 128, 32)
+    >>> _typed_rates(m, [("Q4_1", wide, t(wide))], narrow={"Q4_1": (thin, t(thin))})
+    {'Q4_1': [16.0, 50.0, 5.0]}
     """
     def implied(f: Features, r: BenchResult) -> tuple[float, float] | None:
         dec = r.decode_s - f.decode_fixed_s(m)
@@ -311,6 +349,17 @@ def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResu
         if dec <= 0 or not pre or pre <= 0:
             return None
         return f.bytes_per_token / dec, f.prompt_flops / pre
+
+    def row_cost(wide: tuple[Features, BenchResult], thin: tuple[Features, BenchResult]) -> float | None:
+        """Seconds per row and prompt token from the two prompts (the rows' fixed costs off)."""
+        (fw, rw), (fn, rn) = wide, thin
+        if rw.prefill_s is None or rn.prefill_s is None:
+            return None
+        pw, pn = ((r.prefill_s - f.prefill_fixed_s(m) + f.prompt_rows * m.prefill_row_ns * 1e-9) for f, r in (wide, thin))
+        det = fw.prompt_flops * fn.prompt_rows - fn.prompt_flops * fw.prompt_rows
+        if abs(det) <= 1e-9 * fw.prompt_flops * fn.prompt_rows:
+            return None  # the two probes do not separate rate from rows
+        return max(0.0, (fw.prompt_flops * pn - fn.prompt_flops * pw) / det)
 
     base = implied(*reference) if reference is not None else None
     out = {}
@@ -325,6 +374,11 @@ def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResu
         else:
             bw, fl = rates
         out[qtype] = [round(bw / 1e9, 4), round(fl / 1e9, 3)]
+        c = row_cost((f, r), narrow[qtype]) if narrow and qtype in narrow else None
+        if c is not None and f.prompt_flops:
+            inv = 1 / fl + f.prompt_rows * (m.prefill_row_ns * 1e-9 - c) / f.prompt_flops
+            if inv > 0:  # else the rows would take more than the whole prompt: keep the plain rate
+                out[qtype] = [round(bw / 1e9, 4), round(1 / inv / 1e9, 3), round(c * 1e9, 3)]
     return out
 
 
@@ -333,12 +387,15 @@ def measure_fleet(
     hop: bool = True, models: Sequence[tuple[str, Path]] | None = None,
     type_models: Sequence[tuple[str, Path]] | None = None, hop_model: tuple[str, Path] | None = None,
     log: list | None = None, type_reference: Path | None = None, passes: int = PASSES,
+    narrow: Sequence[tuple[str, Path]] | None = None,
 ) -> Fleet:
     """``fleet`` with a MeasuredSpeed on the host and on every RPC worker, and the measured
     worker-to-worker hop on their links. ``models`` (the Q4_0 probes), ``type_models`` ((weight
     type, probe)) and ``hop_model`` replace ``bench_models()``'s. ``log`` collects (device, model,
     Features, BenchResult) of every run. ``type_reference`` is the type probes' shape in Q4_0
-    (default ``probe.TYPE_REFERENCE``), run once per device when there are type probes."""
+    (default ``probe.TYPE_REFERENCE``), run once per device when there are type probes. ``narrow``:
+    (weight type, narrow probe) pairs for the types' own per-row prompt costs (default: the
+    ``NARROW_TYPE_PROBES`` of the types in ``type_models``)."""
     from llamasplit.model.profile import read_model
     from llamasplit.speed.model import host_cpu
     from llamasplit.speed.probe import TYPE_REFERENCE, probe_path
@@ -350,12 +407,16 @@ def measure_fleet(
         hop_model = d_hop if hop_model is None else hop_model
     main = [(name, path, read_model(path)) for name, path in models]
     typed = [(q, path, read_model(path)) for q, path in type_models]
+    if narrow is None:
+        narrow = narrow_models([q for q, _, _ in typed], progress)
+    thin = [(q, path, read_model(path)) for q, path in narrow if any(q == t for t, _, _ in typed)]
     ref_model = None
     if typed:
         ref_path = type_reference or probe_path(TYPE_REFERENCE)
         ref_model = (ref_path, read_model(ref_path))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    how = (f"llama-bench -p {N_PROMPT} -n {N_GEN} -r {REPETITIONS}, fastest of {passes} passes, on {', '.join(n for n, _, _ in main)}"
+    how = (f"llama-bench -p {N_PROMPT} (probe-wide {SHORT_PROMPT}) -n {N_GEN} -r {REPETITIONS}, fastest of {passes} passes, "
+           f"on {', '.join(n for n, _, _ in main)}"
            + (f" and {', '.join(q for q, _, _ in typed)} probes (relative to Q4_0 on their shape)" if typed else "")
            + f", {when}")
 
@@ -363,6 +424,7 @@ def measure_fleet(
     if typed and ref_model is not None:  # Q4_0 as well: one more equation for the fit
         jobs.append(("Q4_0 reference probe", ref_model[0], N_PROMPT))
     jobs += [(f"{q} probe", path, N_PROMPT) for q, path, _ in typed]
+    jobs += [(f"{q} narrow probe", path, N_PROMPT) for q, path, _ in thin]
 
     def fit(label: str, on_host: bool, threads: int | None, done: dict[str, BenchResult]) -> MeasuredSpeed:
         cpu = host_cpu(fleet.host) if on_host else None
@@ -374,13 +436,15 @@ def measure_fleet(
         runs = [(q, features(m, on_host=on_host, cpu=cpu), done[f"{q} probe"]) for q, _, m in typed]
         joint = [(f, r) for q, f, r in runs if q == JOINT_TYPE]
         speed = fit_device(obs + ([reference] if reference is not None else []) + joint, threads=threads, how=how)
+        twins = {q: (features(m, on_host=on_host, cpu=cpu), done[f"{q} narrow probe"]) for q, _, m in thin}
         if runs:
-            speed = dataclasses.replace(speed, types={**(speed.types or {}), **_typed_rates(speed, runs, reference)} or None)
+            speed = dataclasses.replace(speed, types={**(speed.types or {}), **_typed_rates(speed, runs, reference, twins)} or None)
         if log is not None:
             log.extend((label, n, f, r) for (n, _, _), (f, r) in zip(main, obs))
             if reference is not None:
                 log.append((label, "probe-q4_0-ref", *reference))
             log.extend((label, f"probe-{q}", f, r) for q, f, r in runs)
+            log.extend((label, f"probe-{q}-narrow", f, r) for q, (f, r) in twins.items())
         return speed
 
     # what to measure: (label, on the host, RPC endpoints, threads, llama-bench -dev, index in devices)
@@ -474,10 +538,13 @@ def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult, ggml_type: str | No
     >>> [round(x, 6) for x in in_sample(m, f, r, "Q4_1")]  # the rest at Q4_1's 5 GB/s and 25 GFLOP/s
     [0.141, 0.301]
     """
-    bw, fl = (m.types or {}).get(ggml_type) or (m.decode_gb_s, m.prefill_gflops)
-    bw_j, fl_j = (m.types or {}).get(JOINT_TYPE) or (m.decode_gb_s, m.prefill_gflops)
+    own = (m.types or {}).get(ggml_type) or [m.decode_gb_s, m.prefill_gflops]
+    bw, fl = own[0], own[1]
+    bw_j, fl_j = ((m.types or {}).get(JOINT_TYPE) or [m.decode_gb_s, m.prefill_gflops])[:2]
     dec = (f.bytes_per_token - f.joint_bytes) / (bw * 1e9) + f.joint_bytes / (bw_j * 1e9) + f.decode_fixed_s(m)
     pre = None
     if r.prefill_s is not None:
         pre = (f.prompt_flops - f.joint_flops) / (fl * 1e9) + f.joint_flops / (fl_j * 1e9) + f.prefill_fixed_s(m)
+        if len(own) > 2 and own[2] is not None:  # the type's own per-row cost instead of the device's
+            pre += f.prompt_rows * (own[2] - m.prefill_row_ns) * 1e-9
     return dec, pre

@@ -12,8 +12,9 @@ the logits cross from the last device to the host.
 **Prefill.** Each ubatch costs its matmul FLOPs over the device's effective compute rate for each
 weight type (the rate of the kernel the pinned llama.cpp runs it with: ``prefill_path``), without
 flash attention the KQ matrix's traffic at the device's bandwidth, on a measured CPU the per-row
-overhead per prompt token, the output matrix read once for the ubatch's last token, plus the same
-fixed and transfer costs; layer split pipelines ubatches over the stages.
+overhead per prompt token and (where bench measured it, ``prefill_read_bytes_s``) the weights read
+once per ubatch, the output matrix read once for the ubatch's last token, plus the same fixed and
+transfer costs; layer split pipelines ubatches over the stages.
 
 **Where the numbers come from** (``speed.json``, every coefficient with its source): ``measured``
 when ``llamasplit bench`` measured the device (``Device.measured``, in the inventory); else
@@ -96,6 +97,12 @@ class DeviceSpeed:
     the store around it; ``llamasplit bench`` measures it, GPUs fold it into ``layer_s``)."""
     prefill_row_s: float = 0.0
     """The same per matrix row and prompt token of a ubatch."""
+    type_prefill_row_s: tuple[tuple[str, float], ...] = ()
+    """(weight type, seconds per matrix row and prompt token) for types whose prompt kernels have a
+    per-row cost of their own (``MeasuredSpeed.types``' third element), instead of ``prefill_row_s``."""
+    prefill_read_bytes_s: float | None = None
+    """Bytes/s at which each prompt ubatch reads the weights it multiplies, once, on top of its
+    FLOPs (``MeasuredSpeed.prefill_read_gb_s``; ``None``: no such cost, the read is hidden)."""
 
     def rates(self, ggml_type: str) -> tuple[float, float]:
         for name, bw, fl in self.types:
@@ -246,9 +253,12 @@ def host_speed(host: HostInfo, coeffs: dict[str, Any] | None = None) -> DeviceSp
 
 
 def _measured(m) -> DeviceSpeed:
-    types = tuple((k, v[0] * 1e9, v[1] * 1e9) for k, v in sorted((m.types or {}).items()))
+    items = sorted((m.types or {}).items())
+    types = tuple((k, v[0] * 1e9, v[1] * 1e9) for k, v in items)
+    typed_rows = tuple((k, v[2] * 1e-9) for k, v in items if len(v) > 2 and v[2] is not None)
     return DeviceSpeed(m.decode_gb_s * 1e9, m.prefill_gflops * 1e9, m.layer_us * 1e-6, m.token_us * 1e-6, MEASURED, types,
-                       m.row_ns * 1e-9, m.prefill_row_ns * 1e-9)
+                       m.row_ns * 1e-9, m.prefill_row_ns * 1e-9, typed_rows,
+                       m.prefill_read_gb_s * 1e9 if m.prefill_read_gb_s else None)
 
 
 @dataclass(frozen=True)
@@ -269,6 +279,8 @@ class StageRows:
     """Bytes of the output matrix this stage reads once per ubatch."""
     output_rows: float = 0.0
     output_type: str = ""
+    prefill_types: tuple[tuple[str, float], ...] = ()
+    """Of ``prefill``, the rows of each weight type (a type may have a per-row cost of its own)."""
 
 
 @dataclass(frozen=True)
@@ -441,6 +453,10 @@ def predict(
                 fixed += rows.decode * s.row_s
             elif rows is not None:
                 seconds += rows.prefill * s.prefill_row_s
+                for name, c in s.type_prefill_row_s:  # a type's own per-row cost instead
+                    seconds += dict(rows.prefill_types).get(name, 0.0) * (c - s.prefill_row_s)
+                if s.prefill_read_bytes_s:  # the ubatch reads the stage's weights once
+                    fixed += pair[0] / s.prefill_read_bytes_s
                 out_bw = s.rates(rows.output_type)[0]
                 fixed += rows.output_bytes / out_bw + rows.output_rows * s.row_s
             times.append((amount / rate + seconds) * scale + fixed)
@@ -634,6 +650,7 @@ def layer_workload(
     n_kv = ub * (math.ceil(prompt_tokens / ub) + 1) / 2
     mix: list[dict[str, list[float]]] = [{} for _ in range(cols)]
     rows = [[0.0, 0.0, 0.0, 0.0] for _ in range(cols)]  # decode rows, prefill rows, output bytes, output rows
+    typed_rows: list[dict[str, float]] = [{} for _ in range(cols)]  # prefill rows by weight type
     out_type = [""] * cols
     for item in _tables(model).items:
         if item.slot is None:
@@ -659,6 +676,8 @@ def layer_workload(
                 out_type[dev] = _type_name(t.ggml_type)
             continue
         rows[dev][1] += n_rows
+        if n_rows:
+            typed_rows[dev][_type_name(t.ggml_type)] = typed_rows[dev].get(_type_name(t.ggml_type), 0.0) + n_rows
         flops[dev] += _flops_weight(t) * share
         kind[1] += _flops_weight(t) * share
     for il in range(hp.n_layer_kv):
@@ -680,7 +699,7 @@ def layer_workload(
         stages.append(tuple(row))
         layers.append(float(sum(1 for il in e.layers if il < hp.n_layer)))
         extra.append(tuple(kq_bytes[j] if k == j else 0.0 for k in range(cols)))
-        stage_rows.append(StageRows(*rows[j], out_type[j]))
+        stage_rows.append(StageRows(*rows[j], out_type[j], tuple(sorted(typed_rows[j].items()))))
     all_names = (*names, HOST_NAME) if host else tuple(names)
     type_mix = tuple(tuple((k, v[0], v[1]) for k, v in sorted(m.items())) for m in mix)
     return Workload("layer", all_names, tuple(stages), hp.n_embd, hp.n_vocab, layers=tuple(layers), type_mix=type_mix,

@@ -61,6 +61,19 @@ was predicted 1.5-2.8x too fast. An all-zero Q6_K probe decoded at half the spee
 here, and a zero or one-scale Q4_1 probe 1.3x faster than the real SmolLM2 of the same shape
 (``SCALE_SPREAD_LOG2``)."""
 
+NARROW_TYPE_PROBES = tuple(
+    ProbeShape(f"probe-{q.lower()}-narrow", n_layer=24, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=8192, qtype=q)
+    for q in ("Q4_1", "Q4_K", "Q5_K", "Q6_K")
+)
+"""The narrow shape in each type that has no tiled prompt kernel on x86 (llamafile's sgemm,
+ggml-cpu/llamafile/sgemm.cpp, takes Q8_0, Q4_0, Q5_0 and IQ4_NL; ggml-cpu.c's mul_mat gives the
+others one ``vec_dot`` call per matrix row and prompt token, with a fixed cost each). With the same
+rows per token as its type probe (61,440) and a fifth of the FLOPs, it separates the type's matmul
+rate from that per-row cost (``measure._typed_rates``): on a -t 2 RPC worker here, Q4_1 ran at
+53.0, 70.7 and 78.9 GFLOP/s at 256, 576 (SmolLM2's shape) and 1024 wide; a rate of 95.8 GFLOP/s
+plus 5.2 ns per row and token, fitted on the 256- and 1024-wide probes, gives the 576-wide one
+3.02 ms a token against 3.00 measured, where the 1024-wide probe's rate alone gives 2.69."""
+
 BLOCKS = {
     "Q4_0": ((0,), 4.61, True), "Q4_1": ((0, 2), 4.61, False), "Q5_0": ((0,), 9.23, True),
     "Q8_0": ((0,), 73.9, False), "Q4_K": ((0, 2), None, False), "Q5_K": ((0, 2), None, False),
