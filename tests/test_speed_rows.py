@@ -65,23 +65,28 @@ def test_fit_recovers_row_costs_and_the_joint_type():
     truth = MeasuredSpeed(decode_gb_s=12.0, prefill_gflops=150.0, layer_us=25.0, token_us=400.0, row_ns=9.0,
                           prefill_row_ns=3.0, types={JOINT_TYPE: [20.0, 90.0]}, prefill_read_gb_s=15.0)
     jr = truth.types[JOINT_TYPE]
-    feats = [  # narrow, wide (a 16-token prompt), deep (Q4_0), the Q4_0 reference, the Q8_0 type probe, the Q8_0 vocabulary probe
+    wide_short = Features(215e6, 11e9, 24, 2.9e5, 2.9e5 * 16, 4e6, 8192, ubatch_bytes=215e6)  # 16 tokens
+    feats = [  # narrow, wide (64 tokens), deep (Q4_0), the Q4_0 reference, the Q8_0 type probe, the Q8_0 vocabulary probe
         Features(13e6, 5e9, 24, 7e4, 7e4 * 128, 4e6, 8192, ubatch_bytes=13e6),
-        Features(215e6, 11e9, 24, 2.9e5, 2.9e5 * 16, 4e6, 8192, ubatch_bytes=215e6),
+        Features(215e6, 44e9, 24, 2.9e5, 2.9e5 * 64, 4e6, 8192, ubatch_bytes=215e6),
         Features(40e6, 19e9, 96, 2.5e5, 2.5e5 * 128, 4e6, 8192, ubatch_bytes=40e6),
         Features(45e6, 18e9, 8, 6.9e4, 6.9e4 * 128, 4e6, 8192, ubatch_bytes=45e6),
         Features(85e6, 18e9, 8, 6.9e4, 6.9e4 * 128, 9e6, 8192, 85e6, 18e9, JOINT_TYPE, ubatch_bytes=85e6),
         Features(95e6, 5e9, 24, 3.2e5, 6.1e4 * 128, 7e7, 262144, 95e6, 5e9, JOINT_TYPE, ubatch_bytes=95e6),
     ]
 
+    def prefill(f: Features) -> float:
+        return ((f.prompt_flops - f.joint_flops) / (truth.prefill_gflops * 1e9) + f.joint_flops / (jr[1] * 1e9)
+                + f.prefill_fixed_s(truth))
+
     def seconds(f: Features) -> BenchResult:
         dec = ((f.bytes_per_token - f.joint_bytes) / (truth.decode_gb_s * 1e9) + f.joint_bytes / (jr[0] * 1e9)
                + f.decode_fixed_s(truth))
-        pre = ((f.prompt_flops - f.joint_flops) / (truth.prefill_gflops * 1e9) + f.joint_flops / (jr[1] * 1e9)
-               + f.prefill_fixed_s(truth)) if f.prompt_flops else None
-        return BenchResult("m", dec, pre, 128, 32)
+        return BenchResult("m", dec, prefill(f) if f.prompt_flops else None, 128, 32)
 
-    m = fit_device([(f, seconds(f)) for f in feats], threads=2, how="test")
+    runs = [(f, seconds(f)) for f in feats]
+    runs[1] = (feats[1], BenchResult("wide", runs[1][1].decode_s, prefill(feats[1]), 64, 32, prefill(wide_short)))
+    m = fit_device(runs, threads=2, how="test", read_pair=(feats[1], wide_short, runs[1][1]))
     assert m.decode_gb_s == pytest.approx(12.0, rel=1e-3) and m.prefill_gflops == pytest.approx(150.0, rel=1e-3)
     assert m.layer_us == pytest.approx(25.0, rel=1e-3) and m.token_us == pytest.approx(400.0, rel=1e-3)
     assert m.row_ns == pytest.approx(9.0, rel=1e-3) and m.prefill_row_ns == pytest.approx(3.0, rel=1e-3)

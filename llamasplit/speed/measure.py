@@ -7,11 +7,13 @@ other common weight type with a Q4_0 reference of the same shape). Each result i
 the speed model for that device, ``seconds = bytes / bandwidth + layers x layer cost + plain-kernel
 matrix rows x row cost + token cost`` (decode) and ``FLOPs / rate + rows x prompt tokens x row cost
 + the output matrix read once + weights / read rate + the same fixed costs`` (prefill; the wide
-probe's 16-token prompt separates the once-per-ubatch read of the weights), where bytes, layers, rows and
+probe's 64- and 16-token prompts in one run give the once-per-ubatch read of the weights), where bytes, layers, rows and
 FLOPs come from our own estimator, exactly as the planner computes them (the host's repacked
 weights, ``memory.repack``, cost no per-row time). A non-negative least-squares fit on relative
 error over the Q4_0 and Q8_0 probes gives the device's ``MeasuredSpeed``; every other type's
-rates are Q4_0's times its probe's speed over the reference's. With two or more workers, one
+rates are Q4_0's times its probe's speed over the reference's; a type with no tiled prompt kernel
+(Q4_1, the K-quants) has a narrow probe too, whose prompt against the type probe's gives the type's
+own cost per row and prompt token. With two or more workers, one
 more run splits SmolLM2 over the first two: what it takes beyond the two workers' own shares is
 the cost of one stage boundary between workers, stored as their link's latency.
 
@@ -37,12 +39,15 @@ from llamasplit.errors import LaunchError
 N_PROMPT = 128
 """Prompt tokens per prefill run (one ubatch; small enough for a 1-thread worker)."""
 N_GEN = 32
-SHORT_PROMPT = 16
-"""The wide probe's prompt: short, so that the once-per-ubatch read of its 215 MB of weights
-(``MeasuredSpeed.prefill_read_gb_s``) is a visible share of the prompt's time (and a one-thread
-worker is done in a second). Here a -t 2 RPC worker took 1.15-1.45x longer per token over a
-16-token prompt than over 64 on the wide probe, the 250 MB check model and the Q4_0 reference;
-the host, flat (its repacked kernels hide the read)."""
+WIDE_PROMPT, SHORT_PROMPT = 64, 16
+"""The wide probe's two prompts, in one llama-bench run (``-p 64,16``): the once-per-ubatch read
+of its 215 MB of weights (``MeasuredSpeed.prefill_read_gb_s``) is what the 16-token prompt takes
+beyond a quarter of the 64-token one (``read_rate``). One run, because this VM's speed drifts by
+1.3-1.5x over minutes while a run's repetitions agree within a few per cent: measured in separate
+runs, the read rate took the drift with it. Here a -t 2 RPC worker took 1.15-1.45x longer per
+token over 16 tokens than over 64 on the wide probe, the 250 MB check model and the Q4_0
+reference; the host, flat (its repacked kernels hide the read). 64 rather than 128 tokens: a
+one-thread worker takes half a minute for the wide probe's 10 repetitions of 128."""
 """Generated tokens per decode run (on average 16 cells of KV cache in use)."""
 N_UBATCH = 512
 """llama-bench's default ubatch (``-ub 512``), so every probe's prompt is one ubatch."""
@@ -71,16 +76,21 @@ class BenchResult:
     """Seconds for the whole prompt; ``None`` when no prefill test was run (``n_prompt`` 0)."""
     n_prompt: int
     n_gen: int
+    short_prefill_s: float | None = None
+    """Seconds for a ``SHORT_PROMPT``-token prompt in the same llama-bench run (``None``: not run)."""
 
 
 def fastest(a: BenchResult, b: BenchResult) -> BenchResult:
-    """The faster decode and the faster prefill of two runs of the same test.
+    """The faster decode and the faster prefill of two runs of the same test. The short prompt
+    stays with its run's long one (their ratio is what counts, ``read_rate``).
 
     >>> fastest(BenchResult("m", 0.02, 0.5, 128, 32), BenchResult("m", 0.01, 0.7, 128, 32))
-    BenchResult(model='m', decode_s=0.01, prefill_s=0.5, n_prompt=128, n_gen=32)
+    BenchResult(model='m', decode_s=0.01, prefill_s=0.5, n_prompt=128, n_gen=32, short_prefill_s=None)
     """
-    pre = min((x for x in (a.prefill_s, b.prefill_s) if x is not None), default=None)
-    return dataclasses.replace(a, decode_s=min(a.decode_s, b.decode_s), prefill_s=pre)
+    pres = [x for x in (a, b) if x.prefill_s is not None]
+    best = min(pres, key=lambda x: x.prefill_s) if pres else a
+    return dataclasses.replace(a, decode_s=min(a.decode_s, b.decode_s), prefill_s=best.prefill_s,
+                               short_prefill_s=best.short_prefill_s)
 
 
 def parse_llama_bench(text: str) -> dict[str, tuple[float, int, int]]:
@@ -88,21 +98,28 @@ def parse_llama_bench(text: str) -> dict[str, tuple[float, int, int]]:
     repetition (``samples_ns``), since on a shared machine other work only ever slows a run down;
     the average when there are no samples.
 
+    Every prompt test is also keyed ``pp<n>`` (``-p 64,16``: ``pp64`` and ``pp16``; ``pp`` is the first).
+
     >>> parse_llama_bench('[{"n_prompt": 128, "n_gen": 0, "avg_ns": 3000000, "samples_ns": [2000000, 4000000]},'
     ...                   ' {"n_prompt": 0, "n_gen": 32, "avg_ns": 320000000}]')
-    {'pp': (0.002, 128, 0), 'tg': (0.32, 0, 32)}
+    {'pp': (0.002, 128, 0), 'pp128': (0.002, 128, 0), 'tg': (0.32, 0, 32)}
     """
     out = {}
     for row in json.loads(text):
-        kind = "tg" if row["n_gen"] else "pp"
         ns = min(row.get("samples_ns") or [row["avg_ns"]])
-        out[kind] = (ns / 1e9, int(row["n_prompt"]), int(row["n_gen"]))
+        value = (ns / 1e9, int(row["n_prompt"]), int(row["n_gen"]))
+        if row["n_gen"]:
+            out["tg"] = value
+        else:
+            out.setdefault("pp", value)
+            out[f"pp{int(row['n_prompt'])}"] = value
     return out
 
 
 def bench_argv(
     binary: str | Path, model: str | Path, *, rpc: Sequence[str] = (), ngl: int, tensor_split: Sequence[float] | None = None,
     n_prompt: int = N_PROMPT, n_gen: int = N_GEN, repetitions: int = REPETITIONS, device: str | None = None,
+    short_prompt: int | None = None,
 ) -> list[str]:
     """llama-bench's argv for one prefill and one decode test.
 
@@ -111,7 +128,8 @@ def bench_argv(
     >>> bench_argv("llama-bench", "m.gguf", ngl=99, rpc=["a:1", "b:2"], tensor_split=[1, 2.5])[-4:]
     ['--rpc', 'a:1,b:2', '-ts', '1/2.5']
     """
-    argv = [str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
+    prompts = f"{n_prompt},{short_prompt}" if short_prompt else str(n_prompt)
+    argv = [str(binary), "-m", str(model), "-p", prompts, "-n", str(n_gen), "-r", str(repetitions),
             "-ngl", str(ngl), "-o", "json"]
     if device:
         argv += ["-dev", device]
@@ -125,14 +143,14 @@ def bench_argv(
 def run_llama_bench(
     binary: str | Path, model: str | Path, *, rpc: Sequence[str] = (), ngl: int, tensor_split: Sequence[float] | None = None,
     n_prompt: int = N_PROMPT, n_gen: int = N_GEN, repetitions: int = REPETITIONS, timeout_s: float = 600.0,
-    device: str | None = None,
+    device: str | None = None, short_prompt: int | None = None,
 ) -> BenchResult:
     """Run llama-bench once (a prefill test and a decode test) and return the averages. ``device``
     is a llama.cpp device name (``CUDA0``) that takes every offloaded layer (``-dev``)."""
     from llamasplit.runner.processes import run_to_end
 
     argv = bench_argv(binary, model, rpc=rpc, ngl=ngl, tensor_split=tensor_split, n_prompt=n_prompt, n_gen=n_gen,
-                      repetitions=repetitions, device=device)
+                      repetitions=repetitions, device=device, short_prompt=short_prompt)
     done = run_to_end(argv, timeout_s=timeout_s)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -142,8 +160,9 @@ def run_llama_bench(
         runs = parse_llama_bench(done.stdout)
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise LaunchError(f"llama-bench printed no JSON results: {exc}") from exc
-    pp, tg = runs.get("pp"), runs["tg"]
-    return BenchResult(Path(model).name, tg[0] / n_gen, pp[0] if pp else None, n_prompt, n_gen)
+    pp, tg = runs.get(f"pp{n_prompt}"), runs["tg"]
+    short = runs.get(f"pp{short_prompt}") if short_prompt else None
+    return BenchResult(Path(model).name, tg[0] / n_gen, pp[0] if pp else None, n_prompt, n_gen, short[0] if short else None)
 
 
 @dataclass(frozen=True)
@@ -242,14 +261,17 @@ def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> l
     return [float(v) for v in best]
 
 
-def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads: int | None, how: str) -> MeasuredSpeed:
+def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads: int | None, how: str,
+               read_pair: tuple[Features, Features, BenchResult] | None = None) -> MeasuredSpeed:
     """The device's MeasuredSpeed from its runs of the Q4_0 probes and the ``JOINT_TYPE`` ones.
 
     Decode: one non-negative least-squares fit (relative error) of the Q4_0 and the joint type's
     bandwidths and the per-layer, per-row and per-token costs. Prefill, given those fixed costs:
     the two types' matmul rates and the per-row cost per prompt token (probes of the same rows and
     other widths, or the same width and other rows, separate them). The joint type's rates go to
-    ``types``; without joint-type runs its columns are zero and it gets none."""
+    ``types``; without joint-type runs its columns are zero and it gets none. ``read_pair`` (the
+    wide probe's features at its two prompts and its run) gives the weights' read per ubatch
+    (``read_rate``), charged to every prompt before the prefill fit; without it, none."""
     rows = [(f.bytes_per_token - f.joint_bytes, f.joint_bytes, f.layers, f.rows, 1.0) for f, _ in observations]
     times = [r.decode_s for _, r in observations]
     inv_bw, inv_bw_j, layer_s, row_s, token_s = _nnls_relative(rows, times)
@@ -264,14 +286,16 @@ def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads:
     types = {JOINT_TYPE: [1 / inv_bw_j / 1e9, 1.0]}
     dec = MeasuredSpeed(decode_gb_s=1 / inv_bw / 1e9, prefill_gflops=1.0, layer_us=layer_s * 1e6, token_us=token_s * 1e6,
                         row_ns=row_s * 1e9, types=types)
-    pre = [((f.prompt_flops - f.joint_flops, f.joint_flops, f.prompt_rows, f.ubatch_bytes), r.prefill_s - f.prefill_fixed_s(dec))
+    read_s = (read_rate(*read_pair, dec) if read_pair is not None else None) or 0.0
+    pre = [((f.prompt_flops - f.joint_flops, f.joint_flops, f.prompt_rows),
+            r.prefill_s - f.prefill_fixed_s(dec) - f.ubatch_bytes * read_s)
            for f, r in observations if f.prompt_flops and r.prefill_s is not None]
     cols = [c for c, _ in pre]
     ts = [max(t, 1e-9) for _, t in pre]
-    inv_f, inv_f_j, prow_s, read_s = _nnls_relative(cols, ts)
+    inv_f, inv_f_j, prow_s = _nnls_relative(cols, ts)
     if inv_f <= 0:
-        (inv_f,) = _nnls_relative([(a + b,) for a, b, _, _ in cols], ts)
-        inv_f_j, prow_s, read_s = inv_f, 0.0, 0.0
+        (inv_f,) = _nnls_relative([(a + b,) for a, b, _ in cols], ts)
+        inv_f_j, prow_s = inv_f, 0.0
     if inv_f_j <= 0:
         inv_f_j = inv_f
     joint = any(f.joint_bytes for f, _ in observations)
@@ -283,9 +307,30 @@ def fit_device(observations: Sequence[tuple[Features, BenchResult]], *, threads:
 
 
 def prompt_tokens(model_name: str) -> int:
-    """The wide probe's prompt is ``SHORT_PROMPT`` (at 128 tokens it would take a one-thread CPU
-    worker half a minute); every other probe's, ``N_PROMPT``."""
-    return SHORT_PROMPT if model_name == "probe-wide" else N_PROMPT
+    """The wide probe's prompt is ``WIDE_PROMPT`` (with ``SHORT_PROMPT`` in the same run); every
+    other probe's, ``N_PROMPT``."""
+    return WIDE_PROMPT if model_name == "probe-wide" else N_PROMPT
+
+
+def read_rate(long: Features, short: Features, r: BenchResult, m: MeasuredSpeed) -> float | None:
+    """Seconds per byte of the weights' once-per-ubatch read, from one run's two prompts of one
+    model (``r.prefill_s`` over ``long``'s tokens, ``r.short_prefill_s`` over ``short``'s): the
+    per-token work scales with the FLOPs, so what the short prompt takes beyond its FLOPs' share of
+    the long one is per ubatch; less the fixed costs ``m`` already charges there (layers, token,
+    output), over the weight bytes. ``None`` when the run has no short prompt; never below 0.
+
+    >>> f = lambda n: Features(2e8, 1e9 * n, 24, prompt_rows=1e5 * n, ubatch_bytes=2e8)
+    >>> m = MeasuredSpeed(decode_gb_s=10.0, prefill_gflops=100.0, layer_us=10.0)
+    >>> t = lambda n: 1e9 * n / 100e9 + 24 * 10e-6 + 2e8 / 20e9  # 100 GFLOP/s; weights read at 20 GB/s
+    >>> round(1 / read_rate(f(64), f(16), BenchResult("w", 0.0, t(64), 64, 32, t(16)), m) / 1e9, 6)
+    20.0
+    """
+    if r.prefill_s is None or r.short_prefill_s is None or not long.ubatch_bytes or long.prompt_flops <= short.prompt_flops:
+        return None
+    t_long = r.prefill_s - long.prefill_fixed_s(m) + long.prompt_rows * m.prefill_row_ns * 1e-9
+    t_short = r.short_prefill_s - short.prefill_fixed_s(m) + short.prompt_rows * m.prefill_row_ns * 1e-9
+    per_ubatch = t_short - (t_long - t_short) * short.prompt_flops / (long.prompt_flops - short.prompt_flops)
+    return max(0.0, per_ubatch) / long.ubatch_bytes
 
 
 def bench_models(progress: Callable[[str], None]) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]], tuple[str, Path]]:
@@ -415,16 +460,16 @@ def measure_fleet(
         ref_path = type_reference or probe_path(TYPE_REFERENCE)
         ref_model = (ref_path, read_model(ref_path))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    how = (f"llama-bench -p {N_PROMPT} (probe-wide {SHORT_PROMPT}) -n {N_GEN} -r {REPETITIONS}, fastest of {passes} passes, "
+    how = (f"llama-bench -p {N_PROMPT} (probe-wide {WIDE_PROMPT},{SHORT_PROMPT}) -n {N_GEN} -r {REPETITIONS}, fastest of {passes} passes, "
            f"on {', '.join(n for n, _, _ in main)}"
            + (f" and {', '.join(q for q, _, _ in typed)} probes (relative to Q4_0 on their shape)" if typed else "")
            + f", {when}")
 
-    jobs = [(name, path, prompt_tokens(name)) for name, path, _ in main]
+    jobs = [(name, path, prompt_tokens(name), SHORT_PROMPT if name == "probe-wide" else None) for name, path, _ in main]
     if typed and ref_model is not None:  # Q4_0 as well: one more equation for the fit
-        jobs.append(("Q4_0 reference probe", ref_model[0], N_PROMPT))
-    jobs += [(f"{q} probe", path, N_PROMPT) for q, path, _ in typed]
-    jobs += [(f"{q} narrow probe", path, N_PROMPT) for q, path, _ in thin]
+        jobs.append(("Q4_0 reference probe", ref_model[0], N_PROMPT, None))
+    jobs += [(f"{q} probe", path, N_PROMPT, None) for q, path, _ in typed]
+    jobs += [(f"{q} narrow probe", path, N_PROMPT, None) for q, path, _ in thin]
 
     def fit(label: str, on_host: bool, threads: int | None, done: dict[str, BenchResult]) -> MeasuredSpeed:
         cpu = host_cpu(fleet.host) if on_host else None
@@ -435,7 +480,13 @@ def measure_fleet(
             reference = (features(ref_model[1], on_host=on_host, cpu=cpu), done["Q4_0 reference probe"])
         runs = [(q, features(m, on_host=on_host, cpu=cpu), done[f"{q} probe"]) for q, _, m in typed]
         joint = [(f, r) for q, f, r in runs if q == JOINT_TYPE]
-        speed = fit_device(obs + ([reference] if reference is not None else []) + joint, threads=threads, how=how)
+        wide = next(((m, done[name]) for name, _, m in main if name == "probe-wide"), None)
+        pair = None
+        if wide is not None and wide[1].short_prefill_s is not None:
+            pair = (features(wide[0], on_host=on_host, n_prompt=WIDE_PROMPT, cpu=cpu),
+                    features(wide[0], on_host=on_host, n_prompt=SHORT_PROMPT, cpu=cpu), wide[1])
+        speed = fit_device(obs + ([reference] if reference is not None else []) + joint, threads=threads, how=how,
+                           read_pair=pair)
         twins = {q: (features(m, on_host=on_host, cpu=cpu), done[f"{q} narrow probe"]) for q, _, m in thin}
         if runs:
             speed = dataclasses.replace(speed, types={**(speed.types or {}), **_typed_rates(speed, runs, reference, twins)} or None)
@@ -468,9 +519,10 @@ def measure_fleet(
     done: list[dict[str, BenchResult]] = [{} for _ in targets]
     for k in range(passes):  # every device's every probe once per pass: a probe's passes are minutes apart
         for (label, on_host, rpc, _, dev, _), seen in zip(targets, done):
-            for key, path, n_prompt in jobs:
+            for key, path, n_prompt, short in jobs:
                 progress(f"{label}: {key}" + (f" (pass {k + 1} of {passes})" if passes > 1 else ""))
-                r = run_llama_bench(binary, path, rpc=rpc, ngl=0 if on_host else 99, n_prompt=n_prompt, device=dev)
+                r = run_llama_bench(binary, path, rpc=rpc, ngl=0 if on_host else 99, n_prompt=n_prompt, device=dev,
+                                    short_prompt=short)
                 seen[key] = fastest(seen[key], r) if key in seen else r
     out_host = fleet.host
     for (label, on_host, _, threads, _, i), seen in zip(targets, done):

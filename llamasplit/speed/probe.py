@@ -39,7 +39,8 @@ PROBES = (
     ProbeShape("probe-deep", n_layer=96, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=8192),
     ProbeShape("probe-vocab", n_layer=24, n_embd=256, n_ff=768, n_head=4, n_head_kv=2, n_vocab=262144, qtype="Q8_0"),
 )
-"""narrow vs wide: same layers, ~13 MB vs ~215 MB a token (bandwidth); narrow vs deep: 4x the layers
+"""narrow vs wide: same layers, ~13 MB vs ~215 MB a token (bandwidth; the wide probe's 16-token
+prompt against the others' 128, the weights' read once per ubatch); narrow vs deep: 4x the layers
 at almost no bytes (per-layer cost). The vocabulary probe is the narrow shape with a 262,144-row
 output (Gemma-3's vocabulary), in Q8_0: against the Q8_0 type probe (about the same bytes, a fifth
 of the rows) it gives the per-row cost of a plain kernel (``measure.JOINT_TYPE``). 640-wide Gemma-3
