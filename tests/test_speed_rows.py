@@ -97,11 +97,13 @@ def test_fit_recovers_row_costs_and_the_joint_type():
 def test_a_measured_read_rate_adds_the_stage_weights_once_per_ubatch():
     plain = DeviceSpeed(10e9, 100e9, layer_s=20e-6, token_s=300e-6)
     reads = DeviceSpeed(10e9, 100e9, layer_s=20e-6, token_s=300e-6, prefill_read_bytes_s=5e9)
-    work = Workload("layer", ("X",), (((1e8, 2e8),),), 256, 4096, layers=(10.0,), rows=(StageRows(),))
+    rows = StageRows(output_bytes=2e7, output_type="Q8_0")
+    work = Workload("layer", ("X",), (((1e8, 2e8),),), 256, 4096, layers=(10.0,), rows=(rows,))
     a, b = (predict(work, [s], None, prompt_tokens=1024, n_ubatch=512) for s in (plain, reads))
     assert 1 / a.decode_tok_s == 1 / b.decode_tok_s  # decode reads the weights anyway
-    # two ubatches, each reading the stage's 1e8 bytes once at 5 GB/s: 2 x 20 ms more
-    assert 1024 / b.prefill_tok_s - 1024 / a.prefill_tok_s == pytest.approx(2 * 1e8 / 5e9, rel=1e-9)
+    # two ubatches, each reading the stage's 1e8 bytes but the output's 2e7 (charged once already)
+    # at 5 GB/s: 2 x 16 ms more
+    assert 1024 / b.prefill_tok_s - 1024 / a.prefill_tok_s == pytest.approx(2 * 8e7 / 5e9, rel=1e-9)
 
 
 def test_inventory_without_row_costs_reads_as_none_charged():

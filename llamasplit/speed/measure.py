@@ -186,7 +186,8 @@ class Features:
     """Of ``prompt_flops``, the FLOPs of ``JOINT_TYPE`` weights."""
     output_type: str = ""
     ubatch_bytes: float = 0.0
-    """Weight bytes the prompt's ubatches read once each (``MeasuredSpeed.prefill_read_gb_s``)."""
+    """Weight bytes the prompt's ubatches read once each (``MeasuredSpeed.prefill_read_gb_s``; not
+    the output matrix, whose read ``output_bytes`` already is)."""
 
     def prefill_fixed_s(self, m: MeasuredSpeed) -> float:
         """The prompt's seconds that do not depend on the matmul rate: fixed costs, the per-row
@@ -235,7 +236,8 @@ def features(model, *, on_host: bool, n_prompt: int = N_PROMPT, n_gen: int = N_G
     return Features(b, f * n_prompt, layers, sum(x.decode for x in r), sum(x.prefill for x in r) * n_prompt,
                     sum(x.output_bytes for x in r), sum(x.output_rows for x in r),
                     sum(jb for jb, _ in joint), sum(jf for _, jf in joint) * n_prompt,
-                    next((x.output_type for x in r if x.output_type), ""), b * math.ceil(n_prompt / N_UBATCH))
+                    next((x.output_type for x in r if x.output_type), ""),
+                    max(0.0, b - sum(x.output_bytes for x in r)) * math.ceil(n_prompt / N_UBATCH))
 
 
 def _nnls_relative(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:

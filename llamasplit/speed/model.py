@@ -455,8 +455,8 @@ def predict(
                 seconds += rows.prefill * s.prefill_row_s
                 for name, c in s.type_prefill_row_s:  # a type's own per-row cost instead
                     seconds += dict(rows.prefill_types).get(name, 0.0) * (c - s.prefill_row_s)
-                if s.prefill_read_bytes_s:  # the ubatch reads the stage's weights once
-                    fixed += pair[0] / s.prefill_read_bytes_s
+                if s.prefill_read_bytes_s:  # the ubatch reads the stage's weights once (the output's, above)
+                    fixed += max(0.0, pair[0] - rows.output_bytes) / s.prefill_read_bytes_s
                 out_bw = s.rates(rows.output_type)[0]
                 fixed += rows.output_bytes / out_bw + rows.output_rows * s.row_s
             times.append((amount / rate + seconds) * scale + fixed)
