@@ -170,7 +170,7 @@ def main() -> None:
             w.stop()
 
     print(f"\npredicted vs measured tok/s (llama-bench -p {N_PROMPT} -n {N_GEN}, synthetic -p {SYNTH_PROMPT} and {N_PROMPT}; "
-          f"bench figures from -p 128 -n 32, the wide probe -p 16)")
+          f"bench figures from -p 128 -n 32, the wide probe -p 64,16)")
     print(f"{'config':<36} {'model':<16} {'-p':>3} {'decode meas':>11} {'pred':>8} {'err':>6}   {'prefill meas':>12} {'pred':>8} {'err':>6}")
     errs = {"decode": [], "prefill": []}
     for r in rows:

@@ -124,3 +124,18 @@ def test_a_type_with_its_own_row_cost_pays_it_on_its_rows_only():
     a, b = (predict(work(r), [speed], None, prompt_tokens=512, n_ubatch=512) for r in (base, rows))
     # one ubatch of 512 tokens: the 5e4 Q4_1 rows at 6 ns instead of 2 ns
     assert 512 / b.prefill_tok_s - 512 / a.prefill_tok_s == pytest.approx(512 * 5e4 * 4e-9, rel=1e-9)
+
+
+def test_bench_table_shows_the_prompt_read_rate():
+    import dataclasses
+
+    from llamasplit.cli.bench import bench_table
+    from llamasplit.devices.device import Device, Fleet, HostInfo
+
+    worker = Device("rpc:127.0.0.1:5000#0", "RPC0", "127.0.0.1:5000", "RPC", 1 << 30, 1 << 30, host="127.0.0.1:5000",
+                    measured=MeasuredSpeed(decode_gb_s=7.7341, prefill_gflops=101.81, prefill_read_gb_s=9.7243, threads=1))
+    host = dataclasses.replace(HostInfo(), measured=MeasuredSpeed(decode_gb_s=28.7, prefill_gflops=233.1, threads=2))
+    lines = bench_table(Fleet(devices=(worker,), host=host)).splitlines()
+    assert "prefill GFLOP/s  prompt read GB/s  layer us" in lines[0]
+    assert lines[1].split()[-4] == "-"  # the host: no read measured
+    assert lines[2].split()[1:5] == ["7.73", "101.8", "9.7", "0.0"]

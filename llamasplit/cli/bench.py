@@ -15,13 +15,15 @@ from llamasplit.errors import DeviceQueryError
 
 
 def bench_table(fleet: Fleet) -> str:
-    """One row per measured device: effective decode bandwidth, prefill rate, fixed costs."""
-    rows = [("device", "decode GB/s", "prefill GFLOP/s", "layer us", "token us", "threads")]
+    """One row per measured device: effective decode bandwidth, prefill rate, the rate a prompt
+    ubatch reads its weights at (``-``: none measured), fixed costs."""
+    rows = [("device", "decode GB/s", "prefill GFLOP/s", "prompt read GB/s", "layer us", "token us", "threads")]
     for name, m in [("CPU (host)", fleet.host.measured), *((d.name, d.measured) for d in fleet.devices)]:
         if m is None:
             continue
-        rows.append((name, f"{m.decode_gb_s:.2f}", f"{m.prefill_gflops:.1f}", f"{m.layer_us:.1f}", f"{m.token_us:.0f}",
-                     str(m.threads) if m.threads else "-"))
+        read = f"{m.prefill_read_gb_s:.1f}" if m.prefill_read_gb_s else "-"  # "-": hidden behind the FLOPs
+        rows.append((name, f"{m.decode_gb_s:.2f}", f"{m.prefill_gflops:.1f}", read, f"{m.layer_us:.1f}",
+                     f"{m.token_us:.0f}", str(m.threads) if m.threads else "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))) for r in rows]
     hops = sorted({link.latency_us for link in fleet.links if link.latency_us is not None})
