@@ -39,6 +39,7 @@ from llamasplit.errors import LaunchError
 N_PROMPT = 128
 """Prompt tokens per prefill run (one ubatch; small enough for a 1-thread worker)."""
 N_GEN = 32
+"""Generated tokens per decode run (on average 16 cells of KV cache in use)."""
 WIDE_PROMPT, SHORT_PROMPT = 64, 16
 """The wide probe's two prompts, in one llama-bench run (``-p 64,16``): the once-per-ubatch read
 of its 215 MB of weights (``MeasuredSpeed.prefill_read_gb_s``) is what the 16-token prompt takes
@@ -48,7 +49,6 @@ runs, the read rate took the drift with it. Here a -t 2 RPC worker took 1.15-1.4
 token over 16 tokens than over 64 on the wide probe, the 250 MB check model and the Q4_0
 reference; the host, flat (its repacked kernels hide the read). 64 rather than 128 tokens: a
 one-thread worker takes half a minute for the wide probe's 10 repetitions of 128."""
-"""Generated tokens per decode run (on average 16 cells of KV cache in use)."""
 N_UBATCH = 512
 """llama-bench's default ubatch (``-ub 512``), so every probe's prompt is one ubatch."""
 REPETITIONS = 10
@@ -189,10 +189,12 @@ class Features:
     """Weight bytes the prompt's ubatches read once each (``MeasuredSpeed.prefill_read_gb_s``; not
     the output matrix, whose read ``output_bytes`` already is)."""
 
-    def prefill_fixed_s(self, m: MeasuredSpeed) -> float:
+    def prefill_fixed_s(self, m: MeasuredSpeed, row_ns: float | None = None) -> float:
         """The prompt's seconds that do not depend on the matmul rate: fixed costs, the per-row
-        cost of every token's dot products, the output matrix read once."""
-        return (self.layers * m.layer_us * 1e-6 + m.token_us * 1e-6 + self.prompt_rows * m.prefill_row_ns * 1e-9
+        cost of every token's dot products (``row_ns`` each, default ``m.prefill_row_ns``: a
+        type's own, or 0 for none), the output matrix read once, the weights' read."""
+        row_ns = m.prefill_row_ns if row_ns is None else row_ns
+        return (self.layers * m.layer_us * 1e-6 + m.token_us * 1e-6 + self.prompt_rows * row_ns * 1e-9
                 + self.output_bytes / (_decode_rate(m, self.output_type) * 1e9) + self.output_rows * m.row_ns * 1e-9
                 + (self.ubatch_bytes / (m.prefill_read_gb_s * 1e9) if m.prefill_read_gb_s else 0.0))
 
@@ -329,8 +331,8 @@ def read_rate(long: Features, short: Features, r: BenchResult, m: MeasuredSpeed)
     """
     if r.prefill_s is None or r.short_prefill_s is None or not long.ubatch_bytes or long.prompt_flops <= short.prompt_flops:
         return None
-    t_long = r.prefill_s - long.prefill_fixed_s(m) + long.prompt_rows * m.prefill_row_ns * 1e-9
-    t_short = r.short_prefill_s - short.prefill_fixed_s(m) + short.prompt_rows * m.prefill_row_ns * 1e-9
+    t_long = r.prefill_s - long.prefill_fixed_s(m, row_ns=0.0)
+    t_short = r.short_prefill_s - short.prefill_fixed_s(m, row_ns=0.0)
     per_ubatch = t_short - (t_long - t_short) * short.prompt_flops / (long.prompt_flops - short.prompt_flops)
     return max(0.0, per_ubatch) / long.ubatch_bytes
 
@@ -402,7 +404,7 @@ def _typed_rates(m: MeasuredSpeed, runs: Sequence[tuple[str, Features, BenchResu
         (fw, rw), (fn, rn) = wide, thin
         if rw.prefill_s is None or rn.prefill_s is None:
             return None
-        pw, pn = ((r.prefill_s - f.prefill_fixed_s(m) + f.prompt_rows * m.prefill_row_ns * 1e-9) for f, r in (wide, thin))
+        pw, pn = (r.prefill_s - f.prefill_fixed_s(m, row_ns=0.0) for f, r in (wide, thin))
         det = fw.prompt_flops * fn.prompt_rows - fn.prompt_flops * fw.prompt_rows
         if abs(det) <= 1e-9 * fw.prompt_flops * fn.prompt_rows:
             return None  # the two probes do not separate rate from rows
@@ -475,7 +477,7 @@ def measure_fleet(
 
     def fit(label: str, on_host: bool, threads: int | None, done: dict[str, BenchResult]) -> MeasuredSpeed:
         cpu = host_cpu(fleet.host) if on_host else None
-        obs = [(features(m, on_host=on_host, n_prompt=prompt_tokens(name) or N_PROMPT, cpu=cpu), done[name])
+        obs = [(features(m, on_host=on_host, n_prompt=prompt_tokens(name), cpu=cpu), done[name])
                for name, _, m in main]
         reference = None
         if "Q4_0 reference probe" in done:
@@ -598,7 +600,6 @@ def in_sample(m: MeasuredSpeed, f: Features, r: BenchResult, ggml_type: str | No
     dec = (f.bytes_per_token - f.joint_bytes) / (bw * 1e9) + f.joint_bytes / (bw_j * 1e9) + f.decode_fixed_s(m)
     pre = None
     if r.prefill_s is not None:
-        pre = (f.prompt_flops - f.joint_flops) / (fl * 1e9) + f.joint_flops / (fl_j * 1e9) + f.prefill_fixed_s(m)
-        if len(own) > 2 and own[2] is not None:  # the type's own per-row cost instead of the device's
-            pre += f.prompt_rows * (own[2] - m.prefill_row_ns) * 1e-9
+        row_ns = own[2] if len(own) > 2 else None  # the type's own per-row cost, where measured
+        pre = (f.prompt_flops - f.joint_flops) / (fl * 1e9) + f.joint_flops / (fl_j * 1e9) + f.prefill_fixed_s(m, row_ns)
     return dec, pre

@@ -453,8 +453,9 @@ def predict(
                 fixed += rows.decode * s.row_s
             elif rows is not None:
                 seconds += rows.prefill * s.prefill_row_s
+                typed_rows = dict(rows.prefill_types)
                 for name, c in s.type_prefill_row_s:  # a type's own per-row cost instead
-                    seconds += dict(rows.prefill_types).get(name, 0.0) * (c - s.prefill_row_s)
+                    seconds += typed_rows.get(name, 0.0) * (c - s.prefill_row_s)
                 if s.prefill_read_bytes_s:  # the ubatch reads the stage's weights once (the output's, above)
                     fixed += max(0.0, pair[0] - rows.output_bytes) / s.prefill_read_bytes_s
                 out_bw = s.rates(rows.output_type)[0]
@@ -661,7 +662,8 @@ def layer_workload(
             if not host:
                 continue
             dev = n
-        kind = mix[dev].setdefault(_type_name(t.ggml_type), [0.0, 0.0])
+        type_name = _type_name(t.ggml_type)
+        kind = mix[dev].setdefault(type_name, [0.0, 0.0])
         kind[0] += item.read_bytes
         share = active if t.role.value == "experts" else 1.0
         repacked = (cpu is not None and dev == n and host
@@ -677,7 +679,7 @@ def layer_workload(
             continue
         rows[dev][1] += n_rows
         if n_rows:
-            typed_rows[dev][_type_name(t.ggml_type)] = typed_rows[dev].get(_type_name(t.ggml_type), 0.0) + n_rows
+            typed_rows[dev][type_name] = typed_rows[dev].get(type_name, 0.0) + n_rows
         flops[dev] += _flops_weight(t) * share
         kind[1] += _flops_weight(t) * share
     for il in range(hp.n_layer_kv):
